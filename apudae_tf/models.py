@@ -1,0 +1,81 @@
+"""Keras functional models: the skip-connection DAE (spec §1) and classifiers.
+
+Also the reconstruction error r(x) of spec §2 (paper eq. 7), since every
+consumer of the DAE needs it computed the same way.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+# Paper Table 1: (kernel, stride, channels) per layer; the last decoder layer
+# has the image's channel count.
+DAE_FILTERS = 64
+DAE_KERNEL = 3
+DAE_DROPOUT = 0.1  # the paper gives dropout in each layer (eq. 6), not its rate (choice)
+
+
+def _conv_block(x, conv, dropout, name):
+    """Conv -> Dropout -> ReLU -> BatchNorm, the order of eq. 6 and Table 1."""
+    x = conv(x)
+    x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    x = layers.ReLU(name=f"{name}_relu")(x)
+    return layers.BatchNormalization(name=f"{name}_bn")(x)
+
+
+def build_dae(
+    image_shape: tuple[int, int, int],
+    filters: int = DAE_FILTERS,
+    dropout: float = DAE_DROPOUT,
+    name: str = "dae",
+) -> keras.Model:
+    """The Table-1 DAE with additive skips, d_i = g_i(d_{i-1} + e_{L-i}) (spec §1).
+
+    encoder: e1 = conv(3, s2, 64)(x), e2 = conv(3, s1, 64)(e1)
+    decoder: d1 = deconv(3, s1, 64)(e2), d2 = deconv(3, s2, C)(d1 + e1), sigmoid
+    """
+    h, w, c = image_shape
+    x = keras.Input(shape=(h, w, c), name="image")
+    e1 = _conv_block(x, layers.Conv2D(filters, DAE_KERNEL, 2, "same", name="enc1_conv"), dropout, "enc1")
+    e2 = _conv_block(e1, layers.Conv2D(filters, DAE_KERNEL, 1, "same", name="enc2_conv"), dropout, "enc2")
+    d1 = _conv_block(e2, layers.Conv2DTranspose(filters, DAE_KERNEL, 1, "same", name="dec1_deconv"), dropout, "dec1")
+    skip = layers.Add(name="skip_e1")([d1, e1])
+    d2 = layers.Conv2DTranspose(c, DAE_KERNEL, 2, "same", name="dec2_deconv")(skip)
+    d2 = layers.Dropout(dropout, name="dec2_dropout")(d2)
+    if d2.shape[1] != h or d2.shape[2] != w:
+        # odd sizes: the stride-2 deconv overshoots by one pixel
+        d2 = layers.Cropping2D(((0, d2.shape[1] - h), (0, d2.shape[2] - w)), name="crop")(d2)
+    out = layers.Activation("sigmoid", name="sigmoid")(d2)
+    return keras.Model(x, out, name=name)
+
+
+def build_mnist_classifier(image_shape=(28, 28, 1), num_classes: int = 10, name="classifier") -> keras.Model:
+    """A small CNN that reaches >= 0.99 MNIST test accuracy in a few epochs; outputs logits."""
+    x = keras.Input(shape=image_shape, name="image")
+    h = x
+    for i, f in enumerate((32, 64)):
+        h = layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv{i}a")(h)
+        h = layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv{i}b")(h)
+        h = layers.MaxPooling2D(name=f"pool{i}")(h)
+    h = layers.Flatten(name="flatten")(h)
+    h = layers.Dense(128, activation="relu", name="fc")(h)
+    h = layers.Dropout(0.3, name="fc_dropout")(h)
+    logits = layers.Dense(num_classes, name="logits")(h)
+    return keras.Model(x, logits, name=name)
+
+
+def reconstruction_error(dae, x: tf.Tensor) -> tf.Tensor:
+    """r(x) = sum over pixels of (clip(D(x), 0, 1) - x)^2, one value per image (eq. 7)."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    rec = tf.clip_by_value(dae(x, training=False), 0.0, 1.0)
+    return tf.reduce_sum(tf.square(rec - x), axis=[1, 2, 3])
+
+
+def predict_in_batches(fn, x, batch_size: int = 500):
+    """Apply ``fn`` to ``x`` in chunks and concatenate (numpy in, numpy out)."""
+    import numpy as np
+
+    outs = [np.asarray(fn(tf.constant(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

@@ -1,0 +1,151 @@
+"""Trained models on disk: atomic writes, checked loads.
+
+A model folder holds ``classifier.keras``, ``dae.keras`` and ``dae_stats.json``
+(μ, σ of r(x) on the clean validation split, spec §2). The shipped defaults
+live in ``saved_models/<dataset>`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+
+from apudae_tf.errors import ApudaeError
+
+CLASSIFIER = "classifier.keras"
+DAE = "dae.keras"
+DAE_STATS = "dae_stats.json"
+
+def _saved_models() -> str:
+    """saved_models/ inside an installed package, else the repository's own (checkout, editable install)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "saved_models")
+    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(here), "saved_models")
+
+
+SAVED_MODELS = _saved_models()
+
+
+def default_model_dir(dataset: str) -> str:
+    return os.path.join(SAVED_MODELS, dataset)
+
+
+@dataclasses.dataclass(frozen=True)
+class DaeStats:
+    """Clean reconstruction-error statistics and how the DAE was trained."""
+
+    mu: float
+    sigma: float
+    sigma_max: float
+    image_shape: tuple[int, int, int]
+    dataset: str
+    training: dict
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["image_shape"] = list(self.image_shape)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict, where: str) -> DaeStats:
+        try:
+            return cls(
+                mu=float(d["mu"]),
+                sigma=float(d["sigma"]),
+                sigma_max=float(d["sigma_max"]),
+                image_shape=tuple(int(v) for v in d["image_shape"]),
+                dataset=str(d["dataset"]),
+                training=dict(d.get("training", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ApudaeError(f"{where} is not a valid DAE statistics file (bad or missing {e})") from None
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(tmp_path)`` and move the result into place, so readers never see half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    base, ext = os.path.splitext(os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=ext, dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def save_model(model, path: str) -> None:
+    atomic_write(path, model.save)
+
+
+def load_model(path: str):
+    import keras
+
+    if not os.path.isfile(path):
+        raise ApudaeError(f"no model at {path}; train one with `apudae-tf train` or pass --models DIR")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # keras raises many types for a corrupt archive
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ApudaeError(f"cannot load the model {path} ({msg})") from None
+
+
+def load_stats(model_dir: str) -> DaeStats:
+    path = os.path.join(model_dir, DAE_STATS)
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise ApudaeError(f"no {DAE_STATS} in {model_dir}; train the DAE with `apudae-tf train`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApudaeError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ApudaeError(f"{path} is not a valid DAE statistics file")
+    return DaeStats.from_json(d, path)
+
+
+@dataclasses.dataclass
+class Models:
+    """The classifier, the DAE and its statistics, checked to fit one image shape."""
+
+    classifier: object
+    dae: object
+    stats: DaeStats
+    folder: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.stats.image_shape
+
+
+def load_models(model_dir: str, image_shape: tuple[int, int, int] | None = None, need=("classifier", "dae")) -> Models:
+    """Load a model folder; ``image_shape``, if given, must match every model's input."""
+    if not os.path.isdir(model_dir):
+        raise ApudaeError(f"no model folder {model_dir}; train with `apudae-tf train` or pass --models DIR")
+    stats = load_stats(model_dir)
+    classifier = load_model(os.path.join(model_dir, CLASSIFIER)) if "classifier" in need else None
+    dae = load_model(os.path.join(model_dir, DAE)) if "dae" in need else None
+    expected = tuple(image_shape) if image_shape is not None else stats.image_shape
+    for name, model in (("classifier", classifier), ("dae", dae)):
+        if model is None:
+            continue
+        got = tuple(int(d) for d in model.input_shape[1:])
+        if got != expected:
+            raise ApudaeError(f"the {name} in {model_dir} takes images of shape {got}, the data has {expected}")
+    if stats.image_shape != expected:
+        raise ApudaeError(f"{model_dir}/{DAE_STATS} is for images of shape {stats.image_shape}, the data has {expected}")
+    return Models(classifier=classifier, dae=dae, stats=stats, folder=model_dir)

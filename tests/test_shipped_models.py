@@ -1,0 +1,33 @@
+"""The models shipped in saved_models/mnist meet their stated bars."""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from apudae_tf import data, models, store
+from conftest import data_dir, needs_mnist
+
+MNIST = store.default_model_dir("mnist")
+
+
+@needs_mnist
+def test_shipped_mnist_classifier_scores_at_least_099():
+    clf = keras.models.load_model(os.path.join(MNIST, store.CLASSIFIER))
+    ds = data.load_dataset("mnist", data_dir())
+    logits = clf.predict(ds.x_test, batch_size=1000, verbose=0)
+    assert np.mean(np.argmax(logits, 1) == ds.y_test) >= 0.99
+
+
+@needs_mnist
+def test_shipped_mnist_dae_and_stats_fit_together():
+    dae = keras.models.load_model(os.path.join(MNIST, store.DAE))
+    with open(os.path.join(MNIST, store.DAE_STATS)) as f:
+        stats = json.load(f)
+    assert stats["dataset"] == "mnist" and stats["image_shape"] == [28, 28, 1]
+    assert stats["mu"] > 0 and stats["sigma"] > 0
+    # μ was measured on the clean validation split: re-measure it on that split
+    ds = data.load_dataset("mnist", data_dir())
+    r = models.predict_in_batches(lambda b: models.reconstruction_error(dae, b), ds.x_val)
+    assert abs(r.mean() - stats["mu"]) < 1e-3 * stats["mu"]

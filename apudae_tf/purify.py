@@ -1,0 +1,227 @@
+"""The purification engine (spec §3): one loop, variants as small pieces.
+
+Every iterative variant runs the same ``tf.function`` loop over an input
+variable ``x`` (spec §3, "x_0 = x_in, n iterations, return clip(x_n, 0, 1)"):
+
+    x ← T(x_in)                                    transform   (G)
+    repeat n times:
+        x ← x + U(−η_i, η_i)                        noise rule  (F, G; eq. 12)
+        g ← ∇_x Σ_i loss_i(r(x_i))                  loss        (A–G)
+        x ← step(x, g), per-image lr scale           step rule   (sign: A; Adam: B–G; Φ-scaled: C)
+        x ← clip(x, 0, 1)
+
+A ``Variant`` names its loss, step rule, learning-rate rule, noise rule and
+transform; nothing else differs between variants. Per-image quantities stay
+per image: the batch loss is a sum of per-image losses, the DAE runs in
+inference mode, and Adam is element-wise, so each image's update depends on
+that image alone.
+
+Choice (recorded): x is clipped to [0, 1] after every step for all variants
+(the spec clips each step for A and at the end for B–G); it keeps the DAE's
+input in the domain it was trained on and changes no image that stays inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from apudae_tf import models
+from apudae_tf.errors import ApudaeError
+from apudae_tf.store import DaeStats
+
+VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
+RANDOM_VARIANTS = ("F", "G")
+
+
+@dataclasses.dataclass(frozen=True)
+class PurifySettings:
+    """n iterations, step/learning rate α, noise ε_r (F, G), transform ρ and θ_max in degrees (G)."""
+
+    n: int = 20
+    alpha: float = 0.01
+    eps_r: float = 0.0
+    rho: float = 0.1
+    theta_max: float = 10.0
+    seed: int = 0
+
+    def check(self) -> PurifySettings:
+        if self.n < 0 or not (self.alpha >= 0) or not (self.eps_r >= 0) or not (0 <= self.rho < 1) \
+                or not (self.theta_max >= 0):
+            raise ApudaeError(f"bad purification settings: {self}")
+        return self
+
+
+# Per-dataset defaults, chosen on the validation split by `apudae-tf tune` (see
+# results/<dataset>/tune.json); CIFAR-10 starts from the paper's settings (spec §3).
+DEFAULTS = {
+    "mnist": {v: PurifySettings() for v in VARIANTS},
+    "cifar10": {v: PurifySettings(n=15, alpha=2 / 255, eps_r=1 / 255) for v in VARIANTS},
+}
+
+
+def default_settings(dataset: str, variant: str) -> PurifySettings:
+    return DEFAULTS.get(dataset, DEFAULTS["cifar10"])[variant]
+
+
+# -- per-variant pieces ----------------------------------------------------------------------
+# Each loss maps per-image r (shape [B]) to a per-image loss; μ, σ from the clean statistics.
+
+
+def loss_r(r, mu, sigma):
+    """A, B, C: minimise r itself (eqs. 8–10)."""
+    return r
+
+
+def loss_target(r, mu, sigma):
+    """D: pull r towards the clean mean, (r − μ)² / σ² (eq. 11)."""
+    return tf.square(r - mu) / sigma**2
+
+
+def loss_one_sided(r, mu, sigma):
+    """E, F, G: only push r down to μ, max(r − μ, 0)² / σ²; images already below μ get no gradient."""
+    return tf.square(tf.nn.relu(r - mu)) / sigma**2
+
+
+def lr_constant(r0, mu, sigma):
+    return tf.ones_like(r0)
+
+
+def lr_from_error(r0, mu, sigma):
+    """C: per-image learning-rate factor Φ((r(x_in) − μ)/σ), Φ the standard normal CDF (eq. 10)."""
+    return 0.5 * (1.0 + tf.math.erf((r0 - mu) / (sigma * math.sqrt(2.0))))
+
+
+def noise_amplitude(r, mu, sigma, eps_r):
+    """F, G: η_i = ε_r · clip(((r_i − μ)/(2σ))², 0, 4) (eq. 12)."""
+    return eps_r * tf.clip_by_value(tf.square((r - mu) / (2.0 * sigma)), 0.0, 4.0)
+
+
+def random_transform(x, rho, theta_max_deg, seed):
+    """G: per image, scale by s ~ U(1−ρ, 1+ρ) about the centre (resize, then crop/pad back) and
+    rotate by θ ~ U(−θ_max, θ_max) (eq. 13); one bilinear projective warp, edges filled by nearest."""
+    b = tf.shape(x)[0]
+    h, w = tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
+    s = tf.random.stateless_uniform([b], [seed, 101], 1.0 - rho, 1.0 + rho)
+    theta = tf.random.stateless_uniform([b], [seed, 102], -theta_max_deg, theta_max_deg) * (math.pi / 180.0)
+    # the warp maps output pixel (u, v) to input (x, y): inverse of scale-then-rotate about the centre
+    cos, sin = tf.cos(theta) / s, tf.sin(theta) / s
+    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    a0, a1, b0, b1 = cos, sin, -sin, cos
+    a2 = cx - a0 * cx - a1 * cy
+    b2 = cy - b0 * cx - b1 * cy
+    zeros = tf.zeros_like(s)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="NEAREST",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    loss: callable
+    sign_step: bool = False  # A: x ← x − α·sign(g); otherwise Adam(lr = α)
+    lr_rule: callable = lr_constant
+    noise: bool = False
+    transform: bool = False
+
+
+VARIANT_PIECES = {
+    "A": Variant(loss_r, sign_step=True),
+    "B": Variant(loss_r),
+    "C": Variant(loss_r, lr_rule=lr_from_error),
+    "D": Variant(loss_target),
+    "E": Variant(loss_one_sided),
+    "F": Variant(loss_one_sided, noise=True),
+    "G": Variant(loss_one_sided, noise=True, transform=True),
+}
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+class Purifier:
+    """Purify batches with one variant; compiled once per batch shape.
+
+    ``purify(x)`` is the library's single purification entry point: the CLI,
+    the evaluation tables and the SavedModel export all call it.
+    """
+
+    def __init__(self, dae, stats: DaeStats, variant: str, settings: PurifySettings | None = None,
+                 jit_compile: bool = False):
+        if variant not in VARIANTS:
+            raise ApudaeError(f"unknown purification variant {variant!r}; use one of {', '.join(VARIANTS)}")
+        self.dae, self.stats, self.variant = dae, stats, variant
+        self.settings = (settings or PurifySettings()).check()
+        self.pieces = VARIANT_PIECES.get(variant)
+        self._mu = tf.constant(stats.mu, tf.float32)
+        self._sigma = tf.constant(max(stats.sigma, 1e-12), tf.float32)
+        self.jit_compile = jit_compile
+        self._compiled = {}  # batch shape -> compiled loop
+        self._direct = tf.function(lambda x: tf.clip_by_value(self.dae(x, training=False), 0.0, 1.0))
+
+    def r(self, x):
+        return models.reconstruction_error(self.dae, x)
+
+    def _compiled_for(self, shape):
+        """The loop compiled for one batch shape, with its input variable and Adam made outside it
+        (tf.function must not create variables on retraces); later batches of that shape reuse it."""
+        key = tuple(int(d) for d in shape)
+        if key not in self._compiled:
+            x = tf.Variable(tf.zeros(key), trainable=True, name="x_purified")
+            opt = tf.keras.optimizers.Adam(learning_rate=self.settings.alpha)
+            opt.build([x])
+            state = [opt.iterations] + [v for v in opt.variables if v.path.endswith(("_momentum", "_velocity"))]
+            graph = functools.partial(self._loop, x, opt, state)
+            self._compiled[key] = tf.function(graph, jit_compile=self.jit_compile)
+        return self._compiled[key]
+
+    def _loop(self, x, opt, opt_state, x_in, n, alpha, eps_r, rho, theta_max, seed):
+        p, mu, sigma = self.pieces, self._mu, self._sigma
+        x.assign(random_transform(x_in, rho, theta_max, seed) if p.transform else x_in)
+        for v in opt_state:  # fresh Adam moments and step count for each batch
+            v.assign(tf.zeros_like(v))
+        opt.learning_rate.assign(alpha)
+        lr_scale = tf.reshape(p.lr_rule(self.r(x), mu, sigma), [-1, 1, 1, 1])
+        for k in tf.range(tf.cast(n, tf.int64)):
+            if p.noise:
+                eta = tf.reshape(noise_amplitude(self.r(x), mu, sigma, eps_r), [-1, 1, 1, 1])
+                u = tf.random.stateless_uniform(tf.shape(x), tf.stack([seed, k]), -1.0, 1.0)
+                x.assign(tf.clip_by_value(x + eta * u, 0.0, 1.0))
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(p.loss(self.r(x), mu, sigma))
+            g = tape.gradient(loss, x)
+            if p.sign_step:
+                x.assign(x - alpha * tf.sign(g))
+            else:
+                before = tf.identity(x)
+                opt.apply_gradients([(g, x)])
+                x.assign(before + lr_scale * (x - before))  # C: per-image learning rate α·Φ(·)
+            x.assign(tf.clip_by_value(x, 0.0, 1.0))
+        return tf.identity(x)
+
+    def purify(self, x, seed: int | None = None):
+        """Purify a float32 NHWC batch in [0, 1]; returns a tensor of the same shape."""
+        s = self.settings
+        x = tf.convert_to_tensor(x, tf.float32)
+        if self.pieces is None:
+            return self._direct(x)
+        return self._compiled_for(x.shape)(
+            x, tf.constant(s.n, tf.int32), tf.constant(s.alpha, tf.float32), tf.constant(s.eps_r, tf.float32),
+            tf.constant(s.rho, tf.float32), tf.constant(s.theta_max, tf.float32),
+            tf.constant(s.seed if seed is None else seed, tf.int64),
+        )
+
+    def purify_array(self, x: np.ndarray, batch_size: int = 500, progress=None) -> np.ndarray:
+        """Purify a numpy array in batches; batch i uses seed ``settings.seed + i`` (reproducible)."""
+        out = []
+        for j, i in enumerate(range(0, len(x), batch_size)):
+            out.append(self.purify(x[i : i + batch_size], seed=self.settings.seed + j).numpy())
+            if progress:
+                progress(min(i + batch_size, len(x)))
+        return np.concatenate(out) if out else np.zeros_like(x)

@@ -18,6 +18,21 @@ from apudae_tf.errors import ApudaeError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TF's C++ banner off stderr; Python errors still surface
 
 
+def _import_tensorflow_quietly():
+    """Import TensorFlow with fd 2 muted: its C++ start-up lines (CUDA probes) bypass TF_CPP_MIN_LOG_LEVEL
+    and would bury the progress and error lines of a pipeline. Python exceptions still propagate."""
+    if os.environ.get("APUDAE_VERBOSE_TF"):
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def friendly_errors(fn):
     """Turn ApudaeError into ``error: ...`` and exit 2."""
 
@@ -40,6 +55,52 @@ data_dir_option = click.option(
 )
 
 
+def progress_bar(length, label):
+    """A progress bar on stderr, so stdout carries data only."""
+    return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
+
+
+def read_batch(path):
+    from apudae_tf import pipeline
+
+    if path and path != "-":
+        return pipeline.read(path)
+    if sys.stdin.isatty():
+        raise ApudaeError("no input: pipe an npz (e.g. from `apudae-tf attack`) or pass -i FILE")
+    return pipeline.loads(sys.stdin.buffer.read(), "stdin")
+
+
+def write_batch(batch, path):
+    from apudae_tf import pipeline
+
+    if path and path != "-":
+        pipeline.write(batch, path)
+        click.echo(f"wrote {len(batch.x)} images to {path}", err=True)
+    elif sys.stdout.isatty():
+        raise ApudaeError("refusing to write npz data to a terminal: pass -o FILE or pipe into another command")
+    else:
+        sys.stdout.buffer.write(pipeline.dumps(batch))
+        sys.stdout.buffer.flush()
+
+
+def models_for(batch, model_dir, dataset, need=("classifier", "dae")):
+    """The models for a pipeline batch: --models, else saved_models/<dataset from --dataset or meta>."""
+    from apudae_tf import data, store
+
+    name = dataset or batch.dataset
+    if model_dir is None:
+        if name is None:
+            raise ApudaeError("the input names no dataset in its meta: pass --dataset NAME or --models DIR")
+        if name not in data.BUILTIN or not os.path.isdir(store.default_model_dir(name)):
+            raise ApudaeError(f"no shipped models for dataset {name!r}; pass --models DIR")
+        model_dir = store.default_model_dir(name)
+    return store.load_models(model_dir, batch.x.shape[1:], need=need)
+
+
+models_option = click.option("--models", "model_dir", type=click.Path(file_okay=False), default=None,
+                             help="Model folder (default: saved_models/<dataset>).")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="apudae-tf")
 def main():
@@ -50,6 +111,7 @@ def main():
     y_train, x_test, y_test; uint8). Offline, point --data-dir or
     APUDAE_DATA_DIR at a folder holding mnist.npz / cifar10.npz.
     """
+    _import_tensorflow_quietly()
 
 
 @main.command()
@@ -89,8 +151,7 @@ def train(dataset, what, epochs, batch_size, out_dir, seed, data_dir):
 
 @main.command()
 @click.argument("dataset")
-@click.option("--models", "model_dir", type=click.Path(file_okay=False), default=None,
-              help="Model folder (default: saved_models/<dataset>).")
+@models_option
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
 @data_dir_option
 @friendly_errors
@@ -109,6 +170,123 @@ def info(dataset, model_dir, as_json, data_dir):
         click.echo(json.dumps(facts, indent=2))
     else:
         click.echo(evaluate.format_facts(facts))
+
+
+@main.command()
+@click.option("--dataset", required=True, help="mnist, cifar10 or npz:PATH.")
+@click.option("--method", type=click.Choice(["random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2"]), default="pgd",
+              show_default=True, help="Attack (spec §4); cw is PGD on the CW margin loss, cw-l2 the L2 CW attack.")
+@click.option("--eps", type=float, default=None, help="L∞ budget (default: 0.3 MNIST, 8/255 CIFAR-10).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Iterations (default: 40 MNIST, 7 CIFAR-10; Adam steps for cw-l2, default 100).")
+@click.option("--step", "step_size", type=float, default=None, help="Step size (default: 0.01 MNIST, 2/255 CIFAR-10).")
+@click.option("--n", "n_images", type=click.IntRange(min=1), default=None, help="Attack the first N images.")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output npz (default: stdout, when it is not a terminal).")
+@models_option
+@data_dir_option
+@friendly_errors
+def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_size, output, model_dir, data_dir):
+    """Attack the undefended classifier; write the adversarial images as pipeline npz.
+
+    White box on the classifier, blind to any defence ("grey box" for the
+    purifier). The npz holds x (adversarial), y (true labels) and meta.
+    """
+    import dataclasses
+
+    from apudae_tf import attacks, data, pipeline, store
+
+    ds = data.load_dataset(dataset, data_dir)
+    x, y = ds.split(split)
+    x, y = x[:n_images], y[:n_images]
+    m = store.load_models(model_dir or store.default_model_dir(ds.name), ds.image_shape, need=("classifier",))
+    if method == "cw-l2":
+        settings = attacks.AttackSettings(eps=1.0, steps=steps or attacks.CW_L2_STEPS, step=0.0, seed=seed)
+    else:
+        settings = attacks.preset(ds.name, eps, steps, step_size, seed)
+    model_fn = m.classifier_fn()
+    with progress_bar(len(x), f"{method} on {len(x)} {split} images") as bar:
+        x_adv = attacks.run_attack(method, model_fn, x, y, settings, batch_size,
+                                   progress=lambda done: bar.update(done - bar.pos))
+    step = {"command": "attack", "method": method, "split": split, "n": len(x), "models": m.folder,
+            "settings": dataclasses.asdict(settings), "saw_defence": False}
+    write_batch(pipeline.Batch(x=x_adv, y=y, meta={"dataset": ds.name, "history": [step]}), output)
+
+
+@main.command()
+@click.option("--variant", type=click.Choice(["direct", "A", "B", "C", "D", "E", "F", "G"]), default="F",
+              show_default=True, help="Purification variant (spec §3).")
+@click.option("--n", "n_iter", type=click.IntRange(min=0), default=None, help="Iterations n.")
+@click.option("--alpha", type=float, default=None, help="Step size (A) or Adam learning rate (B-G).")
+@click.option("--eps-r", type=float, default=None, help="Noise scale ε_r (F, G; eq. 12).")
+@click.option("--rho", type=float, default=None, help="Resize range ρ (G; eq. 13).")
+@click.option("--theta-max", type=float, default=None, help="Rotation range θ_max in degrees (G; eq. 13).")
+@click.option("--seed", type=int, default=None, help="Seed of the random variants F and G.")
+@click.option("--dataset", default=None, help="Dataset whose models to use, when the input's meta names none.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False), default=None,
+              help="Input npz (default: stdin).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output npz (default: stdout, when it is not a terminal).")
+@models_option
+@friendly_errors
+def purify(variant, n_iter, alpha, eps_r, rho, theta_max, seed, dataset, batch_size, input_path, output, model_dir):
+    """Purify images with the DAE; reads pipeline npz, writes pipeline npz.
+
+    Settings not given come from the model folder's purify_settings.json
+    (chosen on the validation split by `apudae-tf tune`), else built-in
+    defaults.
+    """
+    import dataclasses
+
+    from apudae_tf import purify as purification
+
+    batch = read_batch(input_path)
+    m = models_for(batch, model_dir, dataset, need=("dae",))
+    base = purification.default_settings(m.stats.dataset, variant, m.folder)
+    given = dict(n=n_iter, alpha=alpha, eps_r=eps_r, rho=rho, theta_max=theta_max, seed=seed)
+    settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    p = purification.Purifier(m.dae, m.stats, variant, settings)
+    with progress_bar(len(batch.x), f"purify ({variant})") as bar:
+        x = p.purify_array(batch.x, batch_size, progress=lambda done: bar.update(done - bar.pos))
+    step = {"command": "purify", "variant": variant, "models": m.folder, "settings": dataclasses.asdict(settings)}
+    write_batch(batch.then(x, step), output)
+
+
+@main.command()
+@click.option("--dataset", default=None, help="Dataset whose classifier to use, when the input's meta names none.")
+@click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False), default=None,
+              help="Input npz (default: stdin).")
+@click.option("-o", "--predictions", type=click.Path(dir_okay=False), default=None,
+              help="Write the predictions (pred, logits) to this npz.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@models_option
+@friendly_errors
+def classify(dataset, input_path, predictions, as_json, model_dir):
+    """Classify pipeline npz images; print the accuracy when labels are present."""
+    import numpy as np
+
+    from apudae_tf import models, store
+
+    batch = read_batch(input_path)
+    m = models_for(batch, model_dir, dataset, need=("classifier",))
+    logits = models.predict_in_batches(m.classifier_fn(), batch.x)
+    pred = np.argmax(logits, 1).astype(np.int64)
+    result = {"n": int(len(pred)), "dataset": batch.dataset or dataset, "models": m.folder,
+              "history": batch.meta.get("history", [])}
+    if batch.y is not None:
+        result["accuracy"] = float(np.mean(pred == batch.y))
+    if predictions:
+        store.atomic_write(predictions, lambda tmp: np.savez(tmp, pred=pred, logits=logits.astype(np.float32)))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    elif "accuracy" in result:
+        click.echo(f"accuracy {result['accuracy']:.4f} ({int(np.sum(pred == batch.y))}/{len(pred)})")
+    else:
+        click.echo(f"classified {len(pred)} images (no labels in the input)")
 
 
 if __name__ == "__main__":

@@ -56,16 +56,31 @@ class PurifySettings:
         return self
 
 
-# Per-dataset defaults, chosen on the validation split by `apudae-tf tune` (see
-# results/<dataset>/tune.json); CIFAR-10 starts from the paper's settings (spec §3).
-DEFAULTS = {
-    "mnist": {v: PurifySettings() for v in VARIANTS},
-    "cifar10": {v: PurifySettings(n=15, alpha=2 / 255, eps_r=1 / 255) for v in VARIANTS},
+# Fallbacks when a model folder has no purify_settings.json (written by `apudae-tf tune`
+# from a sweep on the validation split); CIFAR-10's are the paper's settings (spec §3).
+FALLBACK = {
+    "mnist": PurifySettings(n=20, alpha=0.02, eps_r=0.05),
+    "cifar10": PurifySettings(n=15, alpha=2 / 255, eps_r=1 / 255),
 }
 
 
-def default_settings(dataset: str, variant: str) -> PurifySettings:
-    return DEFAULTS.get(dataset, DEFAULTS["cifar10"])[variant]
+def default_settings(dataset: str, variant: str, model_dir: str | None = None) -> PurifySettings:
+    """Settings tuned for these models (model_dir/purify_settings.json), else the dataset's fallback."""
+    import json
+    import os
+
+    from apudae_tf.store import PURIFY_SETTINGS
+
+    path = os.path.join(model_dir, PURIFY_SETTINGS) if model_dir else None
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            tuned = json.load(f).get("variants", {})
+        if variant in tuned:
+            try:
+                return PurifySettings(**tuned[variant]["settings"]).check()
+            except (TypeError, KeyError) as e:
+                raise ApudaeError(f"{path}: bad settings for variant {variant} ({e})") from None
+    return FALLBACK.get(dataset, FALLBACK["cifar10"])
 
 
 # -- per-variant pieces ----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from apudae_tf.errors import ApudaeError
 CLASSIFIER = "classifier.keras"
 DAE = "dae.keras"
 DAE_STATS = "dae_stats.json"
+PURIFY_SETTINGS = "purify_settings.json"  # per-variant settings chosen on the validation split
 
 def _saved_models() -> str:
     """saved_models/ inside an installed package, else the repository's own (checkout, editable install)."""
@@ -72,6 +73,9 @@ def atomic_write(path: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file a normal mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -130,6 +134,13 @@ class Models:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.stats.image_shape
+
+    def classifier_fn(self):
+        """The classifier as a compiled ``x -> logits`` callable, in inference mode."""
+        import tensorflow as tf
+
+        clf = self.classifier
+        return tf.function(lambda x: clf(x, training=False))
 
 
 def load_models(model_dir: str, image_shape: tuple[int, int, int] | None = None, need=("classifier", "dae")) -> Models:

@@ -28,3 +28,46 @@ def tiny_npz(tmp_path):
         y_test=rng.integers(0, 10, 50).astype(np.uint8),
     )
     return str(path)
+
+
+def linear_classifier(shape=(8, 8, 1)):
+    """A hand-set 2-class linear model: class 1 when the left half is brighter than the right.
+
+    Gradient attacks must be able to flip it within a small budget, so tests can assert they do.
+    """
+    import keras
+
+    h, w, c = shape
+    weights = np.zeros((h, w, c, 2), np.float32)
+    weights[:, : w // 2, :, 1] = 1.0
+    weights[:, w // 2 :, :, 0] = 1.0
+    model = keras.Sequential([keras.Input(shape), keras.layers.Flatten(), keras.layers.Dense(2, use_bias=False)])
+    model.layers[-1].set_weights([weights.reshape(-1, 2) * (10.0 / (h * w * c))])
+    return model
+
+
+def half_images(n, shape=(8, 8, 1), seed=0):
+    """Images the linear classifier gets right: label 1 = bright left half, 0 = bright right half."""
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    x = rng.uniform(0.2, 0.4, (n, h, w, c)).astype(np.float32)
+    y = np.arange(n) % 2
+    x[y == 1, :, : w // 2] += 0.3
+    x[y == 0, :, w // 2 :] += 0.3
+    return x, y.astype(np.int64)
+
+
+@pytest.fixture
+def tiny_models(tmp_path):
+    """A model folder with an untrained 28x28x1 classifier and DAE, and statistics measured on noise."""
+    from apudae_tf import models, store, train
+
+    x = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
+    dae = models.build_dae((28, 28, 1))
+    mu, sigma = train.clean_error_stats(dae, x)
+    folder = tmp_path / "models"
+    store.save_model(models.build_mnist_classifier(), str(folder / store.CLASSIFIER))
+    store.save_model(dae, str(folder / store.DAE))
+    store.write_json(str(folder / store.DAE_STATS),
+                     store.DaeStats(mu, sigma, 0.5, (28, 28, 1), "mnist", {}).to_json())
+    return str(folder)

@@ -1,0 +1,108 @@
+"""The attack | purify | classify pipeline: schema, foreign producers, bad input."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from apudae_tf import pipeline
+from conftest import data_dir, needs_mnist
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _npz_bytes(**arrays):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _run(args, stdin: bytes):
+    result = CliRunner().invoke(cli.main, args, input=stdin)
+    return result
+
+
+def _good(n=4):
+    x = np.random.default_rng(0).random((n, 28, 28, 1), dtype=np.float32)
+    return x, np.arange(n) % 10
+
+
+def test_foreign_npz_flows_through_purify_and_classify(tiny_models):
+    # written by plain numpy, not apudae-tf: no meta at all
+    x, y = _good()
+    data = _npz_bytes(x=x, y=y)
+    res = _run(["purify", "--variant", "B", "--n", "3", "--models", tiny_models], data)
+    assert res.exit_code == 0, res.output
+    batch = pipeline.loads(res.stdout_bytes, "purify output")
+    assert batch.x.shape == x.shape and batch.x.dtype == np.float32
+    np.testing.assert_array_equal(batch.y, y)
+    assert batch.meta["history"][-1]["variant"] == "B"
+    res = _run(["classify", "--json", "--models", tiny_models], res.stdout_bytes)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["n"] == 4 and 0.0 <= out["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: _npz_bytes(x=_good()[0])[:200], "not a readable npz"),
+        (lambda: b"hello, not an archive", "not an npz archive"),
+        (lambda: b"", "empty"),
+        (lambda: _npz_bytes(x=_good()[0][:, :, :, 0]), "NHWC"),
+        (lambda: _npz_bytes(x=np.full((2, 28, 28, 1), np.nan, np.float32)), "NaN"),
+        (lambda: _npz_bytes(x=_good()[0] * 3), r"\[0, 1\]"),
+        (lambda: _npz_bytes(x=(_good()[0] * 255).astype(np.uint8)), "float32"),
+        (lambda: _npz_bytes(x=_good()[0], meta=np.array(json.dumps({"dataset": "svhn"}))), "svhn"),
+        (lambda: _npz_bytes(x=_good()[0], y=np.arange(3)), "one integer label per image"),
+        (lambda: _npz_bytes(x=np.zeros((2, 32, 32, 3), np.float32), meta=np.array('{"dataset": "mnist"}')),
+         "shape"),
+        (lambda: _npz_bytes(y=np.arange(3)), "no 'x'"),
+    ],
+)
+@pytest.mark.parametrize("command", ["purify", "classify"])
+def test_bad_input_is_one_line_and_nonzero(tiny_models, make, message, command):
+    args = [command] + (["--models", tiny_models] if "svhn" not in message and message != "shape" else [])
+    if message == "shape":
+        args += ["--models", tiny_models]
+    res = _run(args, make())
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert __import__("re").search(message, lines[0]), lines[0]
+
+
+def test_missing_model_folder_is_one_line(tmp_path):
+    x, y = _good()
+    res = _run(["classify", "--models", str(tmp_path / "nope")], _npz_bytes(x=x, y=y))
+    assert res.exit_code == 2 and res.stderr.startswith("error: no model folder")
+
+
+@needs_mnist
+def test_real_shell_pipeline_with_the_shipped_models(tmp_path):
+    """`attack | purify | classify` through real pipes; PGD stays in budget and breaks the classifier."""
+    env = {**os.environ, "APUDAE_DATA_DIR": data_dir()}
+    adv = tmp_path / "adv.npz"
+    cmd = [sys.executable, os.path.join(REPO, "cli.py")]
+    subprocess.run(cmd + ["attack", "--dataset", "mnist", "--method", "pgd", "--n", "100", "-o", str(adv)],
+                   env=env, check=True, capture_output=True, timeout=600)
+    batch = pipeline.read(str(adv))
+    from apudae_tf import data
+
+    x = data.load_dataset("mnist", data_dir()).x_test[:100]
+    assert np.abs(batch.x - x).max() <= 0.3 + 1e-6
+    shell = f"{' '.join(cmd)} purify --variant E -i {adv} | {' '.join(cmd)} classify --json"
+    res = subprocess.run(shell, shell=True, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    purified = json.loads(res.stdout)["accuracy"]
+    undefended = json.loads(subprocess.run(cmd + ["classify", "--json", "-i", str(adv)], env=env, text=True,
+                                           capture_output=True, check=True, timeout=600).stdout)["accuracy"]
+    assert undefended <= 0.05
+    assert purified >= undefended + 0.3

@@ -1,0 +1,108 @@
+"""The purification engine (spec §3): per-image behaviour, seeds, the one-sided rule, tracing."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from apudae_tf import models, purify, store, train
+
+SHAPE = (28, 28, 1)
+
+
+@pytest.fixture(scope="module")
+def dae_and_x():
+    tf.keras.utils.set_random_seed(0)
+    dae = models.build_dae(SHAPE)
+    x = np.random.default_rng(0).random((6, *SHAPE), dtype=np.float32) * 0.5
+    x[:3, 10:18, 10:18] = 1.0
+    return dae, x
+
+
+def _stats(mu, sigma=1.0):
+    return store.DaeStats(mu, sigma, 0.5, SHAPE, "mnist", {})
+
+
+def _r(dae, x):
+    return models.reconstruction_error(dae, x).numpy()
+
+
+@pytest.mark.parametrize("variant", ["direct", "A", "B", "C", "D", "E"])
+def test_deterministic_variants_treat_each_image_alone(dae_and_x, variant):
+    dae, x = dae_and_x
+    r = _r(dae, x)
+    p = purify.Purifier(dae, _stats(float(np.median(r)), float(r.std())), variant,
+                        purify.PurifySettings(n=5, alpha=0.01))
+    batch = p.purify(x).numpy()
+    alone = np.concatenate([p.purify(x[i : i + 1]).numpy() for i in range(len(x))])
+    np.testing.assert_allclose(batch, alone, atol=1e-5)
+    assert batch.min() >= 0.0 and batch.max() <= 1.0
+
+
+def test_iterative_variants_lower_the_reconstruction_error(dae_and_x):
+    dae, x = dae_and_x
+    r = _r(dae, x)
+    for variant in ("A", "B"):
+        p = purify.Purifier(dae, _stats(0.0, float(r.std())), variant, purify.PurifySettings(n=10, alpha=0.01))
+        assert np.all(_r(dae, p.purify(x).numpy()) < r), variant
+
+
+def test_e_leaves_images_below_mu_unchanged(dae_and_x):
+    dae, x = dae_and_x
+    r = _r(dae, x)
+    mu = float(np.median(r))
+    out = purify.Purifier(dae, _stats(mu, float(r.std())), "E", purify.PurifySettings(n=10, alpha=0.05)).purify(x)
+    out = out.numpy()
+    below, above = r < mu, r > mu
+    assert below.any() and above.any()
+    np.testing.assert_array_equal(out[below], x[below])
+    assert all(not np.array_equal(out[i], x[i]) for i in np.flatnonzero(above))
+
+
+def test_c_learning_rate_follows_the_normal_cdf():
+    r0 = tf.constant([0.0, 1.0, 2.0])
+    np.testing.assert_allclose(purify.lr_from_error(r0, 1.0, 1.0).numpy(), [0.158655, 0.5, 0.841345], atol=1e-5)
+
+
+def test_f_noise_amplitude_is_clipped():
+    eta = purify.noise_amplitude(tf.constant([1.0, 3.0, 100.0]), 1.0, 1.0, 0.1).numpy()
+    np.testing.assert_allclose(eta, [0.0, 0.1, 0.4], atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["F", "G"])
+def test_random_variants_are_reproducible_by_seed(dae_and_x, variant):
+    dae, x = dae_and_x
+    r = _r(dae, x)
+    stats = _stats(float(r.min()) - 2 * float(r.std()), float(r.std()))  # every image gets noise
+    s = purify.PurifySettings(n=4, alpha=0.01, eps_r=0.05, rho=0.2, theta_max=20)
+    a = purify.Purifier(dae, stats, variant, s).purify(x, seed=3).numpy()
+    b = purify.Purifier(dae, stats, variant, s).purify(x, seed=3).numpy()
+    c = purify.Purifier(dae, stats, variant, s).purify(x, seed=4).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_g_transform_is_identity_at_zero_range_and_moves_pixels_otherwise(dae_and_x):
+    _, x = dae_and_x
+    same = purify.random_transform(tf.constant(x), 0.0, 0.0, tf.constant(1, tf.int64)).numpy()
+    np.testing.assert_allclose(same, x, atol=1e-5)
+    moved = purify.random_transform(tf.constant(x), 0.3, 30.0, tf.constant(1, tf.int64)).numpy()
+    assert np.abs(moved - x).mean() > 0.01
+
+
+def test_loop_traces_once_for_repeated_batches_of_one_shape(dae_and_x):
+    dae, x = dae_and_x
+    p = purify.Purifier(dae, _stats(1.0), "F", purify.PurifySettings(n=2, alpha=0.01, eps_r=0.01))
+    for seed in range(4):
+        p.purify(x, seed=seed)
+    p.settings = purify.PurifySettings(n=3, alpha=0.02, eps_r=0.02)  # new settings are tensors: no retrace
+    p.purify(x)
+    (fn,) = p._compiled.values()
+    assert fn.experimental_get_tracing_count() == 1
+
+
+def test_unknown_variant_and_bad_settings():
+    dae = models.build_dae(SHAPE)
+    with pytest.raises(purify.ApudaeError, match="unknown purification variant"):
+        purify.Purifier(dae, _stats(1.0), "Z")
+    with pytest.raises(purify.ApudaeError, match="bad purification settings"):
+        purify.Purifier(dae, _stats(1.0), "B", purify.PurifySettings(n=-1))

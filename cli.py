@@ -289,5 +289,56 @@ def classify(dataset, input_path, predictions, as_json, model_dir):
         click.echo(f"classified {len(pred)} images (no labels in the input)")
 
 
+@main.command()
+@click.argument("dataset")
+@click.option("--variants", default="direct,A,B,C,D,E,F,G", show_default=True, help="Comma-separated variants.")
+@click.option("--n-val", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Validation images to tune on.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Sweep report (default: results/<dataset>/tune.json).")
+@models_option
+@data_dir_option
+@friendly_errors
+def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
+    """Choose purification settings on the validation split (never the test set).
+
+    For each variant, sweeps n, alpha (and eps_r for F, G) on N_VAL
+    validation images and their PGD versions (the dataset's preset, blind to
+    the defence), keeps the setting with the best mean of clean and PGD
+    accuracy, and writes it to MODELS/purify_settings.json, which `purify`
+    then uses by default. The whole sweep goes to results/<dataset>/tune.json.
+    """
+    from apudae_tf import attacks, data, evaluate, purify, store
+
+    ds = data.load_dataset(dataset, data_dir)
+    folder = model_dir or store.default_model_dir(ds.name)
+    m = store.load_models(folder, ds.image_shape)
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in purify.VARIANTS]
+    if unknown:
+        raise ApudaeError(f"unknown variant(s) {', '.join(unknown)}; use {', '.join(purify.VARIANTS)}")
+
+    def show(variant, row):
+        s = row["settings"]
+        click.echo(f"{variant}: n={s['n']} alpha={s['alpha']:.4g} eps_r={s['eps_r']:.4g} "
+                   f"clean {row['clean']:.3f} pgd {row['pgd']:.3f}", err=True)
+
+    report = evaluate.tune(m, ds, names, n_val, attacks.preset(ds.name, seed=seed), seed, progress=show)
+    report["command"] = f"apudae-tf tune {dataset} --variants {','.join(names)} --n-val {n_val} --seed {seed}"
+    out_path = out_path or os.path.join("results", ds.name, "tune.json")
+    store.write_json(out_path, report)
+    chosen = {v: {k: r[k] for k in ("settings", "val_clean", "val_pgd")} for v, r in report["variants"].items()}
+    settings_path = os.path.join(folder, store.PURIFY_SETTINGS)
+    previous = {}
+    if os.path.isfile(settings_path):  # keep variants tuned earlier and not re-tuned now
+        with open(settings_path) as f:
+            previous = json.load(f).get("variants", {})
+    store.write_json(settings_path, {"chosen_on": "val", "n_val": report["n"], "criterion": report["criterion"],
+                                     "attack": report["attack"], "variants": {**previous, **chosen}})
+    for v, r in chosen.items():
+        click.echo(f"{v}: {r['settings']}  val clean {r['val_clean']:.3f}, val pgd {r['val_pgd']:.3f}")
+
+
 if __name__ == "__main__":
     main()

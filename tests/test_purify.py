@@ -106,3 +106,24 @@ def test_unknown_variant_and_bad_settings():
         purify.Purifier(dae, _stats(1.0), "Z")
     with pytest.raises(purify.ApudaeError, match="bad purification settings"):
         purify.Purifier(dae, _stats(1.0), "B", purify.PurifySettings(n=-1))
+
+
+def test_tune_picks_the_best_validation_setting_and_purify_uses_it(tiny_models, tiny_npz):
+    import json
+    import os
+
+    from apudae_tf import attacks, data, evaluate
+
+    ds = data.load_dataset(f"npz:{tiny_npz}")
+    m = store.load_models(tiny_models, ds.image_shape)
+    report = evaluate.tune(m, ds, ["B"], n_val=8, attack_settings=attacks.AttackSettings(0.3, 2, 0.1))
+    assert report["split"] == "val" and report["n"] == 8
+    sweep = report["variants"]["B"]["sweep"]
+    assert len(sweep) == len(evaluate.tune_candidates("mnist", "B")) == 9
+    assert report["variants"]["B"]["settings"] == max(sweep, key=lambda r: r["score"])["settings"]
+    # a model folder's purify_settings.json becomes purify's default
+    chosen = {"B": {"settings": {**report["variants"]["B"]["settings"], "n": 7}}}
+    with open(os.path.join(tiny_models, store.PURIFY_SETTINGS), "w") as f:
+        json.dump({"variants": chosen}, f)
+    assert purify.default_settings("mnist", "B", tiny_models).n == 7
+    assert purify.default_settings("mnist", "C", tiny_models) == purify.FALLBACK["mnist"]

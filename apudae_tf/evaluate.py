@@ -48,9 +48,9 @@ def format_facts(f: dict) -> str:
 # grid; A takes sign steps, so its α is a pixel step; F and G add the noise scale ε_r.
 TUNE_GRID = {
     "mnist": {
-        "A": {"n": [10, 20, 40], "alpha": [0.005, 0.01, 0.02]},
-        "adam": {"n": [10, 20, 40], "alpha": [0.01, 0.02, 0.05]},
-        "noise": {"eps_r": [0.0, 0.02, 0.05, 0.1]},
+        "A": {"n": [10, 20], "alpha": [0.01, 0.02, 0.04]},
+        "adam": {"n": [10, 20], "alpha": [0.02, 0.05, 0.1]},
+        "noise": {"eps_r": [0.01, 0.03]},
     },
     "cifar10": {
         "A": {"n": [12, 15, 18], "alpha": [1 / 255, 2 / 255]},

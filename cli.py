@@ -174,8 +174,9 @@ def info(dataset, model_dir, as_json, data_dir):
 
 @main.command()
 @click.option("--dataset", required=True, help="mnist, cifar10 or npz:PATH.")
-@click.option("--method", type=click.Choice(["random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2"]), default="pgd",
-              show_default=True, help="Attack (spec §4); cw is PGD on the CW margin loss, cw-l2 the L2 CW attack.")
+@click.option("--method", type=click.Choice(["none", "random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2"]), default="pgd",
+              show_default=True, help="Attack (spec §4); cw is PGD on the CW margin loss, cw-l2 the L2 CW attack; "
+                                      "none writes the clean images.")
 @click.option("--eps", type=float, default=None, help="L∞ budget (default: 0.3 MNIST, 8/255 CIFAR-10).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Iterations (default: 40 MNIST, 7 CIFAR-10; Adam steps for cw-l2, default 100).")

@@ -19,7 +19,7 @@ from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient
 
 from apudae_tf.errors import ApudaeError
 
-METHODS = ("random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2")
+METHODS = ("none", "random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2")
 CW_KAPPA = 2.0  # spec §4: the margin loss is clipped at -κ
 
 
@@ -110,6 +110,11 @@ def cw_margin(model_fn, y, kappa=CW_KAPPA):
 
 
 # -- the attacks -----------------------------------------------------------------------------
+
+
+def no_attack(model_fn, x, y, s: AttackSettings):
+    """The clean images themselves: the pipeline's baseline."""
+    return tf.convert_to_tensor(x, tf.float32)
 
 
 def random_noise(model_fn, x, y, s: AttackSettings):
@@ -223,7 +228,7 @@ def cw_l2(model_fn, x, y, s: AttackSettings):
     return tf.convert_to_tensor(attack.attack(np.asarray(x, np.float32)))
 
 
-ATTACKS = {"random": random_noise, "fgsm": fgsm, "r-fgsm": r_fgsm, "pgd": pgd, "cw": cw_linf, "cw-l2": cw_l2}
+ATTACKS = {"none": no_attack, "random": random_noise, "fgsm": fgsm, "r-fgsm": r_fgsm, "pgd": pgd, "cw": cw_linf, "cw-l2": cw_l2}
 
 
 def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size: int = 500, progress=None):

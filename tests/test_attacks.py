@@ -76,3 +76,10 @@ def test_project_is_the_linf_ball_and_box():
     x = tf.constant([[0.0, 0.5, 1.0]])
     out = attacks.project(tf.constant([[-0.5, 0.9, 0.8]]), x, 0.25).numpy()
     np.testing.assert_allclose(out, [[0.0, 0.75, 0.8]])
+
+
+def test_none_returns_the_clean_images(setup):
+    fn, x, y = setup
+    np.testing.assert_array_equal(attacks.run_attack("none", fn, x, y, attacks.AttackSettings(EPS, 1, 0.1)), x)
+    with pytest.raises(attacks.ApudaeError, match="unknown attack"):
+        attacks.run_attack("deepfool", fn, x, y, attacks.AttackSettings(EPS, 1, 0.1))

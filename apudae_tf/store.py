@@ -128,12 +128,8 @@ class Models:
 
     classifier: object
     dae: object
-    stats: DaeStats
+    stats: DaeStats | None
     folder: str
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.stats.image_shape
 
     def classifier_fn(self):
         """The classifier as a compiled ``x -> logits`` callable, in inference mode."""
@@ -144,19 +140,23 @@ class Models:
 
 
 def load_models(model_dir: str, image_shape: tuple[int, int, int] | None = None, need=("classifier", "dae")) -> Models:
-    """Load a model folder; ``image_shape``, if given, must match every model's input."""
+    """Load a model folder; ``image_shape``, if given, must match every model's input.
+
+    The DAE statistics are required only when the DAE is (``classify`` needs the classifier alone).
+    """
     if not os.path.isdir(model_dir):
         raise ApudaeError(f"no model folder {model_dir}; train with `apudae-tf train` or pass --models DIR")
-    stats = load_stats(model_dir)
+    has_stats = "dae" in need or os.path.isfile(os.path.join(model_dir, DAE_STATS))
+    stats = load_stats(model_dir) if has_stats else None
     classifier = load_model(os.path.join(model_dir, CLASSIFIER)) if "classifier" in need else None
     dae = load_model(os.path.join(model_dir, DAE)) if "dae" in need else None
-    expected = tuple(image_shape) if image_shape is not None else stats.image_shape
+    expected = tuple(image_shape) if image_shape is not None else (stats.image_shape if stats else None)
     for name, model in (("classifier", classifier), ("dae", dae)):
         if model is None:
             continue
         got = tuple(int(d) for d in model.input_shape[1:])
-        if got != expected:
+        if expected is not None and got != expected:
             raise ApudaeError(f"the {name} in {model_dir} takes images of shape {got}, the data has {expected}")
-    if stats.image_shape != expected:
+    if stats is not None and expected is not None and stats.image_shape != expected:
         raise ApudaeError(f"{model_dir}/{DAE_STATS} is for images of shape {stats.image_shape}, the data has {expected}")
     return Models(classifier=classifier, dae=dae, stats=stats, folder=model_dir)

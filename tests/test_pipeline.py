@@ -106,3 +106,15 @@ def test_real_shell_pipeline_with_the_shipped_models(tmp_path):
                                            capture_output=True, check=True, timeout=600).stdout)["accuracy"]
     assert undefended <= 0.05
     assert purified >= undefended + 0.3
+
+
+def test_classify_needs_only_a_classifier(tmp_path):
+    from apudae_tf import models, store
+
+    store.save_model(models.build_mnist_classifier(), str(tmp_path / store.CLASSIFIER))
+    x, y = _good()
+    res = _run(["classify", "--json", "--models", str(tmp_path)], _npz_bytes(x=x, y=y))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n"] == 4
+    res = _run(["purify", "--models", str(tmp_path)], _npz_bytes(x=x, y=y))
+    assert res.exit_code == 2 and "no dae_stats.json" in res.stderr

@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from apudae_tf.errors import ApudaeError
+from apudae_tf.errors import ApudaeError, first_line
 
 DATA_DIR_ENV = "APUDAE_DATA_DIR"
 BUILTIN = ("mnist", "cifar10")
@@ -65,20 +65,16 @@ def to_float_images(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / np.float32(255.0)
 
 
-def read_npz(path: str) -> dict[str, np.ndarray]:
-    """Arrays of an npz file, never unpickling (a user's file is untrusted)."""
+def read_npz(source, where: str | None = None) -> dict[str, np.ndarray]:
+    """Arrays of an npz file (a path or a file object), never unpickling: a user's file is untrusted."""
+    where = where or str(source)
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with np.load(source, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
     except FileNotFoundError:
-        raise ApudaeError(f"no such file: {path}") from None
+        raise ApudaeError(f"no such file: {where}") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ApudaeError(f"{path} is not a readable npz file ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+        raise ApudaeError(f"{where} is not a readable npz file ({first_line(e)})") from None
 
 
 def _check_layout(arrays: dict[str, np.ndarray], where: str) -> None:
@@ -157,7 +153,7 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
         arrays = _from_tfds(name)
     except Exception as e:  # tfds raises many types when offline
         raise ApudaeError(
-            f"{name}: tensorflow-datasets could not load it ({_first_line(e)[:120]}); "
+            f"{name}: tensorflow-datasets could not load it ({first_line(e, 120)}); "
             f"offline, point --data-dir or ${DATA_DIR_ENV} at a folder holding {name}.npz"
         ) from None
     return _from_arrays(name, arrays, f"tfds:{name}")

@@ -7,6 +7,7 @@ consumer of the DAE needs it computed the same way.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers
 
@@ -75,7 +76,5 @@ def reconstruction_error(dae, x: tf.Tensor) -> tf.Tensor:
 
 def predict_in_batches(fn, x, batch_size: int = 500):
     """Apply ``fn`` to ``x`` in chunks and concatenate (numpy in, numpy out)."""
-    import numpy as np
-
     outs = [np.asarray(fn(tf.constant(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

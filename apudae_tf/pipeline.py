@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import zipfile
 
 import numpy as np
 
+from apudae_tf.data import read_npz
 from apudae_tf.errors import ApudaeError
 from apudae_tf.store import atomic_write
 
@@ -58,11 +58,7 @@ def loads(data: bytes, where: str) -> Batch:
         raise ApudaeError(f"{where} is empty; pipe the output of `apudae-tf attack` or pass -i FILE")
     if not data.startswith(b"PK"):
         raise ApudaeError(f"{where} is not an npz archive (it does not start like a zip file)")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ApudaeError(f"{where} is not a readable npz ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    arrays = read_npz(io.BytesIO(data), where)
     if "x" not in arrays:
         raise ApudaeError(f"{where} has no 'x' array (keys: {', '.join(arrays) or 'none'})")
     meta = {}

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 
-from apudae_tf.errors import ApudaeError
+from apudae_tf.errors import ApudaeError, first_line
 
 CLASSIFIER = "classifier.keras"
 DAE = "dae.keras"
@@ -104,8 +104,7 @@ def load_model(path: str):
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for a corrupt archive
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ApudaeError(f"cannot load the model {path} ({msg})") from None
+        raise ApudaeError(f"cannot load the model {path} ({first_line(e)})") from None
 
 
 def load_stats(model_dir: str) -> DaeStats:

@@ -92,10 +92,6 @@ def iterative_attack(loss_fn, x, eps, step, steps, rand_init, seed):
     return x_adv
 
 
-def cross_entropy(model_fn, y):
-    return lambda x: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=model_fn(x))
-
-
 def cw_margin(model_fn, y, kappa=CW_KAPPA):
     """Ascend min(max_{j≠y} Z_j − Z_y, κ), i.e. descend the CW loss max(Z_y − max_{j≠y} Z_j, −κ)."""
 

@@ -35,7 +35,6 @@ from apudae_tf.errors import ApudaeError
 from apudae_tf.store import DaeStats
 
 VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
-RANDOM_VARIANTS = ("F", "G")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +162,8 @@ VARIANT_PIECES = {
 class Purifier:
     """Purify batches with one variant; compiled once per batch shape.
 
-    ``purify(x)`` is the library's single purification entry point: the CLI,
-    the evaluation tables and the SavedModel export all call it.
+    ``purify(x)`` is the library's single purification entry point (the CLI and
+    ``evaluate.tune`` call it); later consumers must call it too, not copy the loop.
     """
 
     def __init__(self, dae, stats: DaeStats, variant: str, settings: PurifySettings | None = None,

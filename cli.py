@@ -291,6 +291,40 @@ def classify(dataset, input_path, predictions, as_json, model_dir):
 
 
 @main.command()
+@click.option("--dataset", required=True, help="Dataset whose models to export (saved_models/<dataset>).")
+@click.option("--variant", type=click.Choice(["direct", "A", "B", "C", "D", "E", "F", "G"]), default="F",
+              show_default=True, help="Purification variant served by serving_default.")
+@click.option("--out", "base", type=click.Path(file_okay=False), required=True,
+              help="Model base path; the SavedModel goes to OUT/VERSION/ (TF Serving's layout).")
+@click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--chunk", type=click.IntRange(min=1), default=None,
+              help="Images purified together inside the model (requests are padded to whole chunks; default 32).")
+@models_option
+@friendly_errors
+def export(dataset, variant, base, version, chunk, model_dir):
+    """Export purifier + classifier as a TF Serving SavedModel.
+
+    Signatures: serving_default (images [N,H,W,C] float32 in [0,1] ->
+    purified, logits, probabilities, classes, r_before, r_after) and
+    classify_only (no purification). Settings come from the model folder's
+    purify_settings.json, as for `apudae-tf purify`.
+    """
+    from apudae_tf import data, store
+    from apudae_tf import export as exporting
+    from apudae_tf import purify as purification
+
+    if model_dir is None and (dataset not in data.BUILTIN or not os.path.isdir(store.default_model_dir(dataset))):
+        raise ApudaeError(f"no shipped models for dataset {dataset!r}; pass --models DIR")
+    m = store.load_models(model_dir or store.default_model_dir(dataset))
+    settings = purification.default_settings(m.stats.dataset, variant, m.folder)
+    p = purification.Purifier(m.dae, m.stats, variant, settings)
+    path = exporting.export(m.classifier, p, m.stats.image_shape, base, version,
+                            chunk or exporting.SERVING_CHUNK, meta={"dataset": m.stats.dataset, "models": m.folder})
+    click.echo(f"exported {variant} for {m.stats.dataset} to {path}", err=True)
+    click.echo(path)
+
+
+@main.command()
 @click.argument("dataset")
 @click.option("--variants", default="direct,A,B,C,D,E,F,G", show_default=True, help="Comma-separated variants.")
 @click.option("--n-val", type=click.IntRange(min=1), default=500, show_default=True,

@@ -177,6 +177,7 @@ class Purifier:
         self._sigma = tf.constant(max(stats.sigma, 1e-12), tf.float32)
         self.jit_compile = jit_compile
         self._compiled = {}  # batch shape -> compiled loop
+        self.variables = []  # every input variable and Adam slot made so far (an export tracks them)
         self._direct = tf.function(lambda x: tf.clip_by_value(self.dae(x, training=False), 0.0, 1.0))
 
     def r(self, x):
@@ -191,6 +192,7 @@ class Purifier:
             opt = tf.keras.optimizers.Adam(learning_rate=self.settings.alpha)
             opt.build([x])
             state = [opt.iterations] + [v for v in opt.variables if v.path.endswith(("_momentum", "_velocity"))]
+            self.variables += [x, *opt.variables]
             graph = functools.partial(self._loop, x, opt, state)
             self._compiled[key] = tf.function(graph, jit_compile=self.jit_compile)
         return self._compiled[key]
@@ -219,8 +221,11 @@ class Purifier:
             x.assign(tf.clip_by_value(x, 0.0, 1.0))
         return tf.identity(x)
 
-    def purify(self, x, seed: int | None = None):
-        """Purify a float32 NHWC batch in [0, 1]; returns a tensor of the same shape."""
+    def purify(self, x, seed=None):
+        """Purify a float32 NHWC batch in [0, 1]; returns a tensor of the same shape.
+
+        Also callable while tracing (the SavedModel export does), given a static batch shape;
+        ``seed`` may then be a tensor."""
         s = self.settings
         x = tf.convert_to_tensor(x, tf.float32)
         if self.pieces is None:
@@ -228,7 +233,7 @@ class Purifier:
         return self._compiled_for(x.shape)(
             x, tf.constant(s.n, tf.int32), tf.constant(s.alpha, tf.float32), tf.constant(s.eps_r, tf.float32),
             tf.constant(s.rho, tf.float32), tf.constant(s.theta_max, tf.float32),
-            tf.constant(s.seed if seed is None else seed, tf.int64),
+            tf.cast(s.seed if seed is None else seed, tf.int64),
         )
 
     def purify_array(self, x: np.ndarray, batch_size: int = 500, progress=None) -> np.ndarray:

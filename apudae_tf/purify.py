@@ -121,7 +121,8 @@ def random_transform(x, rho, theta_max_deg, seed):
     b = tf.shape(x)[0]
     h, w = tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
     s = tf.random.stateless_uniform([b], [seed, 101], 1.0 - rho, 1.0 + rho)
-    theta = tf.random.stateless_uniform([b], [seed, 102], -theta_max_deg, theta_max_deg) * (math.pi / 180.0)
+    theta = tf.random.stateless_uniform([b], [seed, 102], -theta_max_deg, theta_max_deg)
+    theta = theta * (math.pi / 180.0)
     # the warp maps output pixel (u, v) to input (x, y): inverse of scale-then-rotate about the centre
     cos, sin = tf.cos(theta) / s, tf.sin(theta) / s
     cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
@@ -162,6 +163,9 @@ VARIANT_PIECES = {
 class Purifier:
     """Purify batches with one variant; compiled once per batch shape.
 
+    With ``jit_compile=True`` the loop is XLA-compiled; F and G then draw different (still
+    seeded, reproducible) noise, since XLA's stateless RNG kernels differ from TF's.
+
     ``purify(x)`` is the library's single purification entry point (the CLI and
     ``evaluate.tune`` call it); later consumers must call it too, not copy the loop.
     """
@@ -179,6 +183,8 @@ class Purifier:
         self._compiled = {}  # batch shape -> compiled loop
         self.variables = []  # every input variable and Adam slot made so far (an export tracks them)
         self._direct = tf.function(lambda x: tf.clip_by_value(self.dae(x, training=False), 0.0, 1.0))
+        # G's warp runs before the (possibly XLA-compiled) loop: ImageProjectiveTransformV3 has no XLA kernel
+        self._transform = tf.function(random_transform)
 
     def r(self, x):
         return models.reconstruction_error(self.dae, x)
@@ -189,20 +195,24 @@ class Purifier:
         key = tuple(int(d) for d in shape)
         if key not in self._compiled:
             x = tf.Variable(tf.zeros(key), trainable=True, name="x_purified")
-            opt = tf.keras.optimizers.Adam(learning_rate=self.settings.alpha)
-            opt.build([x])
-            state = [opt.iterations] + [v for v in opt.variables if v.path.endswith(("_momentum", "_velocity"))]
-            self.variables += [x, *opt.variables]
+            self.variables.append(x)
+            opt, state = None, []
+            if not self.pieces.sign_step:  # A steps by sign(g) and needs no optimizer
+                opt = tf.keras.optimizers.Adam(learning_rate=self.settings.alpha)
+                opt.build([x])
+                state = [opt.iterations] + [v for v in opt.variables if v.path.endswith(("_momentum", "_velocity"))]
+                self.variables += opt.variables
             graph = functools.partial(self._loop, x, opt, state)
             self._compiled[key] = tf.function(graph, jit_compile=self.jit_compile)
         return self._compiled[key]
 
-    def _loop(self, x, opt, opt_state, x_in, n, alpha, eps_r, rho, theta_max, seed):
+    def _loop(self, x, opt, opt_state, x_in, n, alpha, eps_r, seed):
         p, mu, sigma = self.pieces, self._mu, self._sigma
-        x.assign(random_transform(x_in, rho, theta_max, seed) if p.transform else x_in)
+        x.assign(x_in)
         for v in opt_state:  # fresh Adam moments and step count for each batch
             v.assign(tf.zeros_like(v))
-        opt.learning_rate.assign(alpha)
+        if opt is not None:
+            opt.learning_rate.assign(alpha)
         lr_scale = tf.reshape(p.lr_rule(self.r(x), mu, sigma), [-1, 1, 1, 1])
         for k in tf.range(tf.cast(n, tf.int64)):
             if p.noise:
@@ -230,10 +240,12 @@ class Purifier:
         x = tf.convert_to_tensor(x, tf.float32)
         if self.pieces is None:
             return self._direct(x)
+        seed = tf.cast(s.seed if seed is None else seed, tf.int64)
+        if self.pieces.transform:
+            x = self._transform(x, tf.constant(s.rho, tf.float32), tf.constant(s.theta_max, tf.float32), seed)
         return self._compiled_for(x.shape)(
             x, tf.constant(s.n, tf.int32), tf.constant(s.alpha, tf.float32), tf.constant(s.eps_r, tf.float32),
-            tf.constant(s.rho, tf.float32), tf.constant(s.theta_max, tf.float32),
-            tf.cast(s.seed if seed is None else seed, tf.int64),
+            seed,
         )
 
     def purify_array(self, x: np.ndarray, batch_size: int = 500, progress=None) -> np.ndarray:

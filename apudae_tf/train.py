@@ -35,9 +35,21 @@ def _fit_verbose() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def train_classifier(ds: Dataset, settings: TrainSettings) -> keras.Model:
-    """Train a CNN classifier (logits out) on the train split, monitoring val."""
+def train_classifier(ds: Dataset, settings: TrainSettings, dae=None, linf_max: float = 0.0) -> keras.Model:
+    """Train a CNN classifier (logits out) on the train split, monitoring val.
+
+    With a ``dae`` (the "stable classifier" of this project, not the paper's recipe) the
+    training set is the clean images plus one DAE output per image, D(x̃) with x̃ drawn
+    as for the DAE's own training (``add_noise``), so the classifier learns on what
+    purification hands it.
+    """
     keras.utils.set_random_seed(settings.seed)
+    x, y = ds.x_train, ds.y_train
+    if dae is not None:
+        sigma_max = SIGMA_MAX.get(ds.name, 0.1)
+        denoised = models.predict_in_batches(
+            lambda b: tf.clip_by_value(dae(add_noise(b, sigma_max, linf_max), training=False), 0.0, 1.0), x)
+        x, y = np.concatenate([x, denoised]), np.concatenate([y, y])
     model = models.build_mnist_classifier(ds.image_shape, ds.num_classes)
     model.compile(
         optimizer=keras.optimizers.Adam(settings.learning_rate),
@@ -45,8 +57,8 @@ def train_classifier(ds: Dataset, settings: TrainSettings) -> keras.Model:
         metrics=["accuracy"],
     )
     model.fit(
-        ds.x_train,
-        ds.y_train,
+        x,
+        y,
         batch_size=settings.batch_size,
         epochs=settings.epochs,
         validation_data=(ds.x_val, ds.y_val),
@@ -55,20 +67,31 @@ def train_classifier(ds: Dataset, settings: TrainSettings) -> keras.Model:
     return model
 
 
-def noisy_pairs(x: np.ndarray, sigma_max: float, batch_size: int, seed: int) -> tf.data.Dataset:
-    """(x̃, x) batches with x̃ = clip(x + σ·n, 0, 1), σ ~ U(0, σ_max) per image (eq. 5)."""
+def add_noise(clean, sigma_max: float, linf_max: float = 0.0):
+    """x̃ = clip(x + σ·n, 0, 1), σ ~ U(0, σ_max) per image (eq. 5).
 
-    def add_noise(clean):
-        n = tf.shape(clean)[0]
-        sigma = tf.random.uniform([n, 1, 1, 1], 0.0, sigma_max)
-        noisy = tf.clip_by_value(clean + sigma * tf.random.normal(tf.shape(clean)), 0.0, 1.0)
-        return noisy, clean
+    With ``linf_max`` > 0 (not the paper's recipe; the "DAE+" of this project) half of the
+    images instead get random-sign noise x̃ = clip(x + ε·s, 0, 1), s ∈ {−1, +1} per pixel,
+    ε ~ U(0, linf_max) per image: corners of the L∞ ball, the kind of perturbation an L∞
+    attack makes, but drawn at random; no attack is run.
+    """
+    n = tf.shape(clean)[0]
+    sigma = tf.random.uniform([n, 1, 1, 1], 0.0, sigma_max)
+    noise = sigma * tf.random.normal(tf.shape(clean))
+    if linf_max > 0:
+        eps = tf.random.uniform([n, 1, 1, 1], 0.0, linf_max)
+        signs = tf.sign(tf.random.uniform(tf.shape(clean), -1.0, 1.0))
+        noise = tf.where(tf.random.uniform([n, 1, 1, 1]) < 0.5, eps * signs, noise)
+    return tf.clip_by_value(clean + noise, 0.0, 1.0)
 
+
+def noisy_pairs(x: np.ndarray, sigma_max: float, batch_size: int, seed: int, linf_max: float = 0.0) -> tf.data.Dataset:
+    """Shuffled (x̃, x) batches, x̃ = add_noise(x), drawn afresh each epoch."""
     return (
         tf.data.Dataset.from_tensor_slices(x)
         .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
-        .map(add_noise, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(lambda clean: (add_noise(clean, sigma_max, linf_max), clean), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
 
@@ -79,15 +102,16 @@ def train_dae(
     sigma_max: float,
     settings: TrainSettings,
     filters: int = models.DAE_FILTERS,
+    linf_max: float = 0.0,
 ) -> keras.Model:
     """Train the Table-1 DAE on noisy inputs, mse to the clean image (eq. 5)."""
     keras.utils.set_random_seed(settings.seed)
     dae = models.build_dae(tuple(x_train.shape[1:]), filters=filters)
     dae.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="mse")
     dae.fit(
-        noisy_pairs(x_train, sigma_max, settings.batch_size, settings.seed),
+        noisy_pairs(x_train, sigma_max, settings.batch_size, settings.seed, linf_max),
         epochs=settings.epochs,
-        validation_data=noisy_pairs(x_val, sigma_max, settings.batch_size, settings.seed + 1),
+        validation_data=noisy_pairs(x_val, sigma_max, settings.batch_size, settings.seed + 1, linf_max),
         shuffle=False,  # the tf.data pipeline already shuffles
         verbose=_fit_verbose(),
     )

@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from apudae_tf import names
 from apudae_tf.errors import ApudaeError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TF's C++ banner off stderr; Python errors still surface
@@ -79,8 +80,17 @@ def write_batch(batch, path):
     elif sys.stdout.isatty():
         raise ApudaeError("refusing to write npz data to a terminal: pass -o FILE or pipe into another command")
     else:
-        sys.stdout.buffer.write(pipeline.dumps(batch))
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(pipeline.dumps(batch))
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            # the reader stopped early (`| head`): one line, not a traceback; point stdout at
+            # /dev/null so Python's own flush at exit does not fail a second time
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            raise ApudaeError("the output pipe was closed before all data was written") from None
 
 
 def models_for(batch, model_dir, dataset, need=("classifier", "dae")):
@@ -174,7 +184,7 @@ def info(dataset, model_dir, as_json, data_dir):
 
 @main.command()
 @click.option("--dataset", required=True, help="mnist, cifar10 or npz:PATH.")
-@click.option("--method", type=click.Choice(["none", "random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2"]), default="pgd",
+@click.option("--method", type=click.Choice(names.ATTACK_METHODS), default="pgd",
               show_default=True, help="Attack (spec §4); cw is PGD on the CW margin loss, cw-l2 the L2 CW attack; "
                                       "none writes the clean images.")
 @click.option("--eps", type=float, default=None, help="L∞ budget (default: 0.3 MNIST, 8/255 CIFAR-10).")
@@ -218,7 +228,7 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
 
 
 @main.command()
-@click.option("--variant", type=click.Choice(["direct", "A", "B", "C", "D", "E", "F", "G"]), default="F",
+@click.option("--variant", type=click.Choice(names.PURIFY_VARIANTS), default="F",
               show_default=True, help="Purification variant (spec §3).")
 @click.option("--n", "n_iter", type=click.IntRange(min=0), default=None, help="Iterations n.")
 @click.option("--alpha", type=float, default=None, help="Step size (A) or Adam learning rate (B-G).")
@@ -292,7 +302,7 @@ def classify(dataset, input_path, predictions, as_json, model_dir):
 
 @main.command()
 @click.option("--dataset", required=True, help="Dataset whose models to export (saved_models/<dataset>).")
-@click.option("--variant", type=click.Choice(["direct", "A", "B", "C", "D", "E", "F", "G"]), default="F",
+@click.option("--variant", type=click.Choice(names.PURIFY_VARIANTS), default="F",
               show_default=True, help="Purification variant served by serving_default.")
 @click.option("--out", "base", type=click.Path(file_okay=False), required=True,
               help="Model base path; the SavedModel goes to OUT/VERSION/ (TF Serving's layout).")

@@ -17,9 +17,10 @@ from cleverhans.tf2.attacks.carlini_wagner_l2 import CarliniWagnerL2
 from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
+from apudae_tf import names
 from apudae_tf.errors import ApudaeError
 
-METHODS = ("none", "random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2")
+METHODS = names.ATTACK_METHODS
 CW_KAPPA = 2.0  # spec §4: the margin loss is clipped at -κ
 
 

@@ -30,11 +30,11 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from apudae_tf import models
+from apudae_tf import models, names
 from apudae_tf.errors import ApudaeError
 from apudae_tf.store import DaeStats
 
-VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
+VARIANTS = names.PURIFY_VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,16 +71,23 @@ def add_noise(clean, sigma_max: float, linf_max: float = 0.0):
     """x̃ = clip(x + σ·n, 0, 1), σ ~ U(0, σ_max) per image (eq. 5).
 
     With ``linf_max`` > 0 (not the paper's recipe; the "DAE+" of this project) half of the
-    images instead get random-sign noise x̃ = clip(x + ε·s, 0, 1), s ∈ {−1, +1} per pixel,
-    ε ~ U(0, linf_max) per image: corners of the L∞ ball, the kind of perturbation an L∞
-    attack makes, but drawn at random; no attack is run.
+    images instead get random-sign noise x̃ = clip(x + ε·s, 0, 1), ε ~ U(0, linf_max) per
+    image, s ∈ {−1, +1} drawn per pixel or per 2×2 or 4×4 block (one scale per image):
+    corners of the L∞ ball, with the spatially coherent patches an L∞ attack makes, but
+    drawn at random; no attack is run.
     """
     n = tf.shape(clean)[0]
     sigma = tf.random.uniform([n, 1, 1, 1], 0.0, sigma_max)
     noise = sigma * tf.random.normal(tf.shape(clean))
     if linf_max > 0:
+        h, w, c = clean.shape[1], clean.shape[2], clean.shape[3]
+        scale = tf.random.uniform([n, 1, 1, 1], 0, 3, tf.int32)
+        signs = tf.zeros_like(clean)
+        for i, block in enumerate((1, 2, 4)):
+            coarse = tf.sign(tf.random.uniform([n, -(-h // block), -(-w // block), c], -1.0, 1.0))
+            fine = tf.image.resize(coarse, [-(-h // block) * block, -(-w // block) * block], "nearest")[:, :h, :w]
+            signs = tf.where(tf.equal(scale, i), fine, signs)
         eps = tf.random.uniform([n, 1, 1, 1], 0.0, linf_max)
-        signs = tf.sign(tf.random.uniform(tf.shape(clean), -1.0, 1.0))
         noise = tf.where(tf.random.uniform([n, 1, 1, 1]) < 0.5, eps * signs, noise)
     return tf.clip_by_value(clean + noise, 0.0, 1.0)
 

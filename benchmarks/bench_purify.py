@@ -1,0 +1,240 @@
+"""Purification throughput on this CPU, beside the CPU's own matmul rate, in one process.
+
+  python benchmarks/bench_purify.py [--models saved_models/mnist] [--batches 1,32,256] [--out results/bench]
+
+Measures, in this order and in the same process:
+  1. the reference limit: float32 matmul GFLOP/s (tf.linalg.matmul, 2048×2048, best of several);
+  2. for each variant (direct, A–G) and batch size, with XLA off and on: images/s of
+     ``Purifier.purify`` and the GFLOP/s that implies from the DAE's convolution FLOP count;
+  3. the baseline: the very same loop run eagerly, step by step from Python
+     (``tf.config.run_functions_eagerly``), for variant A.
+
+FLOPs counted: 2 × multiply-adds of the DAE's convolutions (elementwise ops, BN and Adam
+ignored, so GFLOP/s is a slight undercount). Per image and iteration: one forward and one
+input-gradient backward pass (2 × forward) for the loss; one more forward for the noise
+amplitude η (F, G); plus one forward for r(x_in) before the loop (C's rate, and
+harmless elsewhere). Writes BENCH/purify.json and BENCH/purify.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from apudae_tf import models, purify, store
+
+VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def timed(fn, min_seconds: float = 1.0, min_reps: int = 2) -> float:
+    """Seconds per call: one warm-up call (tracing, compiling), then repeat until min_seconds."""
+    fn()
+    reps, start = 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_seconds:
+        fn()
+        reps += 1
+    return (time.perf_counter() - start) / reps
+
+
+def matmul_gflops(n: int = 2048, tries: int = 5) -> float:
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    mm = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
+    return max(2 * n**3 / timed(lambda: mm().numpy(), 0.5) / 1e9 for _ in range(tries))
+
+
+def dae_layer_flops(layer) -> int:
+    """2 × multiply-adds of one Conv2D / Conv2DTranspose for one image (0 for other layers)."""
+    kind = type(layer).__name__
+    if kind == "Conv2D":  # each output pixel: kh·kw·cin MACs per output channel
+        kh, kw, cin, cout = (int(d) for d in layer.kernel.shape)
+        _, oh, ow, _ = layer.output.shape
+        return 2 * oh * ow * cout * kh * kw * cin
+    if kind == "Conv2DTranspose":  # each input pixel scatters kh·kw·cout MACs per input channel
+        kh, kw, cout, cin = (int(d) for d in layer.kernel.shape)
+        _, ih, iw, _ = layer.input.shape
+        return 2 * ih * iw * cin * kh * kw * cout
+    return 0
+
+
+def dae_forward_flops(dae) -> int:
+    return int(sum(dae_layer_flops(layer) for layer in dae.layers))
+
+
+def op_profile(dae, batch: int, min_seconds: float) -> list[dict]:
+    """Where the time of one purification step goes, at one batch size: each convolution
+    alone, forward and input-gradient, then the whole DAE forward and forward+backward
+    (what one A step computes), each with its achieved GFLOP/s."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for layer in dae.layers:
+        kind = type(layer).__name__
+        if not dae_layer_flops(layer):
+            continue
+        x = tf.constant(rng.random((batch, *layer.input.shape[1:]), dtype=np.float32))
+        flops = dae_layer_flops(layer) * batch
+        fwd = tf.function(lambda x=x, layer=layer: layer(x))
+
+        def grad(x=x, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = tf.reduce_sum(layer(x))
+            return tape.gradient(y, x)
+
+        bwd = tf.function(grad)
+        t_f = timed(lambda: fwd().numpy(), min_seconds)
+        t_b = timed(lambda: bwd().numpy(), min_seconds)
+        # the input gradient costs what the forward does; timed together, as the purifier runs them
+        rows.append({"op": f"{layer.name} ({kind} {layer.input.shape[-1]}→{layer.output.shape[-1]}, "
+                           f"{layer.input.shape[1]}×{layer.input.shape[2]})",
+                     "forward_ms": 1e3 * t_f, "forward_gflops": flops / t_f / 1e9,
+                     "with_input_grad_ms": 1e3 * t_b, "with_input_grad_gflops": 2 * flops / t_b / 1e9})
+    x = tf.constant(rng.random((batch, *dae.input_shape[1:]), dtype=np.float32))
+    fwd_flops = dae_forward_flops(dae) * batch
+    fwd = tf.function(lambda: tf.reduce_sum(models.reconstruction_error(dae, x)))
+
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            r = tf.reduce_sum(models.reconstruction_error(dae, x))
+        return tape.gradient(r, x)
+
+    t_f = timed(lambda: fwd().numpy(), min_seconds)
+    step_fn = tf.function(step)
+    t_s = timed(lambda: step_fn().numpy(), min_seconds)
+    rows.append({"op": "whole DAE: r(x), and r(x) with its input gradient (one A step without the update)",
+                 "forward_ms": 1e3 * t_f, "forward_gflops": fwd_flops / t_f / 1e9,
+                 "with_input_grad_ms": 1e3 * t_s, "with_input_grad_gflops": 2 * fwd_flops / t_s / 1e9})
+    return rows
+
+
+def flops_per_image(variant: str, n: int, forward: int) -> int:
+    if variant == "direct":
+        return forward
+    per_step = 2 * forward + (forward if purify.VARIANT_PIECES[variant].noise else 0)
+    return n * per_step + forward
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=store.default_model_dir("mnist"))
+    ap.add_argument("--batches", default="1,32,256")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--xla", default="off,on")
+    ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--out", default=os.path.join("results", "bench"))
+    args = ap.parse_args()
+
+    m = store.load_models(args.models, need=("dae",))
+    shape = m.stats.image_shape
+    forward = dae_forward_flops(m.dae)
+    batches = [int(b) for b in args.batches.split(",")]
+    variants = args.variants.split(",")
+    machine = {
+        "cpu": cpu_model(), "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "tensorflow": tf.__version__, "python": platform.python_version(),
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads() or "default",
+    }
+    print(f"{machine['cpu']}, {machine['usable_cores']} cores, TF {tf.__version__}", file=sys.stderr)
+    ref = matmul_gflops()
+    print(f"matmul: {ref:.1f} GFLOP/s", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    records = []
+
+    def record(variant, batch, xla, mode, settings, seconds):
+        gflop = flops_per_image(variant, settings.n, forward) * batch / 1e9
+        rec = {"dataset": m.stats.dataset, "variant": variant, "batch": batch, "xla": xla, "mode": mode,
+               "steps": 0 if variant == "direct" else settings.n, "seconds_per_batch": seconds,
+               "images_per_s": batch / seconds, "gflops": gflop / seconds, "fraction_of_matmul": gflop / seconds / ref}
+        records.append(rec)
+        print(f"{variant:6s} batch {batch:4d} xla {'on ' if xla else 'off'} {mode:6s} "
+              f"{rec['images_per_s']:9.1f} img/s {rec['gflops']:6.1f} GFLOP/s ({rec['fraction_of_matmul']:.0%})",
+              file=sys.stderr)
+
+    for variant in variants:
+        settings = purify.default_settings(m.stats.dataset, variant, m.folder)
+        for xla in [x == "on" for x in args.xla.split(",")]:
+            p = purify.Purifier(m.dae, m.stats, variant, settings, jit_compile=xla)
+            for batch in batches:
+                x = tf.constant(rng.random((batch, *shape), dtype=np.float32))
+                record(variant, batch, xla, "graph", settings, timed(lambda: p.purify(x).numpy(), args.min_seconds))
+
+    # the baseline: the same loop, eagerly, one Python-driven op at a time
+    settings = purify.default_settings(m.stats.dataset, "A", m.folder)
+    tf.config.run_functions_eagerly(True)
+    try:
+        p = purify.Purifier(m.dae, m.stats, "A", settings)
+        for batch in batches:
+            x = tf.constant(rng.random((batch, *shape), dtype=np.float32))
+            record("A", batch, False, "eager", settings, timed(lambda: p.purify(x).numpy(), args.min_seconds, 1))
+    finally:
+        tf.config.run_functions_eagerly(False)
+
+    profile_batch = max(batches)
+    profile = op_profile(m.dae, profile_batch, args.min_seconds)
+    report = {"command": "python benchmarks/bench_purify.py " + " ".join(sys.argv[1:]), "machine": machine,
+              "matmul_gflops": ref, "dae_forward_flops_per_image": forward,
+              "profile": {"batch": profile_batch, "ops": profile},
+              "settings": {v: dataclasses.asdict(purify.default_settings(m.stats.dataset, v, m.folder))
+                           for v in variants},
+              "records": records}
+    store.write_json(os.path.join(args.out, "purify.json"), report)
+    md = render(report)
+    store.atomic_write(os.path.join(args.out, "purify.md"), lambda tmp: open(tmp, "w").write(md))
+    print(md)
+
+
+def render(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "# Purification throughput",
+        "",
+        f"`{r['command']}`",
+        "",
+        f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, TensorFlow {m['tensorflow']}, "
+        f"Python {m['python']}; threads intra-op {m['intra_op_threads']}, inter-op {m['inter_op_threads']}.",
+        f"Reference limit (same run): float32 matmul **{r['matmul_gflops']:.1f} GFLOP/s**. "
+        f"DAE forward pass: {r['dae_forward_flops_per_image'] / 1e6:.1f} MFLOP per image.",
+        "",
+        "| variant | n | batch | XLA | mode | images/s | GFLOP/s | of matmul |",
+        "|---|---:|---:|---|---|---:|---:|---:|",
+    ]
+    for x in r["records"]:
+        lines.append(f"| {x['variant']} | {x['steps']} | {x['batch']} | {'on' if x['xla'] else 'off'} | {x['mode']} "
+                     f"| {x['images_per_s']:.1f} | {x['gflops']:.1f} | {x['fraction_of_matmul']:.0%} |")
+    p = r["profile"]
+    lines += ["", f"## Profile: where a step's time goes (batch {p['batch']}, XLA off)", "",
+              "Each convolution timed alone: forward, and forward with its input gradient (what the "
+              "purifier computes each step; 2× the forward FLOPs); then the whole DAE. Compare the "
+              "GFLOP/s with the matmul limit above.", "",
+              "| op | forward ms | forward GFLOP/s | fwd + input-grad ms | fwd + input-grad GFLOP/s |",
+              "|---|---:|---:|---:|---:|"]
+    for o in p["ops"]:
+        lines.append(f"| {o['op']} | {o['forward_ms']:.2f} | {o['forward_gflops']:.1f} "
+                     f"| {o['with_input_grad_ms']:.2f} | {o['with_input_grad_gflops']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

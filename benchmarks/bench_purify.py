@@ -6,8 +6,12 @@ Measures, in this order and in the same process:
   1. the reference limit: float32 matmul GFLOP/s (tf.linalg.matmul, 2048×2048, best of several);
   2. for each variant (direct, A–G) and batch size, with XLA off and on: images/s of
      ``Purifier.purify`` and the GFLOP/s that implies from the DAE's convolution FLOP count;
+     every iterative variant runs the same n (``--steps``, default 20) with its tuned α, ε_r,
+     ρ, θ_max, so costs compare at equal n;
   3. the baseline: the very same loop run eagerly, step by step from Python
-     (``tf.config.run_functions_eagerly``), for variant A.
+     (``tf.config.run_functions_eagerly``), for variant A;
+  4. a profile of one step at the largest batch: each convolution alone, forward and with
+     its input gradient, and the whole DAE.
 
 FLOPs counted: 2 × multiply-adds of the DAE's convolutions (elementwise ops, BN and Adam
 ignored, so GFLOP/s is a slight undercount). Per image and iteration: one forward and one
@@ -80,6 +84,25 @@ def dae_forward_flops(dae) -> int:
     return int(sum(dae_layer_flops(layer) for layer in dae.layers))
 
 
+def _layer_fns(layer, x):
+    """One layer's forward, and forward with the input gradient, as compiled functions."""
+
+    @tf.function
+    def forward():
+        return layer(x)
+
+    @tf.function
+    def with_input_grad():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(layer(x))
+        # return y too: a linear layer's input gradient does not need its output, and the
+        # graph optimiser would otherwise drop the forward pass
+        return y, tape.gradient(y, x)
+
+    return forward, with_input_grad
+
+
 def op_profile(dae, batch: int, min_seconds: float) -> list[dict]:
     """Where the time of one purification step goes, at one batch size: each convolution
     alone, forward and input-gradient, then the whole DAE forward and forward+backward
@@ -92,17 +115,9 @@ def op_profile(dae, batch: int, min_seconds: float) -> list[dict]:
             continue
         x = tf.constant(rng.random((batch, *layer.input.shape[1:]), dtype=np.float32))
         flops = dae_layer_flops(layer) * batch
-        fwd = tf.function(lambda x=x, layer=layer: layer(x))
-
-        def grad(x=x, layer=layer):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = tf.reduce_sum(layer(x))
-            return tape.gradient(y, x)
-
-        bwd = tf.function(grad)
+        fwd, bwd = _layer_fns(layer, x)
         t_f = timed(lambda: fwd().numpy(), min_seconds)
-        t_b = timed(lambda: bwd().numpy(), min_seconds)
+        t_b = timed(lambda: bwd()[1].numpy(), min_seconds)
         # the input gradient costs what the forward does; timed together, as the purifier runs them
         rows.append({"op": f"{layer.name} ({kind} {layer.input.shape[-1]}→{layer.output.shape[-1]}, "
                            f"{layer.input.shape[1]}×{layer.input.shape[2]})",
@@ -116,11 +131,11 @@ def op_profile(dae, batch: int, min_seconds: float) -> list[dict]:
         with tf.GradientTape() as tape:
             tape.watch(x)
             r = tf.reduce_sum(models.reconstruction_error(dae, x))
-        return tape.gradient(r, x)
+        return r, tape.gradient(r, x)
 
     t_f = timed(lambda: fwd().numpy(), min_seconds)
     step_fn = tf.function(step)
-    t_s = timed(lambda: step_fn().numpy(), min_seconds)
+    t_s = timed(lambda: step_fn()[1].numpy(), min_seconds)
     rows.append({"op": "whole DAE: r(x), and r(x) with its input gradient (one A step without the update)",
                  "forward_ms": 1e3 * t_f, "forward_gflops": fwd_flops / t_f / 1e9,
                  "with_input_grad_ms": 1e3 * t_s, "with_input_grad_gflops": 2 * fwd_flops / t_s / 1e9})
@@ -140,6 +155,8 @@ def main():
     ap.add_argument("--batches", default="1,32,256")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--xla", default="off,on")
+    ap.add_argument("--steps", type=int, default=20,
+                    help="n for every iterative variant, so their costs compare at equal n (default 20)")
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--out", default=os.path.join("results", "bench"))
     args = ap.parse_args()
@@ -172,8 +189,14 @@ def main():
               f"{rec['images_per_s']:9.1f} img/s {rec['gflops']:6.1f} GFLOP/s ({rec['fraction_of_matmul']:.0%})",
               file=sys.stderr)
 
+    def settings_for(variant):  # tuned α, ε_r, ρ, θ; one n for all (cost is linear in n, α does not matter)
+        return dataclasses.replace(purify.default_settings(m.stats.dataset, variant, m.folder), n=args.steps)
+
+    profile_batch = max(batches)
+    profile = op_profile(m.dae, profile_batch, args.min_seconds)
+
     for variant in variants:
-        settings = purify.default_settings(m.stats.dataset, variant, m.folder)
+        settings = settings_for(variant)
         for xla in [x == "on" for x in args.xla.split(",")]:
             p = purify.Purifier(m.dae, m.stats, variant, settings, jit_compile=xla)
             for batch in batches:
@@ -181,7 +204,7 @@ def main():
                 record(variant, batch, xla, "graph", settings, timed(lambda: p.purify(x).numpy(), args.min_seconds))
 
     # the baseline: the same loop, eagerly, one Python-driven op at a time
-    settings = purify.default_settings(m.stats.dataset, "A", m.folder)
+    settings = settings_for("A")
     tf.config.run_functions_eagerly(True)
     try:
         p = purify.Purifier(m.dae, m.stats, "A", settings)
@@ -191,13 +214,10 @@ def main():
     finally:
         tf.config.run_functions_eagerly(False)
 
-    profile_batch = max(batches)
-    profile = op_profile(m.dae, profile_batch, args.min_seconds)
     report = {"command": "python benchmarks/bench_purify.py " + " ".join(sys.argv[1:]), "machine": machine,
               "matmul_gflops": ref, "dae_forward_flops_per_image": forward,
               "profile": {"batch": profile_batch, "ops": profile},
-              "settings": {v: dataclasses.asdict(purify.default_settings(m.stats.dataset, v, m.folder))
-                           for v in variants},
+              "settings": {v: dataclasses.asdict(settings_for(v)) for v in variants},
               "records": records}
     store.write_json(os.path.join(args.out, "purify.json"), report)
     md = render(report)
@@ -223,6 +243,17 @@ def render(r: dict) -> str:
     for x in r["records"]:
         lines.append(f"| {x['variant']} | {x['steps']} | {x['batch']} | {'on' if x['xla'] else 'off'} | {x['mode']} "
                      f"| {x['images_per_s']:.1f} | {x['gflops']:.1f} | {x['fraction_of_matmul']:.0%} |")
+    graph = {(x["variant"], x["batch"], x["xla"]): x for x in r["records"] if x["mode"] == "graph"}
+    pairs = [(b, graph[("F", b, False)], graph[("A", b, False)]) for (v, b, xla) in graph
+             if v == "A" and not xla and ("F", b, False) in graph]
+    if pairs:
+        lines += ["", "Cost of F relative to A at equal n (seconds per image, XLA off): "
+                  + ", ".join(f"batch {b}: {a['images_per_s'] / f['images_per_s']:.2f}×" for b, f, a in pairs) + "."]
+    best = [x for x in r["records"] if x["variant"] == "A" and x["mode"] == "graph"]
+    if best:
+        top = max(best, key=lambda x: x["gflops"])
+        lines += [f"Best A: batch {top['batch']}, XLA {'on' if top['xla'] else 'off'}, {top['gflops']:.1f} GFLOP/s = "
+                  f"{top['fraction_of_matmul']:.0%} of the same-run matmul rate."]
     p = r["profile"]
     lines += ["", f"## Profile: where a step's time goes (batch {p['batch']}, XLA off)", "",
               "Each convolution timed alone: forward, and forward with its input gradient (what the "

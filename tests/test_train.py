@@ -1,9 +1,11 @@
 """DAE training (eq. 5) on a small subset, and the clean error statistics (spec §2)."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from apudae_tf import models, train
+from apudae_tf.errors import ApudaeError
 
 
 def _digits(n, seed):
@@ -47,3 +49,29 @@ def test_clean_error_stats_are_mean_and_std_of_r():
     mu, sigma = train.clean_error_stats(dae, x)
     r = models.reconstruction_error(dae, x).numpy()
     assert np.isclose(mu, r.mean(), rtol=1e-5) and np.isclose(sigma, r.std(), rtol=1e-5)
+
+
+def test_plus_noise_puts_half_the_images_on_linf_ball_corners():
+    tf.keras.utils.set_random_seed(0)
+    x = np.full((200, 28, 28, 1), 0.5, np.float32)
+    delta = (train.add_noise(tf.constant(x), 0.5, linf_max=0.4) - x).numpy().reshape(200, -1)
+    corners = np.array([np.allclose(np.abs(d), np.abs(d[0]), atol=1e-6) for d in delta])  # |δ| = ε everywhere
+    assert 0.3 < corners.mean() < 0.7
+    assert np.abs(delta[corners]).max() <= 0.4 + 1e-6
+    paper = (train.add_noise(tf.constant(x), 0.5) - x).numpy().reshape(200, -1)
+    assert not any(np.allclose(np.abs(d), np.abs(d[0]), atol=1e-6) for d in paper)
+
+
+def test_plus_recipe_trains_the_dae_first_and_the_classifier_on_its_outputs(tiny_npz, tmp_path):
+    from apudae_tf import data, store
+
+    ds = data.load_dataset(f"npz:{tiny_npz}")
+    out = str(tmp_path / "m")
+    s = train.TrainSettings(epochs=1, batch_size=64)
+    train.train(ds, "dae", out, s, echo=lambda m: None, recipe="plus")
+    stats = store.load_stats(out)
+    assert stats.training["recipe"] == "plus" and stats.training["linf_max"] == 0.0  # no preset for npz data
+    summary = train.train(ds, "classifier", out, s, echo=lambda m: None, recipe="plus")
+    assert 0.0 <= summary["classifier_test_accuracy"] <= 1.0
+    with pytest.raises(ApudaeError, match="no model folder"):  # plus needs the DAE trained first
+        train.train(ds, "classifier", str(tmp_path / "empty"), s, echo=lambda m: None, recipe="plus")

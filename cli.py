@@ -128,9 +128,11 @@ def main():
 @click.argument("dataset")
 @click.option("--what", type=click.Choice(["classifier", "dae", "all"]), default="all", show_default=True,
               help="Which model(s) to train.")
-@click.option("--recipe", type=click.Choice(["paper", "plus"]), default="paper", show_default=True,
+@click.option("--recipe", type=click.Choice(["paper", "plus", "adv-dae"]), default="paper", show_default=True,
               help="paper: spec §1's Gaussian-noise DAE and a plain classifier. plus: the DAE also learns random "
-                   "L-inf corner noise and the classifier also learns on the DAE's outputs (an experiment; see README).")
+                   "L-inf corner noise and the classifier also learns on the DAE's outputs. adv-dae: the DAE also "
+                   "learns to undo PGD examples (training images) of the classifier in OUT. plus and adv-dae are "
+                   "experiments; see README.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs (default: 6 for the classifier, 5 for the DAE: the shipped models).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
@@ -151,7 +153,7 @@ def train(dataset, what, recipe, epochs, batch_size, out_dir, seed, data_dir):
 
     ds = data.load_dataset(dataset, data_dir)
     out_dir = out_dir or store.default_model_dir(ds.name)
-    todo = ["dae", "classifier"] if what == "all" else [what]  # the plus classifier learns on the DAE
+    todo = training.train_order(recipe) if what == "all" else [what]
     summary = {}
     for part in todo:
         n_epochs = epochs or {"classifier": 6, "dae": 5}[part]

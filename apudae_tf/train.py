@@ -21,7 +21,9 @@ from apudae_tf.errors import ApudaeError
 SIGMA_MAX = {"mnist": 0.5, "cifar10": 0.1}
 # The plus recipe's random L∞-corner noise reaches past the attack budget (0.3 for MNIST).
 LINF_MAX = {"mnist": 0.4, "cifar10": 12 / 255}
-RECIPES = ("paper", "plus")
+RECIPES = ("paper", "plus", "adv-dae")
+# adv-dae: PGD examples of this many training images join the DAE's noisy pairs
+ADV_DAE_IMAGES = 30000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,15 +92,42 @@ def add_noise(clean, sigma_max: float, linf_max: float = 0.0):
     return tf.clip_by_value(clean + noise, 0.0, 1.0)
 
 
-def noisy_pairs(x: np.ndarray, sigma_max: float, batch_size: int, seed: int, linf_max: float = 0.0) -> tf.data.Dataset:
-    """Shuffled (x̃, x) batches, x̃ = add_noise(x), drawn afresh each epoch."""
+def noisy_pairs(x: np.ndarray, sigma_max: float, batch_size: int, seed: int, linf_max: float = 0.0,
+                given: tuple[np.ndarray, np.ndarray] | None = None) -> tf.data.Dataset:
+    """Shuffled (x̃, x) batches, x̃ = add_noise(x), drawn afresh each epoch.
+
+    ``given`` = (inputs, targets) adds fixed pairs that get no noise: the adv-dae recipe's
+    adversarial examples and their clean images."""
+    inputs, targets, fixed = x, x, np.zeros(len(x), bool)
+    if given is not None:
+        inputs, targets = np.concatenate([x, given[0]]), np.concatenate([x, given[1]])
+        fixed = np.concatenate([fixed, np.ones(len(given[0]), bool)])
+
+    def pair(inp, clean, is_fixed):
+        return tf.where(tf.reshape(is_fixed, [-1, 1, 1, 1]), inp, add_noise(clean, sigma_max, linf_max)), clean
+
     return (
-        tf.data.Dataset.from_tensor_slices(x)
-        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        tf.data.Dataset.from_tensor_slices((inputs, targets, fixed))
+        .shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
-        .map(lambda clean: (add_noise(clean, sigma_max, linf_max), clean), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(pair, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def adversarial_pairs(classifier, ds: Dataset, n: int, seed: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """(PGD examples, clean images) for the first ``n`` training images: the adv-dae recipe.
+
+    PGD at the dataset's ε, 20 steps of ε/12 with a random start, on the classifier alone.
+    A weaker and different schedule from the evaluation's PGD-40 (MNIST), and only training
+    images, so the evaluation's test and validation images are never seen."""
+    from apudae_tf import attacks
+
+    x, y = ds.x_train[:n], ds.y_train[:n]
+    eps = attacks.preset(ds.name).eps
+    settings = attacks.AttackSettings(eps=eps, steps=20, step=eps / 12, rand_init=True, seed=seed)
+    model_fn = tf.function(lambda b: classifier(b, training=False))
+    return attacks.run_attack("pgd", model_fn, x, y, settings, batch_size=1000, progress=progress), x
 
 
 def train_dae(
@@ -108,13 +137,14 @@ def train_dae(
     settings: TrainSettings,
     filters: int = models.DAE_FILTERS,
     linf_max: float = 0.0,
+    given: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> keras.Model:
-    """Train the Table-1 DAE on noisy inputs, mse to the clean image (eq. 5)."""
+    """Train the Table-1 DAE on noisy inputs, mse to the clean image (eq. 5); plus ``given`` pairs."""
     keras.utils.set_random_seed(settings.seed)
     dae = models.build_dae(tuple(x_train.shape[1:]), filters=filters)
     dae.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="mse")
     dae.fit(
-        noisy_pairs(x_train, sigma_max, settings.batch_size, settings.seed, linf_max),
+        noisy_pairs(x_train, sigma_max, settings.batch_size, settings.seed, linf_max, given),
         epochs=settings.epochs,
         validation_data=noisy_pairs(x_val, sigma_max, settings.batch_size, settings.seed + 1, linf_max),
         shuffle=False,  # the tf.data pipeline already shuffles
@@ -134,13 +164,20 @@ def accuracy(classifier, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == y))
 
 
+def train_order(recipe: str) -> list[str]:
+    """The parts of ``--what all`` in the order a recipe needs them."""
+    return ["classifier", "dae"] if recipe == "adv-dae" else ["dae", "classifier"]
+
+
 def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=print, recipe: str = "paper") -> dict:
     """Train ``classifier``, ``dae`` or ``all`` with a recipe and save into ``out_dir``; returns a summary.
 
-    Recipes: ``paper`` (spec §1: Gaussian-noise DAE, plain classifier) and ``plus`` (this
+    Recipes: ``paper`` (spec §1: Gaussian-noise DAE, plain classifier); ``plus`` (this
     project's: the DAE also learns random L∞-corner noise, and the classifier also learns
-    on that DAE's outputs; see ``add_noise`` and ``train_classifier``). With ``all`` the DAE
-    is trained first, since the ``plus`` classifier needs it.
+    on that DAE's outputs; see ``add_noise`` and ``train_classifier``; the DAE comes first);
+    ``adv-dae`` (this project's, after HGD, Liao et al. 2018: the DAE also learns to map PGD
+    examples of the classifier in ``out_dir`` back to their clean training images; see
+    ``adversarial_pairs``; the classifier comes first). Use ``train_order`` for ``all``.
     """
     if recipe not in RECIPES:
         raise ApudaeError(f"unknown training recipe {recipe!r}; use one of {', '.join(RECIPES)}")
@@ -148,7 +185,12 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
     summary = {"dataset": ds.name, "out": out_dir, "recipe": recipe}
     if what in ("dae", "all"):
         sigma_max = SIGMA_MAX.get(ds.name, 0.1)
-        dae = train_dae(ds.x_train, ds.x_val, sigma_max, settings, linf_max=linf_max)
+        given = None
+        if recipe == "adv-dae":
+            clf = store.load_models(out_dir, ds.image_shape, need=("classifier",)).classifier
+            echo(f"dae: PGD examples of {min(ADV_DAE_IMAGES, len(ds.x_train))} training images (adv-dae)")
+            given = adversarial_pairs(clf, ds, ADV_DAE_IMAGES, settings.seed + 1)
+        dae = train_dae(ds.x_train, ds.x_val, sigma_max, settings, linf_max=linf_max, given=given)
         mu, sigma = clean_error_stats(dae, ds.x_val)
         stats = store.DaeStats(
             mu=mu,
@@ -157,7 +199,8 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
             image_shape=ds.image_shape,
             dataset=ds.name,
             training={**dataclasses.asdict(settings), "filters": models.DAE_FILTERS, "dropout": models.DAE_DROPOUT,
-                      "recipe": recipe, "linf_max": linf_max, "stats_split": "val", "source": ds.source},
+                      "recipe": recipe, "linf_max": linf_max, "adversarial_images": 0 if given is None else len(given[0]),
+                      "stats_split": "val", "source": ds.source},
         )
         store.save_model(dae, os.path.join(out_dir, store.DAE))
         store.write_json(os.path.join(out_dir, store.DAE_STATS), stats.to_json())

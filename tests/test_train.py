@@ -75,3 +75,33 @@ def test_plus_recipe_trains_the_dae_first_and_the_classifier_on_its_outputs(tiny
     assert 0.0 <= summary["classifier_test_accuracy"] <= 1.0
     with pytest.raises(ApudaeError, match="no model folder"):  # plus needs the DAE trained first
         train.train(ds, "classifier", str(tmp_path / "empty"), s, echo=lambda m: None, recipe="plus")
+
+
+def test_given_pairs_join_the_noisy_pairs_unchanged():
+    x = np.full((10, 28, 28, 1), 0.5, np.float32)
+    adv, clean = np.zeros((4, 28, 28, 1), np.float32), np.ones((4, 28, 28, 1), np.float32)
+    inputs, targets = next(iter(train.noisy_pairs(x, 0.5, 14, seed=0, given=(adv, clean))))
+    fixed = targets.numpy().reshape(14, -1).mean(1) == 1.0
+    assert fixed.sum() == 4
+    np.testing.assert_array_equal(inputs.numpy()[fixed], adv)
+
+
+def test_adv_dae_recipe_trains_on_pgd_examples_of_the_classifier(tiny_npz, tmp_path, monkeypatch):
+    from apudae_tf import attacks, data, store
+
+    monkeypatch.setattr(train, "ADV_DAE_IMAGES", 32)
+    ds = data.load_dataset(f"npz:{tiny_npz}")
+    monkeypatch.setitem(attacks.PRESETS, ds.name, attacks.PRESETS["mnist"])  # user data has no preset
+    out = str(tmp_path / "m")
+    s = train.TrainSettings(epochs=1, batch_size=64)
+    assert train.train_order("adv-dae") == ["classifier", "dae"]
+    with pytest.raises(ApudaeError, match="no model folder"):  # needs the classifier first
+        train.train(ds, "dae", out, s, echo=lambda m: None, recipe="adv-dae")
+    train.train(ds, "classifier", out, s, echo=lambda m: None, recipe="adv-dae")
+    clf = store.load_models(out, need=("classifier",)).classifier
+    x_adv, x = train.adversarial_pairs(clf, ds, 32, seed=1)
+    eps = attacks.preset(ds.name).eps
+    assert x_adv.shape == x.shape == (32, 28, 28, 1)
+    assert np.abs(x_adv - x).max() <= eps + 1e-6 and np.abs(x_adv - x).max() > 0
+    train.train(ds, "dae", out, s, echo=lambda m: None, recipe="adv-dae")
+    assert store.load_stats(out).training["adversarial_images"] == 32

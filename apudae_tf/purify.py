@@ -166,7 +166,7 @@ class Purifier:
     With ``jit_compile=True`` the loop is XLA-compiled; F and G then draw different (still
     seeded, reproducible) noise, since XLA's stateless RNG kernels differ from TF's.
 
-    ``purify(x)`` is the library's single purification entry point (the CLI and
+    ``purify(x)`` is the library's single purification entry point (the CLI, the SavedModel export and
     ``evaluate.tune`` call it); later consumers must call it too, not copy the loop.
     """
 

@@ -161,7 +161,7 @@ def train(dataset, what, recipe, epochs, batch_size, out_dir, seed, data_dir):
         click.echo(f"training the {part} on {ds.name} ({len(ds.x_train)} images, {n_epochs} epochs) -> {out_dir}",
                    err=True)
         summary.update(training.train(ds, part, out_dir, settings, echo=lambda m: click.echo(m, err=True),
-                                      recipe=recipe))
+                                      recipe=recipe, progress_bar=progress_bar))
     click.echo(json.dumps(summary, indent=2))
 
 

@@ -169,7 +169,8 @@ def train_order(recipe: str) -> list[str]:
     return ["classifier", "dae"] if recipe == "adv-dae" else ["dae", "classifier"]
 
 
-def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=print, recipe: str = "paper") -> dict:
+def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=print, recipe: str = "paper",
+          progress_bar=None) -> dict:
     """Train ``classifier``, ``dae`` or ``all`` with a recipe and save into ``out_dir``; returns a summary.
 
     Recipes: ``paper`` (spec §1: Gaussian-noise DAE, plain classifier); ``plus`` (this
@@ -178,6 +179,8 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
     ``adv-dae`` (this project's, after HGD, Liao et al. 2018: the DAE also learns to map PGD
     examples of the classifier in ``out_dir`` back to their clean training images; see
     ``adversarial_pairs``; the classifier comes first). Use ``train_order`` for ``all``.
+    ``progress_bar(length, label)``, if given, is a context manager with ``update(k)`` and ``pos``
+    (click's), shown while adv-dae makes its PGD examples.
     """
     if recipe not in RECIPES:
         raise ApudaeError(f"unknown training recipe {recipe!r}; use one of {', '.join(RECIPES)}")
@@ -188,8 +191,15 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
         given = None
         if recipe == "adv-dae":
             clf = store.load_models(out_dir, ds.image_shape, need=("classifier",)).classifier
-            echo(f"dae: PGD examples of {min(ADV_DAE_IMAGES, len(ds.x_train))} training images (adv-dae)")
-            given = adversarial_pairs(clf, ds, ADV_DAE_IMAGES, settings.seed + 1)
+            n_adv = min(ADV_DAE_IMAGES, len(ds.x_train))
+            label = f"dae: PGD examples of {n_adv} training images (adv-dae)"
+            if progress_bar is None:
+                echo(label)
+                given = adversarial_pairs(clf, ds, n_adv, settings.seed + 1)
+            else:
+                with progress_bar(n_adv, label) as bar:
+                    given = adversarial_pairs(clf, ds, n_adv, settings.seed + 1,
+                                              progress=lambda done: bar.update(done - bar.pos))
         dae = train_dae(ds.x_train, ds.x_val, sigma_max, settings, linf_max=linf_max, given=given)
         mu, sigma = clean_error_stats(dae, ds.x_val)
         stats = store.DaeStats(

@@ -1,5 +1,6 @@
 """DAE training (eq. 5) on a small subset, and the clean error statistics (spec §2)."""
 
+import os
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -103,5 +104,13 @@ def test_adv_dae_recipe_trains_on_pgd_examples_of_the_classifier(tiny_npz, tmp_p
     eps = attacks.preset(ds.name).eps
     assert x_adv.shape == x.shape == (32, 28, 28, 1)
     assert np.abs(x_adv - x).max() <= eps + 1e-6 and np.abs(x_adv - x).max() > 0
-    train.train(ds, "dae", out, s, echo=lambda m: None, recipe="adv-dae")
-    assert store.load_stats(out).training["adversarial_images"] == 32
+    import click
+
+    seen = []
+
+    def bar(length, label):
+        seen.append(length)
+        return click.progressbar(length=length, label=label, file=open(os.devnull, "w"))
+
+    train.train(ds, "dae", out, s, echo=lambda m: None, recipe="adv-dae", progress_bar=bar)
+    assert store.load_stats(out).training["adversarial_images"] == 32 and seen == [32]

@@ -1,6 +1,7 @@
 """DAE training (eq. 5) on a small subset, and the clean error statistics (spec §2)."""
 
 import os
+
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -93,18 +93,25 @@ def write_batch(batch, path):
             raise ApudaeError("the output pipe was closed before all data was written") from None
 
 
-def models_for(batch, model_dir, dataset, need=("classifier", "dae")):
-    """The models for a pipeline batch: --models, else saved_models/<dataset from --dataset or meta>."""
+def model_folder(dataset, model_dir):
+    """--models DIR if given, else the shipped saved_models/<dataset>, which must exist."""
     from apudae_tf import data, store
 
+    if model_dir is not None:
+        return model_dir
+    if dataset not in data.BUILTIN or not os.path.isdir(store.default_model_dir(dataset)):
+        raise ApudaeError(f"no shipped models for dataset {dataset!r}; pass --models DIR")
+    return store.default_model_dir(dataset)
+
+
+def models_for(batch, model_dir, dataset, need=("classifier", "dae")):
+    """The models for a pipeline batch: --models, else saved_models/<dataset from --dataset or meta>."""
+    from apudae_tf import store
+
     name = dataset or batch.dataset
-    if model_dir is None:
-        if name is None:
-            raise ApudaeError("the input names no dataset in its meta: pass --dataset NAME or --models DIR")
-        if name not in data.BUILTIN or not os.path.isdir(store.default_model_dir(name)):
-            raise ApudaeError(f"no shipped models for dataset {name!r}; pass --models DIR")
-        model_dir = store.default_model_dir(name)
-    return store.load_models(model_dir, batch.x.shape[1:], need=need)
+    if model_dir is None and name is None:
+        raise ApudaeError("the input names no dataset in its meta: pass --dataset NAME or --models DIR")
+    return store.load_models(model_folder(name, model_dir), batch.x.shape[1:], need=need)
 
 
 models_option = click.option("--models", "model_dir", type=click.Path(file_okay=False), default=None,
@@ -128,7 +135,7 @@ def main():
 @click.argument("dataset")
 @click.option("--what", type=click.Choice(["classifier", "dae", "all"]), default="all", show_default=True,
               help="Which model(s) to train.")
-@click.option("--recipe", type=click.Choice(["paper", "plus", "adv-dae"]), default="paper", show_default=True,
+@click.option("--recipe", type=click.Choice(names.TRAIN_RECIPES), default="paper", show_default=True,
               help="paper: spec §1's Gaussian-noise DAE and a plain classifier. plus: the DAE also learns random "
                    "L-inf corner noise and the classifier also learns on the DAE's outputs. adv-dae: the DAE also "
                    "learns to undo PGD examples (training images) of the classifier in OUT. plus and adv-dae are "
@@ -325,16 +332,14 @@ def export(dataset, variant, base, version, chunk, model_dir):
     classify_only (no purification). Settings come from the model folder's
     purify_settings.json, as for `apudae-tf purify`.
     """
-    from apudae_tf import data, store
     from apudae_tf import export as exporting
     from apudae_tf import purify as purification
+    from apudae_tf import store
 
-    if model_dir is None and (dataset not in data.BUILTIN or not os.path.isdir(store.default_model_dir(dataset))):
-        raise ApudaeError(f"no shipped models for dataset {dataset!r}; pass --models DIR")
-    m = store.load_models(model_dir or store.default_model_dir(dataset))
+    m = store.load_models(model_folder(dataset, model_dir))
     settings = purification.default_settings(m.stats.dataset, variant, m.folder)
     p = purification.Purifier(m.dae, m.stats, variant, settings)
-    path = exporting.export(m.classifier, p, m.stats.image_shape, base, version,
+    path = exporting.export(m.classifier, p, base, version,
                             chunk or exporting.SERVING_CHUNK, meta={"dataset": m.stats.dataset, "models": m.folder})
     click.echo(f"exported {variant} for {m.stats.dataset} to {path}", err=True)
     click.echo(path)
@@ -360,23 +365,24 @@ def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
     accuracy, and writes it to MODELS/purify_settings.json, which `purify`
     then uses by default. The whole sweep goes to results/<dataset>/tune.json.
     """
-    from apudae_tf import attacks, data, evaluate, purify, store
+    from apudae_tf import attacks, data, evaluate, store
 
     ds = data.load_dataset(dataset, data_dir)
     folder = model_dir or store.default_model_dir(ds.name)
     m = store.load_models(folder, ds.image_shape)
-    names = [v.strip() for v in variants.split(",") if v.strip()]
-    unknown = [v for v in names if v not in purify.VARIANTS]
+    chosen_variants = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [v for v in chosen_variants if v not in names.PURIFY_VARIANTS]
     if unknown:
-        raise ApudaeError(f"unknown variant(s) {', '.join(unknown)}; use {', '.join(purify.VARIANTS)}")
+        raise ApudaeError(f"unknown variant(s) {', '.join(unknown)}; use {', '.join(names.PURIFY_VARIANTS)}")
 
     def show(variant, row):
         s = row["settings"]
         click.echo(f"{variant}: n={s['n']} alpha={s['alpha']:.4g} eps_r={s['eps_r']:.4g} "
                    f"clean {row['clean']:.3f} pgd {row['pgd']:.3f}", err=True)
 
-    report = evaluate.tune(m, ds, names, n_val, attacks.preset(ds.name, seed=seed), seed, progress=show)
-    report["command"] = f"apudae-tf tune {dataset} --variants {','.join(names)} --n-val {n_val} --seed {seed}"
+    report = evaluate.tune(m, ds, chosen_variants, n_val, attacks.preset(ds.name, seed=seed), seed, progress=show)
+    report["command"] = (f"apudae-tf tune {dataset} --variants {','.join(chosen_variants)} --n-val {n_val} "
+                         f"--seed {seed}")
     out_path = out_path or os.path.join("results", ds.name, "tune.json")
     store.write_json(out_path, report)
     chosen = {v: {k: r[k] for k in ("settings", "val_clean", "val_pgd")} for v, r in report["variants"].items()}

@@ -38,11 +38,11 @@ SERVING_CHUNK = 32  # images per purification chunk inside the SavedModel
 class ServedDefence(tf.Module):
     """The classifier behind the purifier, with the two serving signatures."""
 
-    def __init__(self, classifier, purifier: Purifier, image_shape, chunk: int = SERVING_CHUNK):
+    def __init__(self, classifier, purifier: Purifier, chunk: int = SERVING_CHUNK):
         super().__init__(name="apudae")
-        self.classifier, self.dae = classifier, purifier.dae
+        self.classifier, self.dae = classifier, purifier.dae  # attributes, so their weights are saved
         self.purifier = purifier
-        self.image_shape = tuple(int(d) for d in image_shape)
+        self.image_shape = tuple(purifier.stats.image_shape)
         self.chunk = int(chunk)
         spec = tf.TensorSpec([None, None, None, None], tf.float32, name="images")
         self.serve = tf.function(self._serve, input_signature=[spec])
@@ -96,7 +96,7 @@ class ServedDefence(tf.Module):
         return {"r": models.reconstruction_error(self.dae, images), **self._outputs(images)}
 
 
-def export(classifier, purifier: Purifier, image_shape, base: str, version: int = 1,
+def export(classifier, purifier: Purifier, base: str, version: int = 1,
            chunk: int = SERVING_CHUNK, meta: dict | None = None) -> str:
     """Write BASE/VERSION/ (saved_model.pb, variables/, assets.extra/apudae.json); returns that path.
 
@@ -110,7 +110,7 @@ def export(classifier, purifier: Purifier, image_shape, base: str, version: int 
     target = os.path.join(base, str(version))
     if os.path.exists(target):
         raise ApudaeError(f"{target} exists; pick another --version or remove it")
-    module = ServedDefence(classifier, purifier, image_shape, chunk)
+    module = ServedDefence(classifier, purifier, chunk)
     # trace both signatures now so the purifier creates its chunk-shaped variables before saving
     signatures = {
         "serving_default": module.serve.get_concrete_function(),

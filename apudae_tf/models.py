@@ -67,11 +67,15 @@ def build_mnist_classifier(image_shape=(28, 28, 1), num_classes: int = 10, name=
     return keras.Model(x, logits, name=name)
 
 
+def denoise(dae, x: tf.Tensor) -> tf.Tensor:
+    """clip(D(x), 0, 1) with the DAE in inference mode: the reconstruction of eq. 7 and the direct purifier."""
+    return tf.clip_by_value(dae(x, training=False), 0.0, 1.0)
+
+
 def reconstruction_error(dae, x: tf.Tensor) -> tf.Tensor:
     """r(x) = sum over pixels of (clip(D(x), 0, 1) - x)^2, one value per image (eq. 7)."""
     x = tf.convert_to_tensor(x, tf.float32)
-    rec = tf.clip_by_value(dae(x, training=False), 0.0, 1.0)
-    return tf.reduce_sum(tf.square(rec - x), axis=[1, 2, 3])
+    return tf.reduce_sum(tf.square(denoise(dae, x) - x), axis=[1, 2, 3])
 
 
 def predict_in_batches(fn, x, batch_size: int = 500):

@@ -1,8 +1,9 @@
 """The names users type: attack methods and purification variants.
 
 Kept free of TensorFlow so that ``apudae-tf --help`` and option parsing stay fast;
-``attacks`` and ``purify`` take their lists from here.
+``attacks``, ``purify`` and ``train`` take their lists from here.
 """
 
 ATTACK_METHODS = ("none", "random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2")
 PURIFY_VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
+TRAIN_RECIPES = ("paper", "plus", "adv-dae")

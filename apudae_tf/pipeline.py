@@ -17,7 +17,7 @@ import numpy as np
 
 from apudae_tf.data import read_npz
 from apudae_tf.errors import ApudaeError
-from apudae_tf.store import atomic_write
+from apudae_tf.store import write_bytes
 
 
 @dataclasses.dataclass
@@ -91,10 +91,4 @@ def read(path: str) -> Batch:
 
 
 def write(batch: Batch, path: str) -> None:
-    data = dumps(batch)
-
-    def put(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    atomic_write(path, put)
+    write_bytes(path, dumps(batch))

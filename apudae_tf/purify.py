@@ -182,7 +182,7 @@ class Purifier:
         self.jit_compile = jit_compile
         self._compiled = {}  # batch shape -> compiled loop
         self.variables = []  # every input variable and Adam slot made so far (an export tracks them)
-        self._direct = tf.function(lambda x: tf.clip_by_value(self.dae(x, training=False), 0.0, 1.0))
+        self._direct = tf.function(functools.partial(models.denoise, dae))
         # G's warp runs before the (possibly XLA-compiled) loop: ImageProjectiveTransformV3 has no XLA kernel
         self._transform = tf.function(random_transform)
 

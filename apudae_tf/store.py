@@ -83,13 +83,16 @@ def atomic_write(path: str, write) -> None:
         raise
 
 
-def write_json(path: str, obj) -> None:
+def write_bytes(path: str, data: bytes) -> None:
     def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with open(tmp, "wb") as f:
+            f.write(data)
 
     atomic_write(path, write)
+
+
+def write_json(path: str, obj) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def save_model(model, path: str) -> None:

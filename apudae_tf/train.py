@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from apudae_tf import models, store
+from apudae_tf import models, names, store
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 
@@ -21,7 +21,7 @@ from apudae_tf.errors import ApudaeError
 SIGMA_MAX = {"mnist": 0.5, "cifar10": 0.1}
 # The plus recipe's random L∞-corner noise reaches past the attack budget (0.3 for MNIST).
 LINF_MAX = {"mnist": 0.4, "cifar10": 12 / 255}
-RECIPES = ("paper", "plus", "adv-dae")
+RECIPES = names.TRAIN_RECIPES
 # adv-dae: PGD examples of this many training images join the DAE's noisy pairs
 ADV_DAE_IMAGES = 30000
 
@@ -53,8 +53,7 @@ def train_classifier(ds: Dataset, settings: TrainSettings, dae=None, linf_max: f
     x, y = ds.x_train, ds.y_train
     if dae is not None:
         sigma_max = SIGMA_MAX.get(ds.name, 0.1)
-        denoised = models.predict_in_batches(
-            lambda b: tf.clip_by_value(dae(add_noise(b, sigma_max, linf_max), training=False), 0.0, 1.0), x)
+        denoised = models.predict_in_batches(lambda b: models.denoise(dae, add_noise(b, sigma_max, linf_max)), x)
         x, y = np.concatenate([x, denoised]), np.concatenate([y, y])
     model = models.build_mnist_classifier(ds.image_shape, ds.num_classes)
     model.compile(
@@ -115,18 +114,18 @@ def noisy_pairs(x: np.ndarray, sigma_max: float, batch_size: int, seed: int, lin
     )
 
 
-def adversarial_pairs(classifier, ds: Dataset, n: int, seed: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
+def adversarial_pairs(model_fn, ds: Dataset, n: int, seed: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
     """(PGD examples, clean images) for the first ``n`` training images: the adv-dae recipe.
 
-    PGD at the dataset's ε, 20 steps of ε/12 with a random start, on the classifier alone.
-    A weaker and different schedule from the evaluation's PGD-40 (MNIST), and only training
-    images, so the evaluation's test and validation images are never seen."""
+    PGD at the dataset's ε, 20 steps of ε/12 with a random start, on the classifier
+    ``model_fn`` (x -> logits) alone. A weaker and different schedule from the evaluation's
+    PGD-40 (MNIST), and only training images, so the evaluation's test and validation images
+    are never seen."""
     from apudae_tf import attacks
 
     x, y = ds.x_train[:n], ds.y_train[:n]
     eps = attacks.preset(ds.name).eps
     settings = attacks.AttackSettings(eps=eps, steps=20, step=eps / 12, rand_init=True, seed=seed)
-    model_fn = tf.function(lambda b: classifier(b, training=False))
     return attacks.run_attack("pgd", model_fn, x, y, settings, batch_size=1000, progress=progress), x
 
 
@@ -175,53 +174,66 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
 
     Recipes: ``paper`` (spec §1: Gaussian-noise DAE, plain classifier); ``plus`` (this
     project's: the DAE also learns random L∞-corner noise, and the classifier also learns
-    on that DAE's outputs; see ``add_noise`` and ``train_classifier``; the DAE comes first);
-    ``adv-dae`` (this project's, after HGD, Liao et al. 2018: the DAE also learns to map PGD
-    examples of the classifier in ``out_dir`` back to their clean training images; see
-    ``adversarial_pairs``; the classifier comes first). Use ``train_order`` for ``all``.
+    on that DAE's outputs; see ``add_noise`` and ``train_classifier``); ``adv-dae`` (this
+    project's, after HGD, Liao et al. 2018: the DAE also learns to map PGD examples of the
+    classifier in ``out_dir`` back to their clean training images; see ``adversarial_pairs``).
+    ``all`` trains the parts in ``train_order(recipe)``.
     ``progress_bar(length, label)``, if given, is a context manager with ``update(k)`` and ``pos``
     (click's), shown while adv-dae makes its PGD examples.
     """
     if recipe not in RECIPES:
         raise ApudaeError(f"unknown training recipe {recipe!r}; use one of {', '.join(RECIPES)}")
-    linf_max = LINF_MAX.get(ds.name, 0.0) if recipe == "plus" else 0.0
     summary = {"dataset": ds.name, "out": out_dir, "recipe": recipe}
-    if what in ("dae", "all"):
-        sigma_max = SIGMA_MAX.get(ds.name, 0.1)
-        given = None
-        if recipe == "adv-dae":
-            clf = store.load_models(out_dir, ds.image_shape, need=("classifier",)).classifier
-            n_adv = min(ADV_DAE_IMAGES, len(ds.x_train))
-            label = f"dae: PGD examples of {n_adv} training images (adv-dae)"
-            if progress_bar is None:
-                echo(label)
-                given = adversarial_pairs(clf, ds, n_adv, settings.seed + 1)
-            else:
-                with progress_bar(n_adv, label) as bar:
-                    given = adversarial_pairs(clf, ds, n_adv, settings.seed + 1,
-                                              progress=lambda done: bar.update(done - bar.pos))
-        dae = train_dae(ds.x_train, ds.x_val, sigma_max, settings, linf_max=linf_max, given=given)
-        mu, sigma = clean_error_stats(dae, ds.x_val)
-        stats = store.DaeStats(
-            mu=mu,
-            sigma=sigma,
-            sigma_max=sigma_max,
-            image_shape=ds.image_shape,
-            dataset=ds.name,
-            training={**dataclasses.asdict(settings), "filters": models.DAE_FILTERS, "dropout": models.DAE_DROPOUT,
-                      "recipe": recipe, "linf_max": linf_max, "adversarial_images": 0 if given is None else len(given[0]),
-                      "stats_split": "val", "source": ds.source},
-        )
-        store.save_model(dae, os.path.join(out_dir, store.DAE))
-        store.write_json(os.path.join(out_dir, store.DAE_STATS), stats.to_json())
-        summary.update(dae_mu=mu, dae_sigma=sigma)
-        echo(f"dae: clean validation r(x) mean {mu:.4f}, std {sigma:.4f} (sigma_max {sigma_max}, linf_max {linf_max})")
-    if what in ("classifier", "all"):
-        dae = None
-        if recipe == "plus":  # learns on the outputs of the DAE in out_dir
-            dae = store.load_models(out_dir, ds.image_shape, need=("dae",)).dae
-        clf = train_classifier(ds, settings, dae=dae, linf_max=linf_max)
-        store.save_model(clf, os.path.join(out_dir, store.CLASSIFIER))
-        summary["classifier_test_accuracy"] = accuracy(clf, ds.x_test, ds.y_test)
-        echo(f"classifier: test accuracy {summary['classifier_test_accuracy']:.4f}")
+    for part in train_order(recipe) if what == "all" else [what]:
+        if part == "dae":
+            summary.update(_train_dae_part(ds, out_dir, settings, echo, recipe, progress_bar))
+        else:
+            summary.update(_train_classifier_part(ds, out_dir, settings, echo, recipe))
     return summary
+
+
+def _linf_max(ds: Dataset, recipe: str) -> float:
+    return LINF_MAX.get(ds.name, 0.0) if recipe == "plus" else 0.0
+
+
+def _train_dae_part(ds: Dataset, out_dir: str, settings: TrainSettings, echo, recipe: str, progress_bar) -> dict:
+    sigma_max, linf_max = SIGMA_MAX.get(ds.name, 0.1), _linf_max(ds, recipe)
+    given = None
+    if recipe == "adv-dae":
+        model_fn = store.load_models(out_dir, ds.image_shape, need=("classifier",)).classifier_fn()
+        n_adv = min(ADV_DAE_IMAGES, len(ds.x_train))
+        label = f"dae: PGD examples of {n_adv} training images (adv-dae)"
+        if progress_bar is None:
+            echo(label)
+            given = adversarial_pairs(model_fn, ds, n_adv, settings.seed + 1)
+        else:
+            with progress_bar(n_adv, label) as bar:
+                given = adversarial_pairs(model_fn, ds, n_adv, settings.seed + 1,
+                                          progress=lambda done: bar.update(done - bar.pos))
+    dae = train_dae(ds.x_train, ds.x_val, sigma_max, settings, linf_max=linf_max, given=given)
+    mu, sigma = clean_error_stats(dae, ds.x_val)
+    stats = store.DaeStats(
+        mu=mu,
+        sigma=sigma,
+        sigma_max=sigma_max,
+        image_shape=ds.image_shape,
+        dataset=ds.name,
+        training={**dataclasses.asdict(settings), "filters": models.DAE_FILTERS, "dropout": models.DAE_DROPOUT,
+                  "recipe": recipe, "linf_max": linf_max, "adversarial_images": 0 if given is None else len(given[0]),
+                  "stats_split": "val", "source": ds.source},
+    )
+    store.save_model(dae, os.path.join(out_dir, store.DAE))
+    store.write_json(os.path.join(out_dir, store.DAE_STATS), stats.to_json())
+    echo(f"dae: clean validation r(x) mean {mu:.4f}, std {sigma:.4f} (sigma_max {sigma_max}, linf_max {linf_max})")
+    return {"dae_mu": mu, "dae_sigma": sigma}
+
+
+def _train_classifier_part(ds: Dataset, out_dir: str, settings: TrainSettings, echo, recipe: str) -> dict:
+    dae = None
+    if recipe == "plus":  # learns on the outputs of the DAE in out_dir
+        dae = store.load_models(out_dir, ds.image_shape, need=("dae",)).dae
+    clf = train_classifier(ds, settings, dae=dae, linf_max=_linf_max(ds, recipe))
+    store.save_model(clf, os.path.join(out_dir, store.CLASSIFIER))
+    acc = accuracy(clf, ds.x_test, ds.y_test)
+    echo(f"classifier: test accuracy {acc:.4f}")
+    return {"classifier_test_accuracy": acc}

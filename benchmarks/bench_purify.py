@@ -221,7 +221,7 @@ def main():
               "records": records}
     store.write_json(os.path.join(args.out, "purify.json"), report)
     md = render(report)
-    store.atomic_write(os.path.join(args.out, "purify.md"), lambda tmp: open(tmp, "w").write(md))
+    store.write_bytes(os.path.join(args.out, "purify.md"), md.encode())
     print(md)
 
 

@@ -115,3 +115,7 @@ def test_adv_dae_recipe_trains_on_pgd_examples_of_the_classifier(tiny_npz, tmp_p
 
     train.train(ds, "dae", out, s, echo=lambda m: None, recipe="adv-dae", progress_bar=bar)
     assert store.load_stats(out).training["adversarial_images"] == 32 and seen == [32]
+    # `all` trains the parts in the recipe's order: the classifier the DAE's PGD examples need first
+    both = str(tmp_path / "all")
+    train.train(ds, "all", both, s, echo=lambda m: None, recipe="adv-dae")
+    assert store.load_stats(both).training["adversarial_images"] == 32

@@ -133,8 +133,11 @@ def main():
 
 @main.command()
 @click.argument("dataset")
-@click.option("--what", type=click.Choice(["classifier", "dae", "all"]), default="all", show_default=True,
-              help="Which model(s) to train.")
+@click.option("--what", type=click.Choice(["classifier", "dae", "all", "adv-classifier"]), default="all",
+              show_default=True,
+              help="Which model(s) to train. all = classifier and DAE. adv-classifier = the adversarial-training "
+                   "baseline (Madry PGD-10 at the attack's eps, fine-tuned from OUT/classifier.keras when it exists; "
+                   "checkpoints every epoch and resumes).")
 @click.option("--recipe", type=click.Choice(names.TRAIN_RECIPES), default="paper", show_default=True,
               help="paper: spec §1's Gaussian-noise DAE and a plain classifier. plus: the DAE also learns random "
                    "L-inf corner noise and the classifier also learns on the DAE's outputs. adv-dae: the DAE also "
@@ -153,7 +156,8 @@ def train(dataset, what, recipe, epochs, batch_size, out_dir, seed, data_dir):
 
     Writes OUT/classifier.keras, OUT/dae.keras and OUT/dae_stats.json (the
     mean and std of the DAE's reconstruction error r(x) on the clean
-    validation split, spec §2).
+    validation split, spec §2); --what adv-classifier writes
+    OUT/adv_classifier.keras and OUT/adv_classifier.json.
     """
     from apudae_tf import data, store
     from apudae_tf import train as training
@@ -163,7 +167,7 @@ def train(dataset, what, recipe, epochs, batch_size, out_dir, seed, data_dir):
     todo = training.train_order(recipe) if what == "all" else [what]
     summary = {}
     for part in todo:
-        n_epochs = epochs or {"classifier": 6, "dae": 5}[part]
+        n_epochs = epochs or {"classifier": 6, "dae": 5, "adv-classifier": 3}[part]
         settings = training.TrainSettings(epochs=n_epochs, batch_size=batch_size, seed=seed)
         click.echo(f"training the {part} on {ds.name} ({len(ds.x_train)} images, {n_epochs} epochs) -> {out_dir}",
                    err=True)
@@ -395,6 +399,64 @@ def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
                                      "attack": report["attack"], "variants": {**previous, **chosen}})
     for v, r in chosen.items():
         click.echo(f"{v}: {r['settings']}  val clean {r['val_clean']:.3f}, val pgd {r['val_pgd']:.3f}")
+
+
+@main.command()
+@click.argument("dataset")
+@click.option("--n", "n_images", type=click.IntRange(min=1), default=None,
+              help="Score the first N test images (default: all). --n 500 for a quick look.")
+@click.option("--variants", default="direct,chosen", show_default=True,
+              help="APuDAE rows, comma-separated: direct, A-G, 'chosen' (the best iterative variant on "
+                   "validation) or 'all'.")
+@click.option("--cw-l2-n", type=click.IntRange(min=1), default=None,
+              help="Images in the CW-L2 column, the dearest attack (default: 1000).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Report folder (default: results/<dataset>). Finished cells are cached in OUT/cache.")
+@click.option("--no-adv-training", is_flag=True, help="Leave out the adversarial-training row.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
+@models_option
+@data_dir_option
+@friendly_errors
+def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, seed, model_dir, data_dir):
+    """Rebuild the paper's table for DATASET (spec §6): defences x attacks.
+
+    Rows: no defence, adversarial training (MODELS/adv_classifier.keras, from
+    `train --what adv-classifier`), MagNet (two ways of counting refused
+    inputs), APuDAE direct and the APuDAE variants. Columns: clean, FGSM,
+    R-FGSM, PGD, CW (L-inf) and CW-L2, at the dataset's preset budget.
+    Purifying defences are attacked blind (white box on the classifier).
+    Writes OUT/table.json (records), OUT/table.md (the paper's numbers
+    beside ours) and PNG figures. An interrupted run resumes from OUT/cache.
+    """
+    import shlex
+
+    from apudae_tf import data, evaluate as ev, store
+
+    ds = data.load_dataset(dataset, data_dir)
+    if ds.name not in ("mnist",):
+        raise ApudaeError(f"no table for dataset {ds.name!r} yet; evaluate supports mnist")
+    folder = model_dir or store.default_model_dir(ds.name)
+    m = store.load_models(folder, ds.image_shape)
+    chosen = [v.strip() for v in variants.split(",") if v.strip()]
+    if "all" in chosen:
+        chosen = list(names.PURIFY_VARIANTS)
+    unknown = [v for v in chosen if v not in names.PURIFY_VARIANTS and v != "chosen"]
+    if unknown:
+        raise ApudaeError(f"unknown variant(s) {', '.join(unknown)}; use {', '.join(names.PURIFY_VARIANTS)}, "
+                          "chosen or all")
+    adv = None
+    if not no_adv_training:
+        if not os.path.isfile(os.path.join(folder, store.ADV_CLASSIFIER)):
+            raise ApudaeError(f"no {store.ADV_CLASSIFIER} in {folder}: train it with `apudae-tf train {ds.name} "
+                              "--what adv-classifier` or pass --no-adv-training")
+        adv = store.load_adv_classifier(folder)
+    n = n_images or len(ds.x_test)
+    out_dir = out_dir or os.path.join("results", ds.name)
+    command = "apudae-tf evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    result = ev.table_report(m, ds, n, chosen, out_dir, adv=adv, seed=seed, cw_l2_n=cw_l2_n, command=command,
+                             echo=lambda msg: click.echo(msg, err=True), progress_bar=progress_bar)
+    click.echo(open(os.path.join(out_dir, "table.md")).read().split("\n\n")[0])
+    click.echo(f"wrote {out_dir}/table.json, table.md and figures in {result['seconds'] / 60:.1f} min", err=True)
 
 
 if __name__ == "__main__":

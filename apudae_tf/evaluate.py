@@ -106,3 +106,185 @@ def tune(m: Models, ds: Dataset, variants, n_val: int, attack_settings, seed: in
         report["variants"][variant] = {"settings": best["settings"], "val_clean": best["clean"],
                                        "val_pgd": best["pgd"], "sweep": sweep}
     return report
+
+
+# -- the paper's table (spec §6) with its baselines ------------------------------------------
+
+
+def _tuned(folder: str) -> dict:
+    import json
+    import os
+
+    from apudae_tf.store import PURIFY_SETTINGS
+
+    path = os.path.join(folder, PURIFY_SETTINGS)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, dict, dict, dict]:
+    """The rows of the table: (defences, targets, target files, facts for the report).
+
+    ``variants`` are APuDAE variants (``"chosen"`` = the best iterative variant on validation);
+    ``adv`` = (adversarially trained classifier, its adv_classifier.json), or None to leave its row out.
+    """
+    import dataclasses
+    import os
+
+    from apudae_tf import store, table
+    from apudae_tf.purify import Purifier, default_settings
+
+    fn = m.classifier_fn()
+    targets = {"classifier": fn}
+    files = {"classifier": table._file_digest(os.path.join(m.folder, store.CLASSIFIER))}
+    recipe = (m.stats.training or {}).get("recipe", "paper")
+    tag = "" if recipe == "paper" else f" ({recipe} DAE)"
+    tuned = _tuned(m.folder)
+    chosen = table.chosen_variant(tuned)
+    defences = [table.Defence("No defence", "no defence", "classifier", table.classify_fn(fn), {})]
+    facts = {"models": m.folder, "dae_recipe": recipe, "chosen_variant": chosen, "tuned": tuned}
+    if adv is not None:
+        import tensorflow as tf
+
+        adv_model, adv_info = adv
+        adv_fn = tf.function(lambda b: adv_model(b, training=False))
+        targets["adv-classifier"] = adv_fn
+        files["adv-classifier"] = table._file_digest(os.path.join(m.folder, store.ADV_CLASSIFIER))
+        facts["adv_classifier"] = adv_info
+        defences.append(table.Defence("Adversarial training (Madry PGD)", "adversarial training", "adv-classifier",
+                                      table.classify_fn(adv_fn), {"training": adv_info.get("attack")}))
+    threshold = table.magnet_threshold(m.dae, ds.x_val)
+    facts["magnet_threshold"] = threshold
+    magnet = table.magnet_fn(m.dae, fn, threshold)
+    mset = {"threshold": threshold, "fpr_on_clean_val": table.MAGNET_FPR, "reformer": "DAE output"}
+    defences += [
+        table.Defence(f"MagNet{tag}, refused = defended", "magnet", "classifier", magnet, mset, True),
+        table.Defence(f"MagNet{tag}, refused = error", None, "classifier", magnet, mset, False),
+    ]
+    for v in dict.fromkeys(chosen if v == "chosen" else v for v in variants):
+        if v is None:
+            continue
+        s = default_settings(ds.name, v, m.folder)
+        p = Purifier(m.dae, m.stats, v, s)
+        if v == "direct":
+            name, row = f"APuDAE direct{tag}", "apudae direct"
+        elif v == chosen:
+            name, row = f"APuDAE {v}{tag} (chosen on val)", "apudae"
+        else:
+            name, row = f"APuDAE {v}{tag}", None
+        defences.append(table.Defence(name, row, "classifier", table.purify_fn(p, fn),
+                                      {"variant": v, **dataclasses.asdict(s)}))
+    return defences, targets, files, facts
+
+
+def table_figures(m: Models, ds: Dataset, variant: str, x_adv: np.ndarray, out_dir: str, threshold: float,
+                  n: int = 1000) -> dict:
+    """fig3_r_hist.png (r(x) of clean and PGD inputs, before and after purification with ``variant``)
+    and examples.png (clean / PGD / purified images with the classifier's labels)."""
+    import os
+
+    from apudae_tf import plots
+    from apudae_tf.purify import Purifier, default_settings
+
+    n = min(n, len(x_adv))
+    x, y, x_adv = ds.x_test[:n], ds.y_test[:n], x_adv[:n]
+    p = Purifier(m.dae, m.stats, variant, default_settings(ds.name, variant, m.folder))
+    x_pur, adv_pur = p.purify_array(x), p.purify_array(x_adv)
+
+    def r(images):
+        return models.predict_in_batches(lambda b: models.reconstruction_error(m.dae, b), images)
+
+    hist = os.path.join(out_dir, "fig3_r_hist.png")
+    plots.r_histograms(hist, [
+        (f"before purification ({len(x)} test images)", {"clean": r(x), "PGD": r(x_adv)}),
+        (f"after purification (variant {variant})", {"clean": r(x_pur), "PGD": r(adv_pur)}),
+    ], m.stats.mu, threshold)
+    fn = m.classifier_fn()
+
+    def labels(images):
+        pred = np.argmax(models.predict_in_batches(fn, images), 1)
+        return [f"{p}" + ("" if p == t else " ✗") for p, t in zip(pred, y[: len(images)])]
+
+    k = 10
+    grid = os.path.join(out_dir, "examples.png")
+    plots.image_grid(grid, [("clean", x[:k], labels(x[:k])), ("PGD", x_adv[:k], labels(x_adv[:k])),
+                            (f"purified ({variant})", adv_pur[:k], labels(adv_pur[:k]))])
+    return {"histograms": hist, "examples": grid, "figure_images": int(len(x))}
+
+
+def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=None, seed: int = 0,
+                 cw_l2_n: int | None = None, figures: bool = True, command: str = "", echo=None,
+                 progress_bar=None, columns=None, steps: int | None = None) -> dict:
+    """Build the table, write out_dir/table.json, table.md and the figures; returns the result."""
+    import os
+
+    from apudae_tf import store, table
+
+    defences, targets, files, facts = table_defences(m, ds, variants, adv)
+    result, examples = table.build(ds, defences, targets, files, n, out_dir, seed=seed,
+                                   cw_l2_n=table.CW_L2_N if cw_l2_n is None else cw_l2_n, columns=columns,
+                                   echo=echo, progress_bar=progress_bar, steps=steps)
+    result.update({"command": command, "models": m.folder, "dae_recipe": facts["dae_recipe"],
+                   "chosen_variant": facts["chosen_variant"], "magnet_threshold": facts["magnet_threshold"],
+                   "adv_classifier": facts.get("adv_classifier"),
+                   "purify_settings_chosen_on": facts["tuned"].get("chosen_on"),
+                   "tuned": facts["tuned"].get("variants", {})})
+    if figures and ("classifier", "pgd") in examples:
+        variant = facts["chosen_variant"] or "direct"
+        result["figures"] = table_figures(m, ds, variant, examples[("classifier", "pgd")], out_dir,
+                                          facts["magnet_threshold"])
+    store.write_json(os.path.join(out_dir, "table.json"), result)
+    store.write_bytes(os.path.join(out_dir, "table.md"), table.markdown(result, table_notes(result)).encode())
+    return result
+
+
+def table_notes(result: dict) -> list[str]:
+    """The prose under table.md's table: how every number was made."""
+    from apudae_tf import attacks, table
+
+    used = result["attacks"]
+    s = attacks.AttackSettings(**{k: v for k, v in used.get("pgd", used[next(iter(used))]).items() if k != "n"})
+    cw_l2_steps = used.get("cw-l2", {}).get("steps", attacks.CW_L2_STEPS)
+    lines = [
+        f"Made by `{result['command']}` on the first {result['n']} {result['dataset']} test images in "
+        f"{result['seconds'] / 60:.1f} min (2 CPU cores); models from `{result['models']}` "
+        f"(DAE recipe: {result['dae_recipe']}).",
+        "",
+        "**Attacks** (ε = %g): FGSM; R-FGSM (random step ε/2, then FGSM with ε/2); PGD = %d steps of %g with a "
+        "random start (Madry); CW = the same PGD on the Carlini–Wagner margin loss, κ = %g; CW-L2 = cleverhans' "
+        "Carlini–Wagner L2, %d binary-search steps × %d Adam steps, no ε (L2-minimal)."
+        % (s.eps, s.steps, s.step, attacks.CW_KAPPA, attacks.CW_L2_SEARCH, cw_l2_steps),
+        "Every purifying row (MagNet, APuDAE) is attacked **blind**: the examples are white-box attacks on the "
+        "undefended classifier, which then classifies the purified images (the paper's protocol). The adversarial-"
+        "training row is attacked white-box on its own model. Attacks that see the purifier: the adaptive report.",
+        "",
+        f"**MagNet**: our DAE as both detector and reformer. An input with r(x) > {result['magnet_threshold']:.3f} "
+        f"(the {100 * (1 - table.MAGNET_FPR):.0f}th percentile of r on clean validation images: "
+        f"{100 * table.MAGNET_FPR:.0f}% false alarms) is refused; others are classified after the DAE. MagNet counts "
+        "a refused adversarial input as defended (the paper's MagNet column); the row 'refused = error' counts it "
+        "as a miss. A refused clean image is always a miss.",
+    ]
+    if result.get("adv_classifier"):
+        a = result["adv_classifier"]
+        lines += ["", f"**Adversarial training**: {a['method']}, the classifier's architecture, PGD-{a['attack']['steps']} "
+                  f"(ε {a['attack']['eps']:g}, step {a['attack']['step']:g}, random start) on every training batch, "
+                  f"{a['training']['epochs']} epochs from `{a['init']}` (`apudae-tf train {result['dataset']} "
+                  "--what adv-classifier`)."]
+    tuned = result.get("tuned") or {}
+    if tuned:
+        lines += ["", f"**Purification settings** were chosen on the validation split "
+                  f"(chosen on: {result.get('purify_settings_chosen_on')}), never on test, by "
+                  f"`apudae-tf tune {result['dataset']}` (best mean of clean and blind-PGD accuracy; the full sweep "
+                  "is in tune.json). The chosen variant is the iterative one with the best validation score.", "",
+                  "| variant | n | α | ε_r | val clean | val PGD |", "|---|---:|---:|---:|---:|---:|"]
+        for v, t in tuned.items():
+            st = t["settings"]
+            lines.append(f"| {v} | {st['n']} | {st['alpha']:g} | {st['eps_r']:g} | {t['val_clean']:.3f} | "
+                         f"{t['val_pgd']:.3f} |")
+    if result.get("figures"):
+        f = result["figures"]
+        lines += ["", f"Figures (first {f['figure_images']} test images, variant {result['chosen_variant']}): "
+                  "![r(x) histograms](fig3_r_hist.png) ![clean, PGD and purified images](examples.png)"]
+    return lines

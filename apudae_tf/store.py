@@ -17,6 +17,8 @@ from apudae_tf.errors import ApudaeError, first_line
 CLASSIFIER = "classifier.keras"
 DAE = "dae.keras"
 DAE_STATS = "dae_stats.json"
+ADV_CLASSIFIER = "adv_classifier.keras"  # the adversarial-training baseline (issue 4)
+ADV_CLASSIFIER_INFO = "adv_classifier.json"
 PURIFY_SETTINGS = "purify_settings.json"  # per-variant settings chosen on the validation split
 
 def _saved_models() -> str:
@@ -122,6 +124,18 @@ def load_stats(model_dir: str) -> DaeStats:
     if not isinstance(d, dict):
         raise ApudaeError(f"{path} is not a valid DAE statistics file")
     return DaeStats.from_json(d, path)
+
+
+def load_adv_classifier(model_dir: str):
+    """(the adversarially trained classifier, its adv_classifier.json) from a model folder."""
+    info_path = os.path.join(model_dir, ADV_CLASSIFIER_INFO)
+    model = load_model(os.path.join(model_dir, ADV_CLASSIFIER))
+    try:
+        with open(info_path) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ApudaeError(f"cannot read {info_path} ({first_line(e)})") from None
+    return model, info
 
 
 @dataclasses.dataclass

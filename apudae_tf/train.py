@@ -7,6 +7,7 @@ image inside the tf.data pipeline, so ``fit`` needs no custom train step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import keras
@@ -177,7 +178,8 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
     on that DAE's outputs; see ``add_noise`` and ``train_classifier``); ``adv-dae`` (this
     project's, after HGD, Liao et al. 2018: the DAE also learns to map PGD examples of the
     classifier in ``out_dir`` back to their clean training images; see ``adversarial_pairs``).
-    ``all`` trains the parts in ``train_order(recipe)``.
+    ``all`` trains the parts in ``train_order(recipe)``; ``adv-classifier`` (the adversarial-
+    training baseline, ``train_adv_classifier``) is trained only when asked for.
     ``progress_bar(length, label)``, if given, is a context manager with ``update(k)`` and ``pos``
     (click's), shown while adv-dae makes its PGD examples.
     """
@@ -187,6 +189,8 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
     for part in train_order(recipe) if what == "all" else [what]:
         if part == "dae":
             summary.update(_train_dae_part(ds, out_dir, settings, echo, recipe, progress_bar))
+        elif part == "adv-classifier":
+            summary.update(train_adv_classifier(ds, out_dir, settings, echo))
         else:
             summary.update(_train_classifier_part(ds, out_dir, settings, echo, recipe))
     return summary
@@ -237,3 +241,99 @@ def _train_classifier_part(ds: Dataset, out_dir: str, settings: TrainSettings, e
     acc = accuracy(clf, ds.x_test, ds.y_test)
     echo(f"classifier: test accuracy {acc:.4f}")
     return {"classifier_test_accuracy": acc}
+
+
+# -- the adversarial-training baseline (Madry et al. 2018) -----------------------------------
+
+# PGD in training: the evaluation's ε, fewer steps than its PGD-40 (2 CPU cores), Madry's
+# step rule 2.5·ε/steps, random start.
+ADV_TRAIN_STEPS = 10
+ADV_CHECKPOINTS = ".adv_classifier_ckpt"
+
+
+def adv_train_attack(dataset: str, steps: int = ADV_TRAIN_STEPS, seed: int = 0):
+    from apudae_tf import attacks
+
+    eps = attacks.preset(dataset).eps
+    return attacks.AttackSettings(eps=eps, steps=steps, step=min(2.5 * eps / steps, eps), rand_init=True, seed=seed)
+
+
+def train_adv_classifier(ds: Dataset, out_dir: str, settings: TrainSettings, echo=print,
+                         steps: int = ADV_TRAIN_STEPS) -> dict:
+    """Madry PGD adversarial training of the classifier architecture: every training batch is
+    replaced by its PGD examples (cross-entropy, white box on the model being trained).
+
+    Starts from ``out_dir``/classifier.keras when it exists (fine-tuning: 2 CPU cores cannot
+    afford Madry's 100k steps from scratch), else from fresh weights. Checkpoints after every
+    epoch in ``out_dir``/.adv_classifier_ckpt, and resumes from there, so a long run can span
+    several sessions. Writes adv_classifier.keras and adv_classifier.json.
+    """
+    from apudae_tf import attacks
+
+    keras.utils.set_random_seed(settings.seed)
+    attack = adv_train_attack(ds.name, steps, settings.seed)
+    init_path = os.path.join(out_dir, store.CLASSIFIER)
+    init = os.path.isfile(init_path)
+    model = store.load_model(init_path) if init else models.build_mnist_classifier(ds.image_shape, ds.num_classes)
+    optimizer = keras.optimizers.Adam(settings.learning_rate)
+    optimizer.build(model.trainable_variables)
+    epoch = tf.Variable(0, dtype=tf.int64)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, ADV_CHECKPOINTS), max_to_keep=1)
+    history_path = os.path.join(out_dir, ADV_CHECKPOINTS, "history.json")
+    history = []
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).expect_partial()
+        echo(f"adv-classifier: resuming after epoch {int(epoch.numpy())} from {manager.latest_checkpoint}")
+        if os.path.isfile(history_path):
+            with open(history_path) as f:
+                history = json.load(f)[: int(epoch.numpy())]
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+
+    @tf.function
+    def train_step(x, y, seed):
+        x_adv = attacks.iterative_attack(lambda b: ce(y, model(b, training=False)), x, attack.eps, attack.step,
+                                         attack.steps, True, seed)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(ce(y, model(x_adv, training=True)))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    fn = tf.function(lambda b: model(b, training=False))
+    n_batches = -(-len(ds.x_train) // settings.batch_size)
+    for e in range(int(epoch.numpy()), settings.epochs):
+        rng = np.random.default_rng(settings.seed + e)
+        order = rng.permutation(len(ds.x_train))
+        bar = keras.utils.Progbar(n_batches, verbose=_fit_verbose(), stateful_metrics=["loss"])
+        for b in range(n_batches):
+            idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
+            seed = tf.constant(e * n_batches + b, tf.int32)
+            loss = train_step(tf.constant(ds.x_train[idx]), tf.constant(ds.y_train[idx]), seed)
+            bar.update(b + 1, [("loss", float(loss))])
+        val = _robust_accuracy(fn, ds.x_val[:1000], ds.y_val[:1000], attack)
+        history.append({"epoch": e + 1, **val})
+        echo(f"adv-classifier: epoch {e + 1}/{settings.epochs}: val clean {val['clean']:.4f}, "
+             f"val pgd-{attack.steps} {val['pgd']:.4f} (1000 images)")
+        epoch.assign(e + 1)
+        manager.save()
+        store.write_json(history_path, history)
+    store.save_model(model, os.path.join(out_dir, store.ADV_CLASSIFIER))
+    test_acc = accuracy(model, ds.x_test, ds.y_test)
+    info = {"dataset": ds.name, "method": "Madry PGD adversarial training", "attack": dataclasses.asdict(attack),
+            "init": init_path if init else "random", "training": dataclasses.asdict(settings),
+            "history": history, "test_clean_accuracy": test_acc, "source": ds.source}
+    store.write_json(os.path.join(out_dir, store.ADV_CLASSIFIER_INFO), info)
+    import shutil
+
+    shutil.rmtree(os.path.join(out_dir, ADV_CHECKPOINTS), ignore_errors=True)
+    echo(f"adv-classifier: test clean accuracy {test_acc:.4f}")
+    return {"adv_classifier_test_accuracy": test_acc}
+
+
+def _robust_accuracy(model_fn, x, y, attack) -> dict:
+    from apudae_tf import attacks
+
+    def acc(images):
+        return float(np.mean(np.argmax(models.predict_in_batches(model_fn, images), 1) == y))
+
+    return {"clean": acc(x), "pgd": acc(attacks.run_attack("pgd", model_fn, x, y, attack))}

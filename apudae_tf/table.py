@@ -1,0 +1,267 @@
+"""The paper's result tables (spec §6) rebuilt with our models: defences × attacks, as records.
+
+One cell = one defence scored on one attack's examples of the same test images. The attacks
+are made once per attacked model and shared by every defence that uses that model:
+
+- every purifying defence (MagNet, APuDAE rows) is attacked *blind*: the examples are
+  white-box attacks on the undefended classifier alone, the paper's protocol (spec §4);
+- the adversarial-training row is attacked white-box on its own model, which is the whole
+  defence.
+
+Finished cells and attack examples are cached under ``<out>/cache`` so an interrupted run
+resumes where it stopped; a cache entry is used only if its settings match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from apudae_tf import attacks, models, pipeline, store
+from apudae_tf.data import Dataset
+from apudae_tf.errors import ApudaeError
+
+# Table columns (attack keys; "clean" = no attack) and the paper's numbers (spec §6).
+COLUMNS = {"mnist": ("clean", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2")}
+PAPER = {
+    "mnist": {
+        "no defence": {"clean": 0.974, "fgsm": 0.269, "r-fgsm": 0.269, "pgd": 0.129, "cw": 0.000},
+        "adversarial training": {"clean": 0.822, "fgsm": 0.651, "r-fgsm": 0.651, "pgd": 0.354, "cw": 0.28},
+        "defense-gan": {"clean": 0.969, "fgsm": 0.949, "r-fgsm": 0.945, "pgd": 0.939, "cw": 0.936},
+        "magnet": {"clean": 0.95, "fgsm": 0.69, "r-fgsm": 0.65, "pgd": 0.49, "cw": 0.45},
+        "apudae direct": {"clean": 0.973, "fgsm": 0.934, "r-fgsm": 0.921, "pgd": 0.912, "cw": 0.907},
+        "apudae": {"clean": 0.973, "fgsm": 0.964, "r-fgsm": 0.962, "pgd": 0.951, "cw": 0.953},
+    }
+}
+# CW-L2 runs 5 × 100 Adam steps per image: the dearest column, so it scores fewer images.
+CW_L2_N = 1000
+MAGNET_FPR = 0.01  # the detector's false-positive rate on clean validation images (MagNet's choice)
+REJECTED = -1  # the label a detecting defence gives an input it refuses
+
+
+@dataclasses.dataclass
+class Defence:
+    """A row: ``predict`` maps images to labels (``REJECTED`` for a refused input)."""
+
+    name: str
+    paper_row: str | None  # the key of PAPER this row is compared with, if any
+    target: str  # the model its attacks are made on: "classifier" or "adv-classifier"
+    predict: object
+    settings: dict
+    rejected_counts_as_defended: bool = False
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score(pred: np.ndarray, y: np.ndarray, attack: str, rejected_counts_as_defended: bool) -> int:
+    """Correct answers. A refused adversarial input counts as defended only under MagNet's rule,
+    and a refused clean input is always an error (a false alarm)."""
+    ok = pred == y
+    if rejected_counts_as_defended and attack != "clean":
+        ok |= pred == REJECTED
+    return int(ok.sum())
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+class Cache:
+    """Attack examples (pipeline npz) and finished cells (one json) under ``folder``."""
+
+    def __init__(self, folder: str | None):
+        self.folder = folder
+        self.cells = {}
+        if folder and os.path.isfile(self._cells_path):
+            try:
+                with open(self._cells_path) as f:
+                    self.cells = json.load(f)
+            except (OSError, ValueError):
+                self.cells = {}  # a damaged cache is recomputed, not trusted
+
+    @property
+    def _cells_path(self):
+        return os.path.join(self.folder, "cells.json")
+
+    def cell(self, key):
+        return self.cells.get(key)
+
+    def put_cell(self, key, record):
+        self.cells[key] = record
+        if self.folder:
+            store.write_json(self._cells_path, self.cells)
+
+    def examples(self, key):
+        path = self.folder and os.path.join(self.folder, f"{key}.npz")
+        if path and os.path.isfile(path):
+            try:
+                return pipeline.read(path).x
+            except ApudaeError:
+                return None
+        return None
+
+    def put_examples(self, key, x, meta):
+        if self.folder:
+            pipeline.write(pipeline.Batch(x=x, y=None, meta=meta), os.path.join(self.folder, f"{key}.npz"))
+
+
+def attack_settings(dataset: str, attack: str, seed: int, steps: int | None = None) -> attacks.AttackSettings:
+    """The dataset's preset; ``steps`` overrides the step count (tests use 1 or 2)."""
+    s = attacks.preset(dataset, steps=steps, seed=seed)
+    if attack == "cw-l2":  # L2-minimal: no ε; its step count is the Adam iterations per search step
+        return dataclasses.replace(s, steps=steps or attacks.CW_L2_STEPS)
+    return s
+
+
+def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dict, n: int, out_dir: str | None,
+          seed: int = 0, cw_l2_n: int = CW_L2_N, columns=None, echo=None, progress_bar=None,
+          batch_size: int = 500, steps: int | None = None) -> tuple[dict, dict]:
+    """Score every defence on every column for the first ``n`` test images.
+
+    ``targets`` maps a target name to its ``x -> logits`` function; ``target_files`` maps it to
+    the model file's digest, which keys the cache. Returns ``({"records": [...], ...}, examples)``,
+    examples[(target, attack)] being the attacked images.
+    """
+    echo = echo or (lambda m: None)
+    columns = columns or COLUMNS[ds.name]
+    x_all, y_all = ds.x_test[:n], ds.y_test[:n]
+    cache = Cache(os.path.join(out_dir, "cache") if out_dir else None)
+    records, started, kept, used = [], time.time(), {}, {}
+    total = len(columns) * len(defences)
+    done = 0
+    for attack in columns:
+        m = min(len(x_all), cw_l2_n) if attack == "cw-l2" else len(x_all)
+        x, y = x_all[:m], y_all[:m]
+        s = attack_settings(ds.name, attack, seed, steps)
+        used[attack] = {**dataclasses.asdict(s), "n": m}
+        examples = {}
+        for target in sorted({d.target for d in defences}):
+            key = f"{target}-{attack}-n{m}-" + _digest(dataclasses.asdict(s), target_files[target], ds.source)
+            got = cache.examples(key) if attack != "clean" else x
+            if got is None or len(got) != m:
+                t0 = time.time()
+                label = f"{attack} on the {target} ({m} images)"
+                if progress_bar:
+                    with progress_bar(m, label) as bar:
+                        got = attacks.run_attack(attack, targets[target], x, y, s, batch_size=batch_size,
+                                                 progress=lambda k: bar.update(k - bar.pos))
+                else:
+                    got = attacks.run_attack(attack, targets[target], x, y, s, batch_size=batch_size)
+                echo(f"{label}: {time.time() - t0:.0f} s")
+                cache.put_examples(key, got, {"dataset": ds.name, "attack": attack, "target": target,
+                                              "settings": dataclasses.asdict(s)})
+            examples[target] = kept[(target, attack)] = got
+        for d in defences:
+            done += 1
+            key = _digest(d.name, d.settings, attack, m, dataclasses.asdict(s), target_files[d.target], ds.source)
+            rec = cache.cell(key)
+            if rec is None:
+                t0 = time.time()
+                pred = d.predict(examples[d.target])
+                k = score(pred, y, attack, d.rejected_counts_as_defended)
+                lo, hi = wilson(k, m)
+                rec = {"defence": d.name, "attack": attack, "accuracy": k / m, "n": m, "ci95": [lo, hi],
+                       "seconds": round(time.time() - t0, 2),
+                       "settings": {"defence": d.settings,
+                                    "attack": {"method": attack, **({} if attack == "clean" else dataclasses.asdict(s)),
+                                               "target": d.target, "saw_defence": d.target != "classifier"}}}
+                if d.paper_row:
+                    rec["paper"] = PAPER.get(ds.name, {}).get(d.paper_row, {}).get(attack)
+                cache.put_cell(key, rec)
+                echo(f"[{done}/{total}] {d.name} × {attack}: {rec['accuracy']:.4f} (n={m}, {rec['seconds']:.0f} s)")
+            else:
+                echo(f"[{done}/{total}] {d.name} × {attack}: {rec['accuracy']:.4f} (cached)")
+            records.append(rec)
+    result = {"dataset": ds.name, "n": int(len(x_all)), "split": "test", "seconds": round(time.time() - started, 1),
+              "attacks": used, "records": records}
+    return result, kept
+
+
+# -- the defences ----------------------------------------------------------------------------
+
+
+def classify_fn(model_fn, batch_size=500):
+    def predict(x):
+        return np.argmax(models.predict_in_batches(model_fn, x, batch_size), 1)
+
+    return predict
+
+
+def magnet_threshold(dae, x_val: np.ndarray, fpr: float = MAGNET_FPR) -> float:
+    """The r(x) above which MagNet's detector refuses an input: the (1 − fpr) quantile on clean
+    validation images, so that a fraction ``fpr`` of clean inputs is refused."""
+    r = models.predict_in_batches(lambda b: models.reconstruction_error(dae, b), x_val)
+    return float(np.quantile(r, 1.0 - fpr))
+
+
+def magnet_fn(dae, model_fn, threshold: float):
+    """MagNet (Meng and Chen 2017) with our DAE as both detector and reformer: refuse inputs with
+    r(x) > threshold, classify the DAE output of the rest."""
+
+    def predict(x):
+        r = models.predict_in_batches(lambda b: models.reconstruction_error(dae, b), x)
+        pred = np.argmax(models.predict_in_batches(lambda b: model_fn(models.denoise(dae, b)), x), 1)
+        return np.where(r > threshold, REJECTED, pred)
+
+    return predict
+
+
+def purify_fn(purifier, model_fn, batch_size=500):
+    def predict(x):
+        return np.argmax(models.predict_in_batches(model_fn, purifier.purify_array(x, batch_size)), 1)
+
+    return predict
+
+
+def chosen_variant(tuned: dict) -> str | None:
+    """The iterative variant (A–G) with the best validation score in purify_settings.json."""
+    scored = {v: (t["val_clean"] + t["val_pgd"]) / 2 for v, t in tuned.get("variants", {}).items()
+              if v != "direct" and "val_clean" in t}
+    return max(sorted(scored), key=lambda v: scored[v]) if scored else None
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def markdown(result: dict, notes: list[str]) -> str:
+    """table.md: ours, then the paper's value and the difference where the paper has one."""
+    columns = list(dict.fromkeys(r["attack"] for r in result["records"]))
+    rows = list(dict.fromkeys(r["defence"] for r in result["records"]))
+    cell = {(r["defence"], r["attack"]): r for r in result["records"]}
+    lines = ["| defence | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for d in rows:
+        out = []
+        for a in columns:
+            r = cell.get((d, a))
+            if r is None:
+                out.append("")
+                continue
+            text = f"**{r['accuracy']:.3f}**"
+            if r.get("paper") is not None:
+                text += f" ({r['paper']:.3f}, {r['accuracy'] - r['paper']:+.3f})"
+            out.append(text)
+        lines.append(f"| {d} | " + " | ".join(out) + " |")
+    ns = sorted({(r["attack"], r["n"]) for r in result["records"]}, key=lambda t: columns.index(t[0]))
+    half = max((r["ci95"][1] - r["ci95"][0]) / 2 for r in result["records"])
+    lines += ["", "Cells: **ours** (paper, ours − paper). Images per column: "
+              + ", ".join(f"{a} {n}" for a, n in ns) + f"; the widest 95% interval is ±{half:.3f}.", ""]
+    return "\n".join(lines + notes) + "\n"

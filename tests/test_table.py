@@ -1,0 +1,153 @@
+"""The paper's table: scoring rules, MagNet's threshold, the end-to-end builder and its cache,
+and the adversarial-training baseline's checkpoint/resume."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from apudae_tf import table
+from apudae_tf.data import Dataset
+from conftest import needs_mnist
+
+
+def test_wilson_interval_holds_the_proportion_and_narrows_with_n():
+    lo, hi = table.wilson(50, 100)
+    assert lo < 0.5 < hi and 0.18 < hi - lo < 0.21
+    lo2, hi2 = table.wilson(5000, 10000)
+    assert hi2 - lo2 < (hi - lo) / 5
+    assert table.wilson(0, 40)[0] == 0.0 and table.wilson(40, 40)[1] == 1.0
+
+
+def test_refused_inputs_count_as_defended_only_under_magnets_rule_and_never_when_clean():
+    pred = np.array([3, table.REJECTED, table.REJECTED, 1])
+    y = np.array([3, 2, 2, 0])
+    assert table.score(pred, y, "pgd", rejected_counts_as_defended=True) == 3
+    assert table.score(pred, y, "pgd", rejected_counts_as_defended=False) == 1
+    assert table.score(pred, y, "clean", rejected_counts_as_defended=True) == 1
+
+
+def test_magnet_threshold_refuses_one_percent_of_clean_validation_images(tiny_models):
+    from apudae_tf import models, store
+
+    m = store.load_models(tiny_models)
+    x_val = np.random.default_rng(1).random((400, 28, 28, 1), dtype=np.float32)
+    t = table.magnet_threshold(m.dae, x_val)
+    r = models.predict_in_batches(lambda b: models.reconstruction_error(m.dae, b), x_val)
+    assert 0.0 < np.mean(r > t) <= 0.0125
+    # inputs far off the clean images are refused
+    pred = table.magnet_fn(m.dae, m.classifier_fn(), t)(np.ones((3, 28, 28, 1), np.float32))
+    assert (pred == table.REJECTED).all()
+
+
+def test_chosen_variant_is_the_best_iterative_variant_on_validation():
+    tuned = {"variants": {"direct": {"val_clean": 1.0, "val_pgd": 1.0}, "B": {"val_clean": 0.9, "val_pgd": 0.8},
+                          "F": {"val_clean": 0.95, "val_pgd": 0.8}}}
+    assert table.chosen_variant(tuned) == "F"
+    assert table.chosen_variant({}) is None
+
+
+def _tiny_mnist(n=12):
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 28, 28, 1), dtype=np.float32)
+    y = (np.arange(n) % 10).astype(np.int64)
+    return Dataset("mnist", x, y, x, y, x, y, source="test")
+
+
+def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny_models, tmp_path, monkeypatch):
+    from apudae_tf import attacks, evaluate, store, train
+    from apudae_tf.store import load_models
+
+    ds = _tiny_mnist()
+    m = load_models(tiny_models)
+    store.save_model(m.classifier, os.path.join(tiny_models, store.ADV_CLASSIFIER))
+    store.write_json(os.path.join(tiny_models, store.ADV_CLASSIFIER_INFO),
+                     {"method": "Madry PGD adversarial training", "attack": {"eps": 0.3, "steps": 1, "step": 0.3},
+                      "training": {"epochs": 1}, "init": "random"})
+    adv = store.load_adv_classifier(tiny_models)
+    out = str(tmp_path / "report")
+    result = evaluate.table_report(m, ds, 6, ["direct", "B"], out, adv=adv, cw_l2_n=3, command="test", steps=1)
+
+    with open(os.path.join(out, "table.json")) as f:
+        saved = json.load(f)
+    records = saved["records"]
+    columns = {"clean", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2"}
+    defences = {r["defence"] for r in records}
+    assert {r["attack"] for r in records} == columns
+    assert len(records) == len(columns) * len(defences) == len(columns) * 6
+    assert {"No defence", "Adversarial training (Madry PGD)", "APuDAE direct", "APuDAE B"} <= defences
+    for r in records:
+        assert set(r) >= {"defence", "attack", "accuracy", "n", "settings"}
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert r["n"] == (3 if r["attack"] == "cw-l2" else 6)
+        blind = r["defence"] != "Adversarial training (Madry PGD)"
+        assert r["settings"]["attack"]["saw_defence"] is not blind
+    pgd = next(r for r in records if r["defence"] == "No defence" and r["attack"] == "pgd")
+    assert pgd["settings"]["attack"]["steps"] == 1 and pgd["settings"]["attack"]["eps"] == 0.3
+    magnet = {r["defence"]: r["accuracy"] for r in records if r["attack"] == "fgsm" and "MagNet" in r["defence"]}
+    assert magnet["MagNet, refused = defended"] >= magnet["MagNet, refused = error"]
+    md = open(os.path.join(out, "table.md")).read()
+    assert "| APuDAE direct |" in md and "(0.973," in md and "blind" in md
+    for name in ("fig3_r_hist.png", "examples.png"):
+        with open(os.path.join(out, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert result["records"] == records
+
+    # a second run takes every attack and every cell from the cache: no attack runs again
+    def no_attacks(*a, **k):
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr(attacks, "run_attack", no_attacks)
+    again = evaluate.table_report(m, ds, 6, ["direct", "B"], out, adv=adv, cw_l2_n=3, command="test", steps=1,
+                                  figures=False)
+    assert [r["accuracy"] for r in again["records"]] == [r["accuracy"] for r in records]
+    # other settings are not served from the cache
+    with pytest.raises(AssertionError, match="cache should have answered"):
+        evaluate.table_report(m, ds, 6, ["direct"], out, adv=None, cw_l2_n=3, command="test", steps=2)
+
+
+def test_adv_training_checkpoints_and_resumes_after_an_interruption(tmp_path, monkeypatch):
+    import dataclasses
+
+    from apudae_tf import store, train
+
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 28, 28, 1), dtype=np.float32)
+    y = (np.arange(64) % 10).astype(np.int64)
+    ds = Dataset("mnist", x, y, x[:16], y[:16], x[:16], y[:16], source="test")
+    out = str(tmp_path / "m")
+    os.makedirs(out)
+    settings = train.TrainSettings(epochs=1, batch_size=32)
+    real_save = store.save_model
+
+    def interrupted(model, path):
+        raise KeyboardInterrupt  # the session ends after the epoch's checkpoint
+
+    monkeypatch.setattr(store, "save_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_adv_classifier(ds, out, settings, steps=1)
+    assert os.path.isdir(os.path.join(out, train.ADV_CHECKPOINTS))
+    monkeypatch.setattr(store, "save_model", real_save)
+    said = []
+    summary = train.train_adv_classifier(ds, out, dataclasses.replace(settings, epochs=2), echo=said.append, steps=1)
+    assert any("resuming after epoch 1" in s for s in said)
+    assert sum("epoch 2/2" in s for s in said) == 1 and not any("epoch 1/2" in s for s in said)
+    info = json.load(open(os.path.join(out, store.ADV_CLASSIFIER_INFO)))
+    assert info["attack"]["eps"] == 0.3 and info["attack"]["steps"] == 1 and [h["epoch"] for h in info["history"]] == [1, 2]
+    assert os.path.isfile(os.path.join(out, store.ADV_CLASSIFIER))
+    assert not os.path.exists(os.path.join(out, train.ADV_CHECKPOINTS))
+    assert 0.0 <= summary["adv_classifier_test_accuracy"] <= 1.0
+
+
+@needs_mnist
+def test_evaluate_without_an_adversarially_trained_classifier_says_how_to_get_one(tiny_models):
+    import cli
+
+    r = CliRunner().invoke(cli.main, ["evaluate", "mnist", "--models", tiny_models, "--n", "4"])
+    assert r.exit_code == 2
+    assert "--what adv-classifier" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli.main, ["evaluate", "mnist", "--models", tiny_models, "--variants", "Z",
+                                      "--no-adv-training"])
+    assert r.exit_code == 2 and "unknown variant(s) Z" in r.output

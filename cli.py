@@ -114,6 +114,9 @@ def models_for(batch, model_dir, dataset, need=("classifier", "dae")):
     return store.load_models(model_folder(name, model_dir), batch.x.shape[1:], need=need)
 
 
+EOT_DEFAULT = 8  # samples of the defence's randomness per gradient for F and G
+RANDOM_VARIANTS = ("F", "G")
+
 models_option = click.option("--models", "model_dir", type=click.Path(file_okay=False), default=None,
                              help="Model folder (default: saved_models/<dataset>).")
 
@@ -201,9 +204,10 @@ def info(dataset, model_dir, as_json, data_dir):
 
 @main.command()
 @click.option("--dataset", required=True, help="mnist, cifar10 or npz:PATH.")
-@click.option("--method", type=click.Choice(names.ATTACK_METHODS), default="pgd",
+@click.option("--method", type=click.Choice(names.ATTACK_METHODS + names.ADAPTIVE_METHODS), default="pgd",
               show_default=True, help="Attack (spec §4); cw is PGD on the CW margin loss, cw-l2 the L2 CW attack; "
-                                      "none writes the clean images.")
+                                      "none writes the clean images; bpda, weighted, adaptive and bpda-eot see "
+                                      "the defence (spec §5).")
 @click.option("--eps", type=float, default=None, help="L∞ budget (default: 0.3 MNIST, 8/255 CIFAR-10).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Iterations (default: 40 MNIST, 7 CIFAR-10; Adam steps for cw-l2, default 100).")
@@ -212,16 +216,27 @@ def info(dataset, model_dir, as_json, data_dir):
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--variant", type=click.Choice(names.PURIFY_VARIANTS), default="F", show_default=True,
+              help="The purification variant the adaptive attacks (bpda-eot, adaptive) see.")
+@click.option("--lam", type=float, default=1.0, show_default=True, help="Counter B's weight on r(x) (weighted).")
+@click.option("--eot", type=click.IntRange(min=1), default=None,
+              help="Samples of the defence's randomness per gradient (default: 8 for F and G, else 1).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output npz (default: stdout, when it is not a terminal).")
 @models_option
 @data_dir_option
 @friendly_errors
-def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_size, output, model_dir, data_dir):
-    """Attack the undefended classifier; write the adversarial images as pipeline npz.
+def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_size, output, model_dir, data_dir,
+           variant, lam, eot):
+    """Attack the classifier; write the adversarial images as pipeline npz.
 
-    White box on the classifier, blind to any defence ("grey box" for the
-    purifier). The npz holds x (adversarial), y (true labels) and meta.
+    none, random, fgsm, r-fgsm, pgd, cw, cw-l2: white box on the classifier,
+    blind to any defence ("grey box" for the purifier). bpda (counter A,
+    BPDA through the DAE), weighted (counter B, loss L - lam*r(x)), adaptive
+    (exact gradients through the unrolled purification of --variant, EOT over
+    its randomness) and bpda-eot (the real purifier forward, identity
+    backward, EOT) see the defence (spec §5). The npz holds x (adversarial),
+    y (true labels) and meta.
     """
     import dataclasses
 
@@ -230,17 +245,26 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
     ds = data.load_dataset(dataset, data_dir)
     x, y = ds.split(split)
     x, y = x[:n_images], y[:n_images]
-    m = store.load_models(model_dir or store.default_model_dir(ds.name), ds.image_shape, need=("classifier",))
-    if method == "cw-l2":
-        settings = attacks.AttackSettings(eps=1.0, steps=steps or attacks.CW_L2_STEPS, step=0.0, seed=seed)
-    else:
-        settings = attacks.preset(ds.name, eps, steps, step_size, seed)
+    adaptive = method in names.ADAPTIVE_METHODS
+    folder = model_dir or store.default_model_dir(ds.name)
+    m = store.load_models(folder, ds.image_shape, need=("classifier", "dae") if adaptive else ("classifier",))
+    if eot is None:
+        eot = EOT_DEFAULT if method in ("adaptive", "bpda-eot") and variant in RANDOM_VARIANTS else 1
+    settings = attacks.settings_for(method, ds.name, eps, steps, step_size, seed, lam, eot)
     model_fn = m.classifier_fn()
+    defence, seen = None, None
+    if adaptive:
+        from apudae_tf.purify import Purifier, default_settings
+
+        defence = Purifier(m.dae, m.stats, variant, default_settings(ds.name, variant, folder))
+        seen = {"variant": variant, **dataclasses.asdict(defence.settings)}
     with progress_bar(len(x), f"{method} on {len(x)} {split} images") as bar:
         x_adv = attacks.run_attack(method, model_fn, x, y, settings, batch_size,
-                                   progress=lambda done: bar.update(done - bar.pos))
+                                   progress=lambda done: bar.update(done - bar.pos), defence=defence)
     step = {"command": "attack", "method": method, "split": split, "n": len(x), "models": m.folder,
-            "settings": dataclasses.asdict(settings), "saw_defence": False}
+            "settings": dataclasses.asdict(settings), "saw_defence": adaptive}
+    if adaptive:
+        step["defence"] = seen
     write_batch(pipeline.Batch(x=x_adv, y=y, meta={"dataset": ds.name, "history": [step]}), output)
 
 

@@ -1,15 +1,17 @@
-"""White-box attacks on a classifier (spec §4), one function each.
+"""White-box attacks on a classifier (spec §4) and on the defence (spec §5), one function each.
 
 Every attack takes ``model_fn(x) -> logits``, images ``x`` in [0, 1] and true
 labels ``y`` (untargeted). FGSM and PGD are cleverhans'; the step, projection
-and clipping helpers here are shared by every iterative attack of ours (CW-L∞
-now, the counter attacks of spec §5 later). The L2 Carlini–Wagner attack is
-cleverhans' ``CarliniWagnerL2``, adapted to Keras 3 below.
+and clipping helpers here are shared by every iterative attack of ours (CW-L∞,
+the counter attacks, the adaptive attacks). The L2 Carlini–Wagner attack is
+cleverhans' ``CarliniWagnerL2``, adapted to Keras 3 below. The attacks of
+``DEFENCE_ATTACKS`` also take the Purifier they attack.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import tensorflow as tf
@@ -17,10 +19,10 @@ from cleverhans.tf2.attacks.carlini_wagner_l2 import CarliniWagnerL2
 from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from apudae_tf import names
+from apudae_tf import models, names
 from apudae_tf.errors import ApudaeError
 
-METHODS = names.ATTACK_METHODS
+METHODS = names.ATTACK_METHODS + names.ADAPTIVE_METHODS
 CW_KAPPA = 2.0  # spec §4: the margin loss is clipped at -κ
 
 
@@ -33,6 +35,8 @@ class AttackSettings:
     step: float
     rand_init: bool = True
     seed: int = 0
+    lam: float = 0.0  # counter B's weight on r(x) (eq. 15)
+    eot: int = 1  # samples of the defence's randomness per gradient (the adaptive attacks)
 
 
 # The paper's protocols (spec §4): Madry's PGD-40 on MNIST, BIM 7×2/255 on CIFAR-10.
@@ -59,6 +63,14 @@ def preset(dataset: str, eps=None, steps=None, step=None, seed=0) -> AttackSetti
     return s
 
 
+def settings_for(method: str, dataset: str, eps=None, steps=None, step=None, seed=0, lam=0.0, eot=1) -> AttackSettings:
+    """The settings of one attack: the dataset's preset with overrides; CW-L2 has no ε, and its
+    steps are Adam iterations per binary-search step."""
+    if method == "cw-l2":
+        return AttackSettings(eps=1.0, steps=steps or CW_L2_STEPS, step=0.0, seed=seed)
+    return dataclasses.replace(preset(dataset, eps, steps, step, seed), lam=float(lam), eot=int(eot))
+
+
 # -- shared helpers --------------------------------------------------------------------------
 
 
@@ -81,16 +93,36 @@ def input_gradient(loss_fn, x):
 
 
 def random_start(x, eps, seed):
-    return tf.clip_by_value(x + tf.random.stateless_uniform(tf.shape(x), [seed, 1], -eps, eps), 0.0, 1.0)
+    """clip(x + U(−ε, ε), 0, 1), drawn exactly as cleverhans' PGD draws its start (the global
+    generator, reset by ``tf.random.set_seed``), so for one seed our iterative attacks and
+    cleverhans' PGD start from the same point. Eager use only: in a tf.function the seed would
+    act once, at tracing."""
+    tf.random.set_seed(seed)
+    return tf.clip_by_value(x + tf.random.uniform(tf.shape(x), -eps, eps), 0.0, 1.0)
 
 
-def iterative_attack(loss_fn, x, eps, step, steps, rand_init, seed):
-    """PGD (eq. 3) ascending an arbitrary per-image loss; every adaptive attack reuses it."""
+def iterative_attack(loss_fn, x, start, eps, step, steps, grad_fn=None):
+    """PGD (eq. 3) from ``start``, ascending an arbitrary per-image loss; every attack of ours
+    (CW-L∞, the counter attacks, the adaptive attacks, adversarial training) reuses it.
+    ``grad_fn(x_adv, k)``, if given, replaces ∇ loss at step k (BPDA and EOT estimates)."""
     x = tf.convert_to_tensor(x, tf.float32)
-    x_adv = random_start(x, eps, seed) if rand_init else x
-    for _ in range(steps):
-        x_adv = project(sign_step(x_adv, input_gradient(loss_fn, x_adv), step), x, eps)
+    x_adv = tf.convert_to_tensor(start, tf.float32)
+    for k in range(steps):
+        g = input_gradient(loss_fn, x_adv) if grad_fn is None else grad_fn(x_adv, k)
+        x_adv = project(sign_step(x_adv, g, step), x, eps)
     return x_adv
+
+
+def pgd_on(loss_fn, x, s: AttackSettings, grad_fn=None):
+    """PGD with the settings ``s`` (random start when ``s.rand_init``) on any per-image loss."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    start = random_start(x, s.eps, s.seed) if s.rand_init else x
+    return iterative_attack(loss_fn, x, start, s.eps, s.step, s.steps, grad_fn)
+
+
+def cross_entropy(model_fn, y):
+    """The per-image loss cleverhans' FGSM/PGD ascend, so that our attacks and theirs agree."""
+    return lambda x: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=model_fn(x))
 
 
 def cw_margin(model_fn, y, kappa=CW_KAPPA):
@@ -146,7 +178,7 @@ def pgd(model_fn, x, y, s: AttackSettings):
 
 def cw_linf(model_fn, x, y, s: AttackSettings):
     """The paper's CW: PGD on the Carlini–Wagner margin loss, κ = 2, same budget as PGD (spec §4)."""
-    return iterative_attack(cw_margin(model_fn, y), x, s.eps, s.step, s.steps, s.rand_init, s.seed)
+    return pgd_on(cw_margin(model_fn, y), x, s)
 
 
 class _Keras3Adam:
@@ -225,14 +257,72 @@ def cw_l2(model_fn, x, y, s: AttackSettings):
     return tf.convert_to_tensor(attack.attack(np.asarray(x, np.float32)))
 
 
+# -- attacks that know the defence (spec §5) -------------------------------------------------
+# ``defence`` is the Purifier being attacked; its classifier is ``model_fn``.
+
+
+def counter_a(model_fn, x, y, s: AttackSettings, defence):
+    """Counter A, BPDA through the DAE (eq. 14): PGD on L(f(D(x)), y), the purifier approximated by D."""
+    return pgd_on(cross_entropy(lambda b: model_fn(models.denoise(defence.dae, b)), y), x, s)
+
+
+def counter_b(model_fn, x, y, s: AttackSettings, defence):
+    """Counter B, weighted loss (eq. 15): PGD on L(f(x), y) − λ·r(x): fool the classifier while keeping
+    the reconstruction error, which purification acts on, low. λ = 0 is plain PGD."""
+    ce = cross_entropy(model_fn, y)
+    return pgd_on(lambda b: ce(b) - s.lam * defence.r(b), x, s)
+
+
+def _eot_seeds(s: AttackSettings, k: int):
+    """Fresh draws of the defence's randomness for step k: seeds no purification of the attack repeats."""
+    return [s.seed * 1_000_003 + k * s.eot + j for j in range(s.eot)]
+
+
+def full_adaptive(model_fn, x, y, s: AttackSettings, defence):
+    """PGD with the exact gradient of L(f(P(x)), y) through the unrolled purification loop
+    (``Purifier.unrolled``, second-order tapes), averaged over ``s.eot`` draws of its randomness (EOT)."""
+    y = tf.convert_to_tensor(y)
+
+    @tf.function(reduce_retracing=True)
+    def grad(x_adv, seed):
+        return input_gradient(cross_entropy(lambda b: model_fn(defence.unrolled(b, seed)), y), x_adv)
+
+    def grad_fn(x_adv, k):
+        return tf.add_n([grad(x_adv, tf.constant(seed, tf.int64)) for seed in _eot_seeds(s, k)]) / s.eot
+
+    return pgd_on(None, x, s, grad_fn)
+
+
+def bpda_eot(model_fn, x, y, s: AttackSettings, defence):
+    """BPDA + EOT (Athalye et al. 2018): run the real purifier forward, take the backward pass as the
+    identity, i.e. the gradient is ∇L(f(·), y) at P(x), averaged over ``s.eot`` draws of P's randomness."""
+    ce = cross_entropy(model_fn, y)
+
+    def grad_fn(x_adv, k):
+        grads = [input_gradient(ce, defence.purify(x_adv, seed=seed)) for seed in _eot_seeds(s, k)]
+        return tf.add_n(grads) / s.eot
+
+    return pgd_on(None, x, s, grad_fn)
+
+
+DEFENCE_ATTACKS = {"bpda": counter_a, "weighted": counter_b, "adaptive": full_adaptive, "bpda-eot": bpda_eot}
+
 ATTACKS = {"none": no_attack, "random": random_noise, "fgsm": fgsm, "r-fgsm": r_fgsm, "pgd": pgd, "cw": cw_linf, "cw-l2": cw_l2}
 
 
-def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size: int = 500, progress=None):
-    """Attack ``x`` (numpy) in batches; returns float32 numpy adversarial images."""
-    if method not in ATTACKS:
+def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size: int = 500, progress=None,
+               defence=None):
+    """Attack ``x`` (numpy) in batches; returns float32 numpy adversarial images.
+
+    The attacks of ``DEFENCE_ATTACKS`` also need ``defence``, the Purifier in front of ``model_fn``."""
+    if method in DEFENCE_ATTACKS:
+        if defence is None:
+            raise ApudaeError(f"the {method} attack needs the defence it attacks (a purification variant)")
+        fn = functools.partial(DEFENCE_ATTACKS[method], defence=defence)
+    elif method in ATTACKS:
+        fn = ATTACKS[method]
+    else:
         raise ApudaeError(f"unknown attack {method!r}; use one of {', '.join(METHODS)}")
-    fn = ATTACKS[method]
     y = np.asarray(y, np.int64)
     out = []
     for i in range(0, len(x), batch_size):

@@ -74,7 +74,7 @@ def denoise(dae, x: tf.Tensor) -> tf.Tensor:
 
 def reconstruction_error(dae, x: tf.Tensor) -> tf.Tensor:
     """r(x) = sum over pixels of (clip(D(x), 0, 1) - x)^2, one value per image (eq. 7)."""
-    x = tf.convert_to_tensor(x, tf.float32)
+    x = tf.cast(x, dae.compute_dtype)  # float32 for every shipped model; float64 in a gradient check
     return tf.reduce_sum(tf.square(denoise(dae, x) - x), axis=[1, 2, 3])
 
 

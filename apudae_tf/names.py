@@ -5,5 +5,7 @@ Kept free of TensorFlow so that ``apudae-tf --help`` and option parsing stay fas
 """
 
 ATTACK_METHODS = ("none", "random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2")
+# attacks that see the purifier (spec §5): counter A, counter B, full adaptive, BPDA + EOT
+ADAPTIVE_METHODS = ("bpda", "weighted", "adaptive", "bpda-eot")
 PURIFY_VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
 TRAIN_RECIPES = ("paper", "plus", "adv-dae")

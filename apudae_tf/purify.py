@@ -159,6 +159,9 @@ VARIANT_PIECES = {
 
 # -- the loop --------------------------------------------------------------------------------
 
+# tf.keras.optimizers.Adam's defaults, which the loop uses; ``Purifier.unrolled`` writes the same update out
+ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-7
+
 
 class Purifier:
     """Purify batches with one variant; compiled once per batch shape.
@@ -198,7 +201,8 @@ class Purifier:
             self.variables.append(x)
             opt, state = None, []
             if not self.pieces.sign_step:  # A steps by sign(g) and needs no optimizer
-                opt = tf.keras.optimizers.Adam(learning_rate=self.settings.alpha)
+                opt = tf.keras.optimizers.Adam(learning_rate=self.settings.alpha, beta_1=ADAM_BETA_1,
+                                               beta_2=ADAM_BETA_2, epsilon=ADAM_EPSILON)
                 opt.build([x])
                 state = [opt.iterations] + [v for v in opt.variables if v.path.endswith(("_momentum", "_velocity"))]
                 self.variables += opt.variables
@@ -247,6 +251,46 @@ class Purifier:
             x, tf.constant(s.n, tf.int32), tf.constant(s.alpha, tf.float32), tf.constant(s.eps_r, tf.float32),
             seed,
         )
+
+    def unrolled(self, x, seed=None):
+        """``purify(x, seed)`` as a differentiable function of x, for the adaptive attacks (spec §5).
+
+        The same pieces in the same order as ``_loop``, with Adam's moments held as tensors instead
+        of optimizer slots (Keras' Adam update, written out), so an outer tape sees ∂x_n/∂x_in
+        through all n steps and their inner gradients (second order). A test pins its output to
+        ``purify``'s. Not for serving: it keeps every step's activations.
+        """
+        p, s = self.pieces, self.settings
+        x = tf.cast(x, self.dae.compute_dtype)  # float32, or float64 for a finite-difference check
+        mu, sigma = tf.cast(self._mu, x.dtype), tf.cast(self._sigma, x.dtype)
+        if p is None:
+            return models.denoise(self.dae, x)
+        seed = tf.cast(s.seed if seed is None else seed, tf.int64)
+        if p.transform:
+            x = random_transform(x, tf.constant(s.rho, tf.float32), tf.constant(s.theta_max, tf.float32), seed)
+        lr_scale = tf.reshape(p.lr_rule(self.r(x), mu, sigma), [-1, 1, 1, 1])
+        b1, b2, adam_eps = ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON
+        m = v = tf.zeros_like(x)
+        for k in range(s.n):
+            if p.noise:
+                eta = tf.reshape(noise_amplitude(self.r(x), mu, sigma, s.eps_r), [-1, 1, 1, 1])
+                u = tf.random.stateless_uniform(tf.shape(x), tf.stack([seed, tf.constant(k, tf.int64)]), -1.0, 1.0,
+                                                dtype=x.dtype)
+                x = tf.clip_by_value(x + eta * u, 0.0, 1.0)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(p.loss(self.r(x), mu, sigma))
+            g = tape.gradient(loss, x)
+            if p.sign_step:
+                x = x - s.alpha * tf.sign(g)
+            else:
+                m = m + (g - m) * (1.0 - b1)
+                v = v + (tf.square(g) - v) * (1.0 - b2)
+                lr_t = s.alpha * math.sqrt(1.0 - b2 ** (k + 1)) / (1.0 - b1 ** (k + 1))
+                # + 1e-30 keeps sqrt's derivative finite where g = 0 (E–G's images below μ); forward unchanged
+                x = x - lr_scale * lr_t * m / (tf.sqrt(v + 1e-30) + adam_eps)
+            x = tf.clip_by_value(x, 0.0, 1.0)
+        return x
 
     def purify_array(self, x: np.ndarray, batch_size: int = 500, progress=None) -> np.ndarray:
         """Purify a numpy array in batches; batch i uses seed ``settings.seed + i`` (reproducible)."""

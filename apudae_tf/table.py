@@ -124,14 +124,6 @@ class Cache:
             pipeline.write(pipeline.Batch(x=x, y=None, meta=meta), os.path.join(self.folder, f"{key}.npz"))
 
 
-def attack_settings(dataset: str, attack: str, seed: int, steps: int | None = None) -> attacks.AttackSettings:
-    """The dataset's preset; ``steps`` overrides the step count (tests use 1 or 2)."""
-    s = attacks.preset(dataset, steps=steps, seed=seed)
-    if attack == "cw-l2":  # L2-minimal: no ε; its step count is the Adam iterations per search step
-        return dataclasses.replace(s, steps=steps or attacks.CW_L2_STEPS)
-    return s
-
-
 def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dict, n: int, out_dir: str | None,
           seed: int = 0, cw_l2_n: int = CW_L2_N, columns=None, echo=None, progress_bar=None,
           batch_size: int = 500, steps: int | None = None) -> tuple[dict, dict]:
@@ -151,7 +143,7 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
     for attack in columns:
         m = min(len(x_all), cw_l2_n) if attack == "cw-l2" else len(x_all)
         x, y = x_all[:m], y_all[:m]
-        s = attack_settings(ds.name, attack, seed, steps)
+        s = attacks.settings_for(attack, ds.name, steps=steps, seed=seed)  # steps: tests use 1
         used[attack] = {**dataclasses.asdict(s), "n": m}
         examples = {}
         for target in sorted({d.target for d in defences}):

@@ -292,8 +292,11 @@ def train_adv_classifier(ds: Dataset, out_dir: str, settings: TrainSettings, ech
 
     @tf.function
     def train_step(x, y, seed):
-        x_adv = attacks.iterative_attack(lambda b: ce(y, model(b, training=False)), x, attack.eps, attack.step,
-                                         attack.steps, True, seed)
+        # stateless draws: a fresh, reproducible random start per batch inside the compiled step
+        start = tf.clip_by_value(x + tf.random.stateless_uniform(tf.shape(x), [seed, 1], -attack.eps, attack.eps),
+                                 0.0, 1.0)
+        x_adv = attacks.iterative_attack(lambda b: ce(y, model(b, training=False)), x, start, attack.eps,
+                                         attack.step, attack.steps)
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(ce(y, model(x_adv, training=True)))
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))

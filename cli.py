@@ -437,11 +437,20 @@ def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Report folder (default: results/<dataset>). Finished cells are cached in OUT/cache.")
 @click.option("--no-adv-training", is_flag=True, help="Leave out the adversarial-training row.")
+@click.option("--adaptive", is_flag=True,
+              help="Instead of the table: attacks that see the defence (counter A, counter B over a lambda grid, "
+                   "full adaptive, BPDA+EOT) on adversarial training, APuDAE direct and the chosen variant, plus "
+                   "the ROC of r(x) as a detector. Writes OUT/adaptive.json, adaptive.md, roc.json, roc.png.")
+@click.option("--n-full", type=click.IntRange(min=1), default=200, show_default=True,
+              help="With --adaptive: images for the full adaptive and BPDA+EOT columns (each step purifies EOT times).")
+@click.option("--eot", type=click.IntRange(min=1), default=8, show_default=True,
+              help="With --adaptive: draws of the defence's randomness per gradient.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
 @models_option
 @data_dir_option
 @friendly_errors
-def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, seed, model_dir, data_dir):
+def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, adaptive, n_full, eot, seed, model_dir,
+             data_dir):
     """Rebuild the paper's table for DATASET (spec §6): defences x attacks.
 
     Rows: no defence, adversarial training (MODELS/adv_classifier.keras, from
@@ -477,10 +486,18 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, see
     n = n_images or len(ds.x_test)
     out_dir = out_dir or os.path.join("results", ds.name)
     command = "apudae-tf evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    result = ev.table_report(m, ds, n, chosen, out_dir, adv=adv, seed=seed, cw_l2_n=cw_l2_n, command=command,
-                             echo=lambda msg: click.echo(msg, err=True), progress_bar=progress_bar)
-    click.echo(open(os.path.join(out_dir, "table.md")).read().split("\n\n")[0])
-    click.echo(f"wrote {out_dir}/table.json, table.md and figures in {result['seconds'] / 60:.1f} min", err=True)
+    echo = functools.partial(click.echo, err=True)
+    if adaptive:
+        result = ev.adaptive_report(m, ds, n, n_full, out_dir, adv=adv, seed=seed, eot=eot, command=command,
+                                    echo=echo, progress_bar=progress_bar)
+        report = "adaptive"
+    else:
+        result = ev.table_report(m, ds, n, chosen, out_dir, adv=adv, seed=seed, cw_l2_n=cw_l2_n, command=command,
+                                 echo=echo, progress_bar=progress_bar)
+        report = "table"
+    with open(os.path.join(out_dir, f"{report}.md")) as f:
+        click.echo(f.read().split("\n\n")[0])
+    click.echo(f"wrote {out_dir}/{report}.json, {report}.md and figures in {result['seconds'] / 60:.1f} min", err=True)
 
 
 if __name__ == "__main__":

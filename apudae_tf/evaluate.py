@@ -175,7 +175,7 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, di
         else:
             name, row = f"APuDAE {v}{tag}", None
         defences.append(table.Defence(name, row, "classifier", table.purify_fn(p, fn),
-                                      {"variant": v, **dataclasses.asdict(s)}))
+                                      {"variant": v, **dataclasses.asdict(s)}, purifier=p))
     return defences, targets, files, facts
 
 
@@ -216,24 +216,24 @@ def table_figures(m: Models, ds: Dataset, variant: str, x_adv: np.ndarray, out_d
 
 def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=None, seed: int = 0,
                  cw_l2_n: int | None = None, figures: bool = True, command: str = "", echo=None,
-                 progress_bar=None, columns=None, steps: int | None = None) -> dict:
+                 progress_bar=None, steps: int | None = None) -> dict:
     """Build the table, write out_dir/table.json, table.md and the figures; returns the result."""
     import os
 
     from apudae_tf import store, table
 
     defences, targets, files, facts = table_defences(m, ds, variants, adv)
-    result, examples = table.build(ds, defences, targets, files, n, out_dir, seed=seed,
-                                   cw_l2_n=table.CW_L2_N if cw_l2_n is None else cw_l2_n, columns=columns,
-                                   echo=echo, progress_bar=progress_bar, steps=steps)
+    columns = table.table_columns(ds.name, n, seed, table.CW_L2_N if cw_l2_n is None else cw_l2_n, steps)
+    result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
+                                   progress_bar=progress_bar)
     result.update({"command": command, "models": m.folder, "dae_recipe": facts["dae_recipe"],
                    "chosen_variant": facts["chosen_variant"], "magnet_threshold": facts["magnet_threshold"],
                    "adv_classifier": facts.get("adv_classifier"),
                    "purify_settings_chosen_on": facts["tuned"].get("chosen_on"),
                    "tuned": facts["tuned"].get("variants", {})})
-    if figures and ("classifier", "pgd") in examples:
+    if figures and ("classifier", "pgd", 0.0) in examples:
         variant = facts["chosen_variant"] or "direct"
-        result["figures"] = table_figures(m, ds, variant, examples[("classifier", "pgd")], out_dir,
+        result["figures"] = table_figures(m, ds, variant, examples[("classifier", "pgd", 0.0)], out_dir,
                                           facts["magnet_threshold"])
     store.write_json(os.path.join(out_dir, "table.json"), result)
     store.write_bytes(os.path.join(out_dir, "table.md"), table.markdown(result, table_notes(result)).encode())
@@ -245,7 +245,8 @@ def table_notes(result: dict) -> list[str]:
     from apudae_tf import attacks, table
 
     used = result["attacks"]
-    s = attacks.AttackSettings(**{k: v for k, v in used.get("pgd", used[next(iter(used))]).items() if k != "n"})
+    s = attacks.AttackSettings(**{k: v for k, v in used.get("pgd", used[next(iter(used))]).items()
+                                  if k not in ("n", "method")})
     cw_l2_steps = used.get("cw-l2", {}).get("steps", attacks.CW_L2_STEPS)
     lines = [
         f"Made by `{result['command']}` on the first {result['n']} {result['dataset']} test images in "
@@ -287,4 +288,78 @@ def table_notes(result: dict) -> list[str]:
         f = result["figures"]
         lines += ["", f"Figures (first {f['figure_images']} test images, variant {result['chosen_variant']}): "
                   "![r(x) histograms](fig3_r_hist.png) ![clean, PGD and purified images](examples.png)"]
+    return lines
+
+
+# -- attacks that see the defence (spec §5) and the detection view ---------------------------
+
+ADAPTIVE_ROWS = ("adversarial training", "apudae direct", "apudae")
+
+
+def adaptive_report(m: Models, ds: Dataset, n: int, n_full: int, out_dir: str, adv=None, seed: int = 0,
+                    eot: int = 8, lambdas=None, command: str = "", echo=None, progress_bar=None,
+                    steps: int | None = None) -> dict:
+    """adaptive.json / adaptive.md (rows: adversarial training, APuDAE direct, the chosen variant;
+    columns: blind PGD, counter A, counter B (worst λ), full adaptive, BPDA+EOT) and the detection
+    view: roc.json / roc.png, r(x) as a detector of each attack's examples."""
+    import os
+
+    from apudae_tf import plots, store, table
+
+    defences, targets, files, facts = table_defences(m, ds, ["direct", "chosen"], adv)
+    defences = [d for d in defences if d.paper_row in ADAPTIVE_ROWS]
+    lambdas = table.LAMBDAS if lambdas is None else tuple(lambdas)
+    columns = table.adaptive_columns(ds.name, n, n_full, seed, eot, lambdas, steps)
+    result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
+                                   progress_bar=progress_bar, paper=table.PAPER_ADAPTIVE.get(ds.name, {}))
+    result["records"] = table.worst_over_lambda(result["records"])
+    result.update({"command": command, "models": m.folder, "dae_recipe": facts["dae_recipe"],
+                   "chosen_variant": facts["chosen_variant"], "eot": eot, "n_full": min(n, n_full),
+                   "lambdas": list(lambdas)})
+
+    # detection: r(x) of each attack's examples against r(x) of the same clean images
+    def r(images):
+        return models.predict_in_batches(lambda b: models.reconstruction_error(m.dae, b), images)
+
+    r_clean = r(ds.x_test[:n])
+    curves = {}
+    for d in defences:
+        if d.purifier is None:
+            continue
+        for c in columns:
+            name, _, purifier = table.attacked_model(d, c)
+            label = c.key if c.key != "weighted" else f"weighted λ={c.settings.lam:g}"
+            label += " (blind)" if purifier is None else f" on {d.name}"
+            curves[label] = table.roc(r_clean[: c.n], r(examples[(name, c.key, c.settings.lam)]))
+    store.write_json(os.path.join(out_dir, "roc.json"), {"dataset": ds.name, "detector": "r(x) > t",
+                                                          "clean_n": int(n), "curves": curves})
+    plots.roc_curves(os.path.join(out_dir, "roc.png"), curves)
+    result["detection_auc"] = {k: v["auc"] for k, v in curves.items()}
+    store.write_json(os.path.join(out_dir, "adaptive.json"), result)
+    store.write_bytes(os.path.join(out_dir, "adaptive.md"),
+                      table.markdown(result, adaptive_notes(result)).encode())
+    return result
+
+
+def adaptive_notes(result: dict) -> list[str]:
+    from apudae_tf import table
+
+    s = result["attacks"]["pgd"]
+    lines = [
+        f"Made by `{result['command']}` in {result['seconds'] / 60:.1f} min (2 CPU cores); models from "
+        f"`{result['models']}` (DAE recipe: {result['dae_recipe']}).",
+        "",
+        f"Every column is PGD with ε = {s['eps']:g}, {s['steps']} steps of {s['step']:g} from a random start; what "
+        "differs is the gradient. **pgd**: blind, on the classifier alone (the reference). **bpda** (counter A, "
+        "eq. 14): through D, the purifier approximated by the DAE. **weighted** (counter B, eq. 15): "
+        "L(f(x), y) − λ·r(x), the worst λ of " + ", ".join(f"{v:g}" for v in result["lambdas"]) + " (the sweep is in "
+        "adaptive.json). **adaptive**: the exact gradient through the whole unrolled purification "
+        f"(second-order tapes), averaged over {result['eot']} draws of its randomness (EOT). **bpda-eot**: the real "
+        f"purifier forward, the identity backward, {result['eot']} draws (Athalye et al. 2018). The last two run "
+        f"on the first {result['n_full']} images: every step purifies {result['eot']} times.",
+        "The adversarial-training row has no purifier to attack: each of its cells is white-box PGD on its model.",
+        "",
+        "**Detection** (roc.png, roc.json): the AUC of r(x) as a detector of each attack's examples against the "
+        "same clean images: " + ", ".join(f"{k} {v:.3f}" for k, v in result.get("detection_auc", {}).items()) + ".",
+    ]
     return lines

@@ -64,3 +64,16 @@ def image_grid(path: str, rows: list[tuple[str, np.ndarray, list[str]]]) -> None
             if j == 0:
                 ax.set_ylabel(name, fontsize=9)
     _save(plt, fig, path)
+
+
+def roc_curves(path: str, curves: dict) -> None:
+    """ROC curves of a detector, one per attack ({label: {"fpr", "tpr", "auc"}})."""
+    plt, (fig, ax) = _figure(figsize=(5.5, 5))
+    for label, c in curves.items():
+        ax.plot(c["fpr"], c["tpr"], label=f"{label} (AUC {c['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set_xlabel("false-positive rate (clean images flagged)")
+    ax.set_ylabel("true-positive rate (adversarial images flagged)")
+    ax.set_title("r(x) as a detector")
+    ax.legend(fontsize=7)
+    _save(plt, fig, path)

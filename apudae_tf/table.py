@@ -15,6 +15,7 @@ resumes where it stopped; a cache entry is used only if its settings match.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -39,6 +40,12 @@ PAPER = {
         "apudae": {"clean": 0.973, "fgsm": 0.964, "r-fgsm": 0.962, "pgd": 0.951, "cw": 0.953},
     }
 }
+# The paper's counter attacks (Table 5, best APuDAE variant): counter A = bpda, counter B = weighted.
+PAPER_ADAPTIVE = {"mnist": {"apudae": {"bpda": 0.891, "weighted": 0.857}},
+                  "cifar10": {"apudae": {"bpda": 0.680, "weighted": 0.507}}}
+# Counter B's weights λ on r(x) (eq. 15); the report keeps the worst case. r(x) of an attacked MNIST
+# image is ~1–30 and the cross-entropy ~1–20, so the grid spans both balances.
+LAMBDAS = (0.01, 0.1, 1.0, 10.0)
 # CW-L2 runs 5 × 100 Adam steps per image: the dearest column, so it scores fewer images.
 CW_L2_N = 1000
 MAGNET_FPR = 0.01  # the detector's false-positive rate on clean validation images (MagNet's choice)
@@ -55,6 +62,7 @@ class Defence:
     predict: object
     settings: dict
     rejected_counts_as_defended: bool = False
+    purifier: object = None  # what the attacks of spec §5 attack, for purifying rows
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -124,68 +132,147 @@ class Cache:
             pipeline.write(pipeline.Batch(x=x, y=None, meta=meta), os.path.join(self.folder, f"{key}.npz"))
 
 
-def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dict, n: int, out_dir: str | None,
-          seed: int = 0, cw_l2_n: int = CW_L2_N, columns=None, echo=None, progress_bar=None,
-          batch_size: int = 500, steps: int | None = None) -> tuple[dict, dict]:
-    """Score every defence on every column for the first ``n`` test images.
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One attack column: the record's key, the attack that makes its examples, its settings and
+    how many of the test images it scores."""
+
+    key: str
+    method: str
+    settings: attacks.AttackSettings
+    n: int
+
+
+def table_columns(dataset: str, n: int, seed: int = 0, cw_l2_n: int = CW_L2_N, steps: int | None = None,
+                  keys=None) -> list[Column]:
+    """The paper's table's columns at the dataset's preset (``steps`` overrides: tests use 1)."""
+    return [Column(k, "none" if k == "clean" else k, attacks.settings_for(k, dataset, steps=steps, seed=seed),
+                   min(n, cw_l2_n) if k == "cw-l2" else n) for k in (keys or COLUMNS[dataset])]
+
+
+def attacked_model(d: Defence, c: Column):
+    """What column ``c``'s examples for row ``d`` are made on: (name, attack method, purifier).
+
+    An attack on the defence needs a purifier; a row without one (adversarial training) gets
+    white-box PGD on its model instead, the strongest attack that applies to it."""
+    if c.method in attacks.DEFENCE_ATTACKS:
+        if d.purifier is None:
+            return d.target, "pgd", None
+        return f"{d.target}+{d.name}", c.method, d.purifier
+    return d.target, c.method, None
+
+
+def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dict, columns: list[Column],
+          out_dir: str | None, echo=None, progress_bar=None, batch_size: int = 500, paper=None) -> tuple[dict, dict]:
+    """Score every defence on every column (the first ``column.n`` test images).
 
     ``targets`` maps a target name to its ``x -> logits`` function; ``target_files`` maps it to
-    the model file's digest, which keys the cache. Returns ``({"records": [...], ...}, examples)``,
-    examples[(target, attack)] being the attacked images.
+    the model file's digest, which keys the cache. ``paper`` (default: ``PAPER``) holds the paper's
+    numbers by row and column. Returns ``({"records": [...], ...}, examples)``, examples[(target,
+    column key, λ)] being the attacked images.
     """
     echo = echo or (lambda m: None)
-    columns = columns or COLUMNS[ds.name]
-    x_all, y_all = ds.x_test[:n], ds.y_test[:n]
+    paper = PAPER.get(ds.name, {}) if paper is None else paper
     cache = Cache(os.path.join(out_dir, "cache") if out_dir else None)
-    records, started, kept, used = [], time.time(), {}, {}
-    total = len(columns) * len(defences)
-    done = 0
-    for attack in columns:
-        m = min(len(x_all), cw_l2_n) if attack == "cw-l2" else len(x_all)
-        x, y = x_all[:m], y_all[:m]
-        s = attacks.settings_for(attack, ds.name, steps=steps, seed=seed)  # steps: tests use 1
-        used[attack] = {**dataclasses.asdict(s), "n": m}
-        examples = {}
-        for target in sorted({d.target for d in defences}):
-            key = f"{target}-{attack}-n{m}-" + _digest(dataclasses.asdict(s), target_files[target], ds.source)
-            got = cache.examples(key) if attack != "clean" else x
-            if got is None or len(got) != m:
-                t0 = time.time()
-                label = f"{attack} on the {target} ({m} images)"
-                if progress_bar:
-                    with progress_bar(m, label) as bar:
-                        got = attacks.run_attack(attack, targets[target], x, y, s, batch_size=batch_size,
-                                                 progress=lambda k: bar.update(k - bar.pos))
-                else:
-                    got = attacks.run_attack(attack, targets[target], x, y, s, batch_size=batch_size)
-                echo(f"{label}: {time.time() - t0:.0f} s")
-                cache.put_examples(key, got, {"dataset": ds.name, "attack": attack, "target": target,
-                                              "settings": dataclasses.asdict(s)})
-            examples[target] = kept[(target, attack)] = got
+    records, started, kept = [], time.time(), {}
+    total, done = len(columns) * len(defences), 0
+    for c in columns:
+        x, y, s = ds.x_test[: c.n], ds.y_test[: c.n], c.settings
         for d in defences:
             done += 1
-            key = _digest(d.name, d.settings, attack, m, dataclasses.asdict(s), target_files[d.target], ds.source)
+            name, method, purifier = attacked_model(d, c)
+            seen = None if purifier is None else {"variant": purifier.variant, **dataclasses.asdict(purifier.settings)}
+            ekey = f"{name}-{method}-n{c.n}-" + _digest(dataclasses.asdict(s), target_files[d.target], seen, ds.source)
+            if (name, ekey) not in kept:
+                got = x if method == "none" else cache.examples(ekey)
+                if got is None or len(got) != c.n:
+                    t0 = time.time()
+                    label = f"{method} on {name} ({c.n} images)"
+                    run = functools.partial(attacks.run_attack, method, targets[d.target], x, y, s,
+                                            batch_size=batch_size, defence=purifier)
+                    if progress_bar:
+                        with progress_bar(c.n, label) as bar:
+                            got = run(progress=lambda k: bar.update(k - bar.pos))
+                    else:
+                        got = run()
+                    echo(f"{label}: {time.time() - t0:.0f} s")
+                    cache.put_examples(ekey, got, {"dataset": ds.name, "attack": method, "target": name,
+                                                   "settings": dataclasses.asdict(s), "defence": seen})
+                kept[(name, ekey)] = got
+            examples = kept[(name, ekey)]
+            kept[(name, c.key, s.lam)] = examples
+            key = _digest(d.name, d.settings, c.key, method, c.n, dataclasses.asdict(s), target_files[d.target],
+                          ds.source)
             rec = cache.cell(key)
             if rec is None:
                 t0 = time.time()
-                pred = d.predict(examples[d.target])
-                k = score(pred, y, attack, d.rejected_counts_as_defended)
-                lo, hi = wilson(k, m)
-                rec = {"defence": d.name, "attack": attack, "accuracy": k / m, "n": m, "ci95": [lo, hi],
-                       "seconds": round(time.time() - t0, 2),
-                       "settings": {"defence": d.settings,
-                                    "attack": {"method": attack, **({} if attack == "clean" else dataclasses.asdict(s)),
-                                               "target": d.target, "saw_defence": d.target != "classifier"}}}
-                if d.paper_row:
-                    rec["paper"] = PAPER.get(ds.name, {}).get(d.paper_row, {}).get(attack)
+                k = score(d.predict(examples), y, c.key, d.rejected_counts_as_defended)
+                lo, hi = wilson(k, c.n)
+                attack = {"method": method, **({} if method == "none" else dataclasses.asdict(s)), "target": d.target,
+                          "saw_defence": d.target != "classifier" or purifier is not None}
+                rec = {"defence": d.name, "attack": c.key, "accuracy": k / c.n, "n": c.n, "ci95": [lo, hi],
+                       "seconds": round(time.time() - t0, 2), "settings": {"defence": d.settings, "attack": attack}}
+                if d.paper_row and paper.get(d.paper_row, {}).get(c.key) is not None:
+                    rec["paper"] = paper[d.paper_row][c.key]
                 cache.put_cell(key, rec)
-                echo(f"[{done}/{total}] {d.name} × {attack}: {rec['accuracy']:.4f} (n={m}, {rec['seconds']:.0f} s)")
+                echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} (n={c.n}, {rec['seconds']:.0f} s)")
             else:
-                echo(f"[{done}/{total}] {d.name} × {attack}: {rec['accuracy']:.4f} (cached)")
+                echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} (cached)")
             records.append(rec)
-    result = {"dataset": ds.name, "n": int(len(x_all)), "split": "test", "seconds": round(time.time() - started, 1),
-              "attacks": used, "records": records}
+    used = {c.key: {**dataclasses.asdict(c.settings), "method": c.method, "n": c.n} for c in columns}
+    result = {"dataset": ds.name, "n": max(c.n for c in columns), "split": "test",
+              "seconds": round(time.time() - started, 1), "attacks": used, "records": records}
     return result, kept
+
+
+def adaptive_columns(dataset: str, n: int, n_full: int, seed: int = 0, eot: int = 8, lambdas=LAMBDAS,
+                     steps: int | None = None) -> list[Column]:
+    """The adaptive report's columns: blind PGD (the reference), counter A, counter B at every λ,
+    full adaptive and BPDA+EOT (the last two on ``n_full`` images: each step purifies ``eot`` times)."""
+    base = attacks.settings_for("pgd", dataset, steps=steps, seed=seed)
+    return ([Column("pgd", "pgd", base, n), Column("bpda", "bpda", base, n)]
+            + [Column("weighted", "weighted", dataclasses.replace(base, lam=lam), n) for lam in lambdas]
+            + [Column(k, k, dataclasses.replace(base, eot=eot), min(n, n_full)) for k in ("adaptive", "bpda-eot")])
+
+
+def worst_over_lambda(records: list[dict]) -> list[dict]:
+    """Counter B's records collapsed to the worst λ per row; the sweep stays in settings."""
+    sweeps = {}
+    for r in records:
+        if r["attack"] == "weighted":
+            sweeps.setdefault(r["defence"], []).append(r)
+    out = []
+    for r in records:
+        if r["attack"] != "weighted":
+            out.append(r)
+        elif r is sweeps[r["defence"]][0]:  # the worst case takes the sweep's place in the table
+            rows = sweeps[r["defence"]]
+            worst = dict(min(rows, key=lambda q: q["accuracy"]))
+            worst["settings"] = {**worst["settings"],
+                                 "lambda_sweep": {str(q["settings"]["attack"].get("lam")): q["accuracy"] for q in rows}}
+            out.append(worst)
+    return out
+
+
+def roc(r_clean: np.ndarray, r_adv: np.ndarray) -> dict:
+    """ROC of the detector "r(x) > t" (adversarial = positive) over every threshold, and its AUC
+    (the Mann–Whitney statistic: P(r_adv > r_clean), ties counted half)."""
+    scores = np.concatenate([r_clean, r_adv])
+    labels = np.concatenate([np.zeros(len(r_clean)), np.ones(len(r_adv))])
+    order = np.argsort(-scores, kind="stable")
+    tp, fp = np.cumsum(labels[order]), np.cumsum(1 - labels[order])
+    tpr = np.concatenate([[0.0], tp / max(len(r_adv), 1)])
+    fpr = np.concatenate([[0.0], fp / max(len(r_clean), 1)])
+    ranks = np.empty(len(scores))
+    ranks[np.argsort(scores, kind="stable")] = np.arange(1, len(scores) + 1)
+    for v in np.unique(scores):  # average ranks over ties
+        tie = scores == v
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    n0, n1 = len(r_clean), len(r_adv)
+    auc = (ranks[labels == 1].sum() - n1 * (n1 + 1) / 2) / max(n0 * n1, 1)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))  # a plot needs no more
+    return {"auc": float(auc), "fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}
 
 
 # -- the defences ----------------------------------------------------------------------------

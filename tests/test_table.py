@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from apudae_tf import table
 from apudae_tf.data import Dataset
-from conftest import needs_mnist
+from conftest import data_dir, needs_mnist
 
 
 def test_wilson_interval_holds_the_proportion_and_narrows_with_n():
@@ -145,9 +145,43 @@ def test_adv_training_checkpoints_and_resumes_after_an_interruption(tmp_path, mo
 def test_evaluate_without_an_adversarially_trained_classifier_says_how_to_get_one(tiny_models):
     import cli
 
-    r = CliRunner().invoke(cli.main, ["evaluate", "mnist", "--models", tiny_models, "--n", "4"])
+    r = CliRunner().invoke(cli.main, ["evaluate", "mnist", "--models", tiny_models, "--n", "4",
+                                      "--data-dir", data_dir()])
     assert r.exit_code == 2
     assert "--what adv-classifier" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli.main, ["evaluate", "mnist", "--models", tiny_models, "--variants", "Z",
-                                      "--no-adv-training"])
+                                      "--no-adv-training", "--data-dir", data_dir()])
     assert r.exit_code == 2 and "unknown variant(s) Z" in r.output
+
+
+def test_roc_auc_is_the_probability_that_an_adversarial_input_scores_higher():
+    clean, adv = np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6])
+    assert table.roc(clean, adv)["auc"] == 1.0
+    assert table.roc(adv, clean)["auc"] == 0.0
+    assert table.roc(np.array([1.0, 1.0]), np.array([1.0, 1.0]))["auc"] == 0.5  # ties count half
+    assert table.roc(np.array([0.1, 0.4]), np.array([0.3, 0.5]))["auc"] == 0.75
+    c = table.roc(clean, adv)
+    assert c["fpr"][0] == c["tpr"][0] == 0.0 and c["fpr"][-1] == c["tpr"][-1] == 1.0
+
+
+def test_adaptive_report_end_to_end_keeps_counter_bs_worst_lambda(tiny_models, tmp_path):
+    from apudae_tf import evaluate, store
+
+    ds = _tiny_mnist()
+    m = store.load_models(tiny_models)
+    out = str(tmp_path / "adaptive")
+    result = evaluate.adaptive_report(m, ds, 4, 2, out, eot=2, lambdas=(0.0, 10.0), command="test", steps=1)
+    saved = json.load(open(os.path.join(out, "adaptive.json")))
+    assert [r["attack"] for r in saved["records"] if r["defence"] == "APuDAE direct"] == \
+        ["pgd", "bpda", "weighted", "adaptive", "bpda-eot"]
+    for r in saved["records"]:
+        assert r["n"] == (2 if r["attack"] in ("adaptive", "bpda-eot") else 4)
+        assert r["settings"]["attack"]["saw_defence"] is (r["attack"] != "pgd")
+        if r["attack"] == "weighted":
+            sweep = r["settings"]["lambda_sweep"]
+            assert set(sweep) == {"0.0", "10.0"} and r["accuracy"] == min(sweep.values())
+    roc = json.load(open(os.path.join(out, "roc.json")))
+    assert all(0.0 <= c["auc"] <= 1.0 for c in roc["curves"].values()) and "pgd (blind)" in roc["curves"]
+    with open(os.path.join(out, "roc.png"), "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+    assert "counter A" in open(os.path.join(out, "adaptive.md")).read() and result["eot"] == 2

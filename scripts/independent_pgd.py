@@ -25,11 +25,12 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--n", type=int, default=500)
 parser.add_argument("-o", "--output", required=True)
 parser.add_argument("--data-dir", default=None)
+parser.add_argument("--models", default=None, help="model folder (default: saved_models/mnist)")
 args = parser.parse_args()
 
 ds = data.load_dataset("mnist", args.data_dir)
 x, y = ds.x_test[: args.n], ds.y_test[: args.n]
-clf = store.load_models(store.default_model_dir("mnist"), ds.image_shape, need=("classifier",)).classifier
+clf = store.load_models(args.models or store.default_model_dir("mnist"), ds.image_shape, need=("classifier",)).classifier
 model = fb.TensorFlowModel(clf, bounds=(0, 1))
 attack = fb.attacks.LinfPGD(abs_stepsize=0.01, steps=40, random_start=True)
 tf.random.set_seed(0)

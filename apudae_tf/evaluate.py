@@ -249,9 +249,10 @@ def table_notes(result: dict) -> list[str]:
                                   if k not in ("n", "method")})
     cw_l2_steps = used.get("cw-l2", {}).get("steps", attacks.CW_L2_STEPS)
     lines = [
-        f"Made by `{result['command']}` on the first {result['n']} {result['dataset']} test images in "
-        f"{result['seconds'] / 60:.1f} min (2 CPU cores); models from `{result['models']}` "
-        f"(DAE recipe: {result['dae_recipe']}).",
+        f"Made by `{result['command']}` on the first {result['n']} {result['dataset']} test images; "
+        f"{result['compute_seconds'] / 60:.1f} min of attacks and defences on 2 CPU cores (this run: "
+        f"{result['seconds'] / 60:.1f} min, the rest from the cache of an earlier run); models from "
+        f"`{result['models']}` (DAE recipe: {result['dae_recipe']}).",
         "",
         "**Attacks** (ε = %g): FGSM; R-FGSM (random step ε/2, then FGSM with ε/2); PGD = %d steps of %g with a "
         "random start (Madry); CW = the same PGD on the Carlini–Wagner margin loss, κ = %g; CW-L2 = cleverhans' "
@@ -346,8 +347,9 @@ def adaptive_notes(result: dict) -> list[str]:
 
     s = result["attacks"]["pgd"]
     lines = [
-        f"Made by `{result['command']}` in {result['seconds'] / 60:.1f} min (2 CPU cores); models from "
-        f"`{result['models']}` (DAE recipe: {result['dae_recipe']}).",
+        f"Made by `{result['command']}`: {result['compute_seconds'] / 60:.1f} min of attacks and defences on 2 CPU "
+        f"cores (this run: {result['seconds'] / 60:.1f} min); models from `{result['models']}` "
+        f"(DAE recipe: {result['dae_recipe']}).",
         "",
         f"Every column is PGD with ε = {s['eps']:g}, {s['steps']} steps of {s['step']:g} from a random start; what "
         "differs is the gradient. **pgd**: blind, on the classifier alone (the reference). **bpda** (counter A, "

@@ -119,13 +119,15 @@ class Cache:
             store.write_json(self._cells_path, self.cells)
 
     def examples(self, key):
+        """(images, seconds it took to make them), or (None, 0) when not cached."""
         path = self.folder and os.path.join(self.folder, f"{key}.npz")
         if path and os.path.isfile(path):
             try:
-                return pipeline.read(path).x
+                batch = pipeline.read(path)
+                return batch.x, float(batch.meta.get("seconds", 0.0))
             except ApudaeError:
-                return None
-        return None
+                pass
+        return None, 0.0
 
     def put_examples(self, key, x, meta):
         if self.folder:
@@ -174,7 +176,7 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
     echo = echo or (lambda m: None)
     paper = PAPER.get(ds.name, {}) if paper is None else paper
     cache = Cache(os.path.join(out_dir, "cache") if out_dir else None)
-    records, started, kept = [], time.time(), {}
+    records, started, kept, attack_seconds = [], time.time(), {}, {}
     total, done = len(columns) * len(defences), 0
     for c in columns:
         x, y, s = ds.x_test[: c.n], ds.y_test[: c.n], c.settings
@@ -184,7 +186,7 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
             seen = None if purifier is None else {"variant": purifier.variant, **dataclasses.asdict(purifier.settings)}
             ekey = f"{name}-{method}-n{c.n}-" + _digest(dataclasses.asdict(s), target_files[d.target], seen, ds.source)
             if (name, ekey) not in kept:
-                got = x if method == "none" else cache.examples(ekey)
+                got, spent = (x, 0.0) if method == "none" else cache.examples(ekey)
                 if got is None or len(got) != c.n:
                     t0 = time.time()
                     label = f"{method} on {name} ({c.n} images)"
@@ -195,10 +197,13 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
                             got = run(progress=lambda k: bar.update(k - bar.pos))
                     else:
                         got = run()
-                    echo(f"{label}: {time.time() - t0:.0f} s")
+                    spent = time.time() - t0
+                    echo(f"{label}: {spent:.0f} s")
                     cache.put_examples(ekey, got, {"dataset": ds.name, "attack": method, "target": name,
-                                                   "settings": dataclasses.asdict(s), "defence": seen})
+                                                   "settings": dataclasses.asdict(s), "defence": seen,
+                                                   "seconds": spent})
                 kept[(name, ekey)] = got
+                attack_seconds[(name, ekey)] = spent
             examples = kept[(name, ekey)]
             kept[(name, c.key, s.lam)] = examples
             key = _digest(d.name, d.settings, c.key, method, c.n, dataclasses.asdict(s), target_files[d.target],
@@ -220,8 +225,11 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
                 echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} (cached)")
             records.append(rec)
     used = {c.key: {**dataclasses.asdict(c.settings), "method": c.method, "n": c.n} for c in columns}
+    # the work the numbers cost, counted once even when a resumed run took part of it from the cache
+    compute = sum(attack_seconds.values()) + sum(r["seconds"] for r in records)
     result = {"dataset": ds.name, "n": max(c.n for c in columns), "split": "test",
-              "seconds": round(time.time() - started, 1), "attacks": used, "records": records}
+              "seconds": round(time.time() - started, 1), "compute_seconds": round(compute, 1),
+              "attacks": used, "records": records}
     return result, kept
 
 

@@ -137,6 +137,10 @@ def random_transform(x, rho, theta_max_deg, seed):
     )
 
 
+# one compiled warp for every Purifier: a per-instance tf.function retraced for each new purifier
+_compiled_transform = tf.function(random_transform)
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
     loss: callable
@@ -187,7 +191,7 @@ class Purifier:
         self.variables = []  # every input variable and Adam slot made so far (an export tracks them)
         self._direct = tf.function(functools.partial(models.denoise, dae))
         # G's warp runs before the (possibly XLA-compiled) loop: ImageProjectiveTransformV3 has no XLA kernel
-        self._transform = tf.function(random_transform)
+        self._transform = _compiled_transform
 
     def r(self, x):
         return models.reconstruction_error(self.dae, x)

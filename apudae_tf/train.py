@@ -125,6 +125,9 @@ def adversarial_pairs(model_fn, ds: Dataset, n: int, seed: int, progress=None) -
     from apudae_tf import attacks
 
     x, y = ds.x_train[:n], ds.y_train[:n]
+    if ds.name not in attacks.PRESETS:
+        raise ApudaeError(f"the adv-dae recipe needs an attack budget, known only for {', '.join(attacks.PRESETS)}; "
+                          f"use --recipe paper or plus for {ds.name}")
     eps = attacks.preset(ds.name).eps
     settings = attacks.AttackSettings(eps=eps, steps=20, step=eps / 12, rand_init=True, seed=seed)
     return attacks.run_attack("pgd", model_fn, x, y, settings, batch_size=1000, progress=progress), x

@@ -119,3 +119,14 @@ def test_adv_dae_recipe_trains_on_pgd_examples_of_the_classifier(tiny_npz, tmp_p
     both = str(tmp_path / "all")
     train.train(ds, "all", both, s, echo=lambda m: None, recipe="adv-dae")
     assert store.load_stats(both).training["adversarial_images"] == 32
+
+
+def test_adv_dae_recipe_on_a_dataset_without_an_attack_budget_says_which_recipes_apply(tiny_npz, tmp_path):
+    from apudae_tf import data
+
+    ds = data.load_dataset(f"npz:{tiny_npz}")
+    out = str(tmp_path / "m")
+    s = train.TrainSettings(epochs=1, batch_size=64)
+    train.train(ds, "classifier", out, s, echo=lambda m: None, recipe="adv-dae")
+    with pytest.raises(ApudaeError, match="needs an attack budget.*--recipe paper or plus"):
+        train.train(ds, "dae", out, s, echo=lambda m: None, recipe="adv-dae")

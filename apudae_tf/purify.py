@@ -196,6 +196,11 @@ class Purifier:
     def r(self, x):
         return models.reconstruction_error(self.dae, x)
 
+    @property
+    def is_random(self) -> bool:
+        """F and G draw noise (and G a transform) per call; the others are deterministic."""
+        return self.pieces is not None and (self.pieces.noise or self.pieces.transform)
+
     def _compiled_for(self, shape):
         """The loop compiled for one batch shape, with its input variable and Adam made outside it
         (tf.function must not create variables on retraces); later batches of that shape reuse it."""

@@ -183,6 +183,10 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
         for d in defences:
             done += 1
             name, method, purifier = attacked_model(d, c)
+            if purifier is not None and not purifier.is_random:
+                s = dataclasses.replace(c.settings, eot=1)  # one draw of a deterministic defence is exact
+            else:
+                s = c.settings
             seen = None if purifier is None else {"variant": purifier.variant, **dataclasses.asdict(purifier.settings)}
             ekey = f"{name}-{method}-n{c.n}-" + _digest(dataclasses.asdict(s), target_files[d.target], seen, ds.source)
             if (name, ekey) not in kept:

@@ -177,6 +177,7 @@ def test_adaptive_report_end_to_end_keeps_counter_bs_worst_lambda(tiny_models, t
     for r in saved["records"]:
         assert r["n"] == (2 if r["attack"] in ("adaptive", "bpda-eot") else 4)
         assert r["settings"]["attack"]["saw_defence"] is (r["attack"] != "pgd")
+        assert r["settings"]["attack"]["eot"] == 1  # direct is deterministic: one draw is exact
         if r["attack"] == "weighted":
             sweep = r["settings"]["lambda_sweep"]
             assert set(sweep) == {"0.0", "10.0"} and r["accuracy"] == min(sweep.values())

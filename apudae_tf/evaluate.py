@@ -12,8 +12,8 @@ from apudae_tf.store import Models
 def model_facts(m: Models, ds: Dataset) -> dict:
     """Classifier test accuracy and the DAE's clean r(x) on the full test and validation splits."""
     logits = models.predict_in_batches(lambda b: m.classifier(b, training=False), ds.x_test)
-    r_test = models.predict_in_batches(lambda b: models.reconstruction_error(m.dae, b), ds.x_test)
-    r_val = models.predict_in_batches(lambda b: models.reconstruction_error(m.dae, b), ds.x_val)
+    r_test = models.reconstruction_errors(m.dae, ds.x_test)
+    r_val = models.reconstruction_errors(m.dae, ds.x_val)
     return {
         "dataset": ds.name,
         "models": m.folder,
@@ -146,10 +146,8 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, di
     defences = [table.Defence("No defence", "no defence", "classifier", table.classify_fn(fn), {})]
     facts = {"models": m.folder, "dae_recipe": recipe, "chosen_variant": chosen, "tuned": tuned}
     if adv is not None:
-        import tensorflow as tf
-
         adv_model, adv_info = adv
-        adv_fn = tf.function(lambda b: adv_model(b, training=False))
+        adv_fn = models.inference_fn(adv_model)
         targets["adv-classifier"] = adv_fn
         files["adv-classifier"] = table._file_digest(os.path.join(m.folder, store.ADV_CLASSIFIER))
         facts["adv_classifier"] = adv_info
@@ -194,7 +192,7 @@ def table_figures(m: Models, ds: Dataset, variant: str, x_adv: np.ndarray, out_d
     x_pur, adv_pur = p.purify_array(x), p.purify_array(x_adv)
 
     def r(images):
-        return models.predict_in_batches(lambda b: models.reconstruction_error(m.dae, b), images)
+        return models.reconstruction_errors(m.dae, images)
 
     hist = os.path.join(out_dir, "fig3_r_hist.png")
     plots.r_histograms(hist, [
@@ -320,7 +318,7 @@ def adaptive_report(m: Models, ds: Dataset, n: int, n_full: int, out_dir: str, a
 
     # detection: r(x) of each attack's examples against r(x) of the same clean images
     def r(images):
-        return models.predict_in_batches(lambda b: models.reconstruction_error(m.dae, b), images)
+        return models.reconstruction_errors(m.dae, images)
 
     r_clean = r(ds.x_test[:n])
     curves = {}

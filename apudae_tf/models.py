@@ -78,6 +78,16 @@ def reconstruction_error(dae, x: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.square(denoise(dae, x) - x), axis=[1, 2, 3])
 
 
+def reconstruction_errors(dae, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """r(x) of every image of a numpy array, in batches (numpy out)."""
+    return predict_in_batches(lambda b: reconstruction_error(dae, b), x, batch_size)
+
+
+def inference_fn(model):
+    """A Keras model as a compiled ``x -> output`` callable in inference mode (dropout off)."""
+    return tf.function(lambda x: model(x, training=False))
+
+
 def predict_in_batches(fn, x, batch_size: int = 500):
     """Apply ``fn`` to ``x`` in chunks and concatenate (numpy in, numpy out)."""
     outs = [np.asarray(fn(tf.constant(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]

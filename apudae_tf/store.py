@@ -149,10 +149,9 @@ class Models:
 
     def classifier_fn(self):
         """The classifier as a compiled ``x -> logits`` callable, in inference mode."""
-        import tensorflow as tf
+        from apudae_tf import models
 
-        clf = self.classifier
-        return tf.function(lambda x: clf(x, training=False))
+        return models.inference_fn(self.classifier)
 
 
 def load_models(model_dir: str, image_shape: tuple[int, int, int] | None = None, need=("classifier", "dae")) -> Models:

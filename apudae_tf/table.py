@@ -300,7 +300,7 @@ def classify_fn(model_fn, batch_size=500):
 def magnet_threshold(dae, x_val: np.ndarray, fpr: float = MAGNET_FPR) -> float:
     """The r(x) above which MagNet's detector refuses an input: the (1 − fpr) quantile on clean
     validation images, so that a fraction ``fpr`` of clean inputs is refused."""
-    r = models.predict_in_batches(lambda b: models.reconstruction_error(dae, b), x_val)
+    r = models.reconstruction_errors(dae, x_val)
     return float(np.quantile(r, 1.0 - fpr))
 
 
@@ -312,7 +312,7 @@ def magnet_fn(dae, model_fn, threshold: float):
 
     def predict(x):
         if last.get("x") is not x:
-            r = models.predict_in_batches(lambda b: models.reconstruction_error(dae, b), x)
+            r = models.reconstruction_errors(dae, x)
             pred = np.argmax(models.predict_in_batches(lambda b: model_fn(models.denoise(dae, b)), x), 1)
             last.update(x=x, pred=np.where(r > threshold, REJECTED, pred))
         return last["pred"]

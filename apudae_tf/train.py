@@ -158,7 +158,7 @@ def train_dae(
 
 def clean_error_stats(dae, x_val: np.ndarray) -> tuple[float, float]:
     """μ and σ of r(x) over clean validation images (spec §2)."""
-    r = models.predict_in_batches(lambda b: models.reconstruction_error(dae, b), x_val)
+    r = models.reconstruction_errors(dae, x_val)
     return float(np.mean(r)), float(np.std(r))
 
 
@@ -309,7 +309,7 @@ def train_adv_classifier(ds: Dataset, out_dir: str, settings: TrainSettings, ech
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return loss
 
-    fn = tf.function(lambda b: model(b, training=False))
+    fn = models.inference_fn(model)
     n_batches = -(-len(ds.x_train) // settings.batch_size)
     for e in range(int(epoch.numpy()), settings.epochs):
         rng = np.random.default_rng(settings.seed + e)

@@ -17,31 +17,17 @@ import os
 
 import foolbox as fb
 import numpy as np
-import tensorflow as tf
 
-from apudae_tf import data, store
+from apudae_tf import store
+from foolbox_common import add_options, linf_pgd, save, first_test_images
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--n", type=int, default=500)
-parser.add_argument("-o", "--output", required=True)
-parser.add_argument("--data-dir", default=None)
-parser.add_argument("--models", default=None, help="model folder (default: saved_models/mnist)")
+add_options(parser, n=500)
 args = parser.parse_args()
 
-ds = data.load_dataset("mnist", args.data_dir)
-x, y = ds.x_test[: args.n], ds.y_test[: args.n]
-clf = store.load_models(args.models or store.default_model_dir("mnist"), ds.image_shape, need=("classifier",)).classifier
-model = fb.TensorFlowModel(clf, bounds=(0, 1))
-attack = fb.attacks.LinfPGD(abs_stepsize=0.01, steps=40, random_start=True)
-tf.random.set_seed(0)
-advs = []
-for i in range(0, len(x), 250):
-    _, adv, _ = attack(model, tf.constant(x[i : i + 250]), tf.constant(y[i : i + 250]), epsilons=0.3)
-    advs.append(adv.numpy())
-x_adv = np.clip(np.concatenate(advs), 0.0, 1.0).astype(np.float32)
-assert np.abs(x_adv - x).max() <= 0.3 + 1e-6
-meta = {"dataset": "mnist", "history": [{"command": "foolbox LinfPGD", "eps": 0.3, "steps": 40, "step": 0.01,
-                                         "random_start": True, "foolbox": fb.__version__, "saw_defence": False}]}
-np.savez(args.output, x=x_adv, y=y.astype(np.int64), meta=np.array(json.dumps(meta)))
+x, y, folder = first_test_images(args)
+clf = store.load_models(folder, x.shape[1:], need=("classifier",)).classifier
+x_adv = linf_pgd(fb.TensorFlowModel(clf, bounds=(0, 1)), x, y, steps=40, batch=250)
+save(args.output, x_adv, y, {"command": "foolbox LinfPGD", "steps": 40, "saw_defence": False})
 acc = float(np.mean(np.argmax(clf.predict(x_adv, verbose=0), 1) == y))
 print(json.dumps({"n": len(x), "undefended_accuracy": acc, "output": os.path.abspath(args.output)}))

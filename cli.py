@@ -170,7 +170,7 @@ def train(dataset, what, recipe, epochs, batch_size, out_dir, seed, data_dir):
     todo = training.train_order(recipe) if what == "all" else [what]
     summary = {}
     for part in todo:
-        n_epochs = epochs or {"classifier": 6, "dae": 5, "adv-classifier": 3}[part]
+        n_epochs = epochs or {"classifier": 6, "dae": 5, "adv-classifier": 4}[part]
         settings = training.TrainSettings(epochs=n_epochs, batch_size=batch_size, seed=seed)
         click.echo(f"training the {part} on {ds.name} ({len(ds.x_train)} images, {n_epochs} epochs) -> {out_dir}",
                    err=True)

@@ -306,6 +306,9 @@ def bpda_eot(model_fn, x, y, s: AttackSettings, defence):
 
 
 DEFENCE_ATTACKS = {"bpda": counter_a, "weighted": counter_b, "adaptive": full_adaptive, "bpda-eot": bpda_eot}
+# the counter attacks see only the DAE (D and r), not the variant's loop: their examples are the
+# same for every purification variant of one DAE
+DAE_ONLY_ATTACKS = ("bpda", "weighted")
 
 ATTACKS = {"none": no_attack, "random": random_noise, "fgsm": fgsm, "r-fgsm": r_fgsm, "pgd": pgd, "cw": cw_linf, "cw-l2": cw_l2}
 

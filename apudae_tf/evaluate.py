@@ -138,7 +138,8 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, di
 
     fn = m.classifier_fn()
     targets = {"classifier": fn}
-    files = {"classifier": table._file_digest(os.path.join(m.folder, store.CLASSIFIER))}
+    files = {"classifier": table._file_digest(os.path.join(m.folder, store.CLASSIFIER)),
+             "dae": table._file_digest(os.path.join(m.folder, store.DAE))}
     recipe = (m.stats.training or {}).get("recipe", "paper")
     tag = "" if recipe == "paper" else f" ({recipe} DAE)"
     tuned = _tuned(m.folder)
@@ -156,7 +157,8 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, di
     threshold = table.magnet_threshold(m.dae, ds.x_val)
     facts["magnet_threshold"] = threshold
     magnet = table.magnet_fn(m.dae, fn, threshold)
-    mset = {"threshold": threshold, "fpr_on_clean_val": table.MAGNET_FPR, "reformer": "DAE output"}
+    # the DAE's digest is part of every DAE row's settings, so a retrained DAE misses the cache
+    mset = {"threshold": threshold, "fpr_on_clean_val": table.MAGNET_FPR, "reformer": "DAE output", "dae": files["dae"]}
     defences += [
         table.Defence(f"MagNet{tag}, refused = defended", "magnet", "classifier", magnet, mset, True),
         table.Defence(f"MagNet{tag}, refused = error", None, "classifier", magnet, mset, False),
@@ -173,7 +175,7 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, di
         else:
             name, row = f"APuDAE {v}{tag}", None
         defences.append(table.Defence(name, row, "classifier", table.purify_fn(p, fn),
-                                      {"variant": v, **dataclasses.asdict(s)}, purifier=p))
+                                      {"variant": v, **dataclasses.asdict(s), "dae": files["dae"]}, purifier=p))
     return defences, targets, files, facts
 
 

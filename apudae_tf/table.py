@@ -160,6 +160,8 @@ def attacked_model(d: Defence, c: Column):
     if c.method in attacks.DEFENCE_ATTACKS:
         if d.purifier is None:
             return d.target, "pgd", None
+        if c.method in attacks.DAE_ONLY_ATTACKS:  # one set of examples serves every variant's row
+            return f"{d.target}+dae", c.method, d.purifier
         return f"{d.target}+{d.name}", c.method, d.purifier
     return d.target, c.method, None
 
@@ -183,11 +185,16 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
         for d in defences:
             done += 1
             name, method, purifier = attacked_model(d, c)
-            if purifier is not None and not purifier.is_random:
+            if purifier is not None and (not purifier.is_random or method in attacks.DAE_ONLY_ATTACKS):
                 s = dataclasses.replace(c.settings, eot=1)  # one draw of a deterministic defence is exact
             else:
                 s = c.settings
-            seen = None if purifier is None else {"variant": purifier.variant, **dataclasses.asdict(purifier.settings)}
+            if purifier is None:
+                seen = None
+            elif method in attacks.DAE_ONLY_ATTACKS:
+                seen = {"dae": target_files["dae"]}
+            else:
+                seen = {"variant": purifier.variant, **dataclasses.asdict(purifier.settings), "dae": target_files["dae"]}
             ekey = f"{name}-{method}-n{c.n}-" + _digest(dataclasses.asdict(s), target_files[d.target], seen, ds.source)
             if (name, ekey) not in kept:
                 got, spent = (x, 0.0) if method == "none" else cache.examples(ekey)

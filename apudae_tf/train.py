@@ -251,9 +251,13 @@ def _train_classifier_part(ds: Dataset, out_dir: str, settings: TrainSettings, e
 # PGD in training: the evaluation's ε, fewer steps than its PGD-40 (2 CPU cores), Madry's
 # step rule 2.5·ε/steps, random start.
 ADV_TRAIN_STEPS = 10
-# Madry's Adam rate for MNIST. At the classifier's 1e-3 the first epoch collapsed to chance
-# (loss ln 10, val accuracy 0.13): PGD examples of a clean model start at a loss of ~20.
-ADV_LEARNING_RATE = 1e-4
+# ε grows linearly from 0 to the evaluation's ε over the first ADV_EPS_RAMP_EPOCHS epochs
+# (a curriculum). Straight at ε 0.3 the first epoch collapsed to chance with Adam at 1e-3
+# (loss ln 10, val accuracy 0.13: PGD examples of a clean model start at a loss of ~20), and
+# at Madry's 1e-4 it crawled (val PGD-10 0.10 after one epoch); 2 CPU cores cannot wait for
+# Madry's 100k steps.
+ADV_EPS_RAMP_EPOCHS = 2
+ADV_LEARNING_RATE = 5e-4
 ADV_CHECKPOINTS = ".adv_classifier_ckpt"
 
 
@@ -298,12 +302,11 @@ def train_adv_classifier(ds: Dataset, out_dir: str, settings: TrainSettings, ech
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
 
     @tf.function
-    def train_step(x, y, seed):
+    def train_step(x, y, seed, eps):
         # stateless draws: a fresh, reproducible random start per batch inside the compiled step
-        start = tf.clip_by_value(x + tf.random.stateless_uniform(tf.shape(x), [seed, 1], -attack.eps, attack.eps),
-                                 0.0, 1.0)
-        x_adv = attacks.iterative_attack(lambda b: ce(y, model(b, training=False)), x, start, attack.eps,
-                                         attack.step, attack.steps)
+        start = tf.clip_by_value(x + tf.random.stateless_uniform(tf.shape(x), [seed, 1], -eps, eps), 0.0, 1.0)
+        x_adv = attacks.iterative_attack(lambda b: ce(y, model(b, training=False)), x, start, eps,
+                                         eps * (attack.step / attack.eps), attack.steps)
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(ce(y, model(x_adv, training=True)))
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
@@ -314,15 +317,17 @@ def train_adv_classifier(ds: Dataset, out_dir: str, settings: TrainSettings, ech
     for e in range(int(epoch.numpy()), settings.epochs):
         rng = np.random.default_rng(settings.seed + e)
         order = rng.permutation(len(ds.x_train))
-        bar = keras.utils.Progbar(n_batches, verbose=_fit_verbose(), stateful_metrics=["loss"])
+        bar = keras.utils.Progbar(n_batches, verbose=_fit_verbose(), stateful_metrics=["loss", "eps"])
         for b in range(n_batches):
             idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
-            seed = tf.constant(e * n_batches + b, tf.int32)
-            loss = train_step(tf.constant(ds.x_train[idx]), tf.constant(ds.y_train[idx]), seed)
-            bar.update(b + 1, [("loss", float(loss))])
+            step = e * n_batches + b
+            eps = attack.eps * min(1.0, (step + 1) / (ADV_EPS_RAMP_EPOCHS * n_batches))
+            loss = train_step(tf.constant(ds.x_train[idx]), tf.constant(ds.y_train[idx]),
+                              tf.constant(step, tf.int32), tf.constant(eps, tf.float32))
+            bar.update(b + 1, [("loss", float(loss)), ("eps", eps)])
         val = _robust_accuracy(fn, ds.x_val[:1000], ds.y_val[:1000], attack)
         history.append({"epoch": e + 1, **val})
-        echo(f"adv-classifier: epoch {e + 1}/{settings.epochs}: val clean {val['clean']:.4f}, "
+        echo(f"adv-classifier: epoch {e + 1}/{settings.epochs} (ε {eps:.3f}): val clean {val['clean']:.4f}, "
              f"val pgd-{attack.steps} {val['pgd']:.4f} (1000 images)")
         epoch.assign(e + 1)
         manager.save()
@@ -330,6 +335,7 @@ def train_adv_classifier(ds: Dataset, out_dir: str, settings: TrainSettings, ech
     store.save_model(model, os.path.join(out_dir, store.ADV_CLASSIFIER))
     test_acc = accuracy(model, ds.x_test, ds.y_test)
     info = {"dataset": ds.name, "method": "Madry PGD adversarial training", "attack": dataclasses.asdict(attack),
+            "eps_ramp_epochs": ADV_EPS_RAMP_EPOCHS,
             "init": init_path if init else "random", "training": dataclasses.asdict(settings),
             "history": history, "test_clean_accuracy": test_acc, "source": ds.source}
     store.write_json(os.path.join(out_dir, store.ADV_CLASSIFIER_INFO), info)

@@ -107,6 +107,33 @@ def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny
     with pytest.raises(AssertionError, match="cache should have answered"):
         evaluate.table_report(m, ds, 6, ["direct"], out, adv=None, cw_l2_n=3, command="test", steps=2)
 
+    # a retrained DAE misses the cache for every row that uses it, and only for those
+    dae_digest = table._file_digest(os.path.join(tiny_models, store.DAE))
+    assert next(r for r in records if r["defence"] == "APuDAE B")["settings"]["defence"]["dae"] == dae_digest
+    m.dae.get_layer("enc1_conv").kernel.assign(m.dae.get_layer("enc1_conv").kernel * 1.01)
+    store.save_model(m.dae, os.path.join(tiny_models, store.DAE))
+    rescored = set()
+    put_cell = table.Cache.put_cell
+    monkeypatch.setattr(table.Cache, "put_cell", lambda self, k, r: (rescored.add(r["defence"]), put_cell(self, k, r)))
+    evaluate.table_report(store.load_models(tiny_models), ds, 6, ["direct", "B"], out, adv=adv, cw_l2_n=3,
+                          command="test", steps=1, figures=False)
+    assert rescored == defences - {"No defence", "Adversarial training (Madry PGD)"}
+
+
+def test_counter_attacks_make_one_set_of_examples_for_every_variant_of_a_dae(tiny_models, tmp_path):
+    from apudae_tf import evaluate, store
+
+    ds = _tiny_mnist()
+    m = store.load_models(tiny_models)
+    defences, targets, files, _ = evaluate.table_defences(m, ds, ["direct", "B"])
+    defences = [d for d in defences if d.purifier is not None]
+    columns = [c for c in table.adaptive_columns("mnist", 4, 2, lambdas=(1.0,), steps=1)
+               if c.key in ("bpda", "weighted", "adaptive")]
+    out = str(tmp_path / "shared")
+    _, kept = table.build(ds, defences, targets, files, columns, out)
+    made = sorted(f.split("-")[1] for f in os.listdir(os.path.join(out, "cache")) if f.endswith(".npz"))
+    assert made == ["adaptive", "adaptive", "bpda", "weighted"]  # the full attack differs per variant
+
 
 def test_adv_training_checkpoints_and_resumes_after_an_interruption(tmp_path, monkeypatch):
     import dataclasses

@@ -16,7 +16,7 @@ def model_facts(m: Models, ds: Dataset) -> dict:
     r_val = models.reconstruction_errors(m.dae, ds.x_val)
     return {
         "dataset": ds.name,
-        "models": m.folder,
+        "models": _shown(m.folder),
         "data_source": ds.source,
         "classifier_test_accuracy": float(np.mean(np.argmax(logits, 1) == ds.y_test)),
         "n_test": int(len(ds.y_test)),
@@ -145,7 +145,7 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, di
     tuned = _tuned(m.folder)
     chosen = table.chosen_variant(tuned)
     defences = [table.Defence("No defence", "no defence", "classifier", table.classify_fn(fn), {})]
-    facts = {"models": m.folder, "dae_recipe": recipe, "chosen_variant": chosen, "tuned": tuned}
+    facts = {"models": _shown(m.folder), "dae_recipe": recipe, "chosen_variant": chosen, "tuned": tuned}
     if adv is not None:
         adv_model, adv_info = adv
         adv_fn = models.inference_fn(adv_model)
@@ -226,7 +226,7 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
     columns = table.table_columns(ds.name, n, seed, table.CW_L2_N if cw_l2_n is None else cw_l2_n, steps)
     result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
                                    progress_bar=progress_bar)
-    result.update({"command": command, "models": m.folder, "dae_recipe": facts["dae_recipe"],
+    result.update({"command": command, "models": _shown(m.folder), "dae_recipe": facts["dae_recipe"],
                    "chosen_variant": facts["chosen_variant"], "magnet_threshold": facts["magnet_threshold"],
                    "adv_classifier": facts.get("adv_classifier"),
                    "purify_settings_chosen_on": facts["tuned"].get("chosen_on"),
@@ -240,6 +240,23 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
     return result
 
 
+def _cost(result: dict) -> str:
+    """What a report cost, honestly when part of it came from the cache of earlier runs."""
+    total, run = result["compute_seconds"] / 60, result["seconds"] / 60
+    if run >= total:
+        return f"{run:.1f} min on 2 CPU cores"
+    return (f"{total:.1f} min of attacks and defences on 2 CPU cores, summed over the runs that filled its cache "
+            f"(the last run: {run:.1f} min)")
+
+
+def _shown(folder: str) -> str:
+    """A model folder as a reader can re-use it: relative to the working directory when inside it."""
+    import os
+
+    rel = os.path.relpath(folder)
+    return folder if rel.startswith("..") else rel
+
+
 def table_notes(result: dict) -> list[str]:
     """The prose under table.md's table: how every number was made."""
     from apudae_tf import attacks, table
@@ -250,9 +267,7 @@ def table_notes(result: dict) -> list[str]:
     cw_l2_steps = used.get("cw-l2", {}).get("steps", attacks.CW_L2_STEPS)
     lines = [
         f"Made by `{result['command']}` on the first {result['n']} {result['dataset']} test images; "
-        f"{result['compute_seconds'] / 60:.1f} min of attacks and defences on 2 CPU cores (this run: "
-        f"{result['seconds'] / 60:.1f} min, the rest from the cache of an earlier run); models from "
-        f"`{result['models']}` (DAE recipe: {result['dae_recipe']}).",
+        f"{_cost(result)}; models from `{_shown(result['models'])}` (DAE recipe: {result['dae_recipe']}).",
         "",
         "**Attacks** (ε = %g): FGSM; R-FGSM (random step ε/2, then FGSM with ε/2); PGD = %d steps of %g with a "
         "random start (Madry); CW = the same PGD on the Carlini–Wagner margin loss, κ = %g; CW-L2 = cleverhans' "
@@ -305,7 +320,7 @@ def adaptive_report(m: Models, ds: Dataset, n: int, n_full: int, out_dir: str, a
     view: roc.json / roc.png, r(x) as a detector of each attack's examples."""
     import os
 
-    from apudae_tf import plots, store, table
+    from apudae_tf import attacks, plots, store, table
 
     defences, targets, files, facts = table_defences(m, ds, ["direct", "chosen"], adv)
     defences = [d for d in defences if d.paper_row in ADAPTIVE_ROWS]
@@ -314,7 +329,7 @@ def adaptive_report(m: Models, ds: Dataset, n: int, n_full: int, out_dir: str, a
     result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
                                    progress_bar=progress_bar, paper=table.PAPER_ADAPTIVE.get(ds.name, {}))
     result["records"] = table.worst_over_lambda(result["records"])
-    result.update({"command": command, "models": m.folder, "dae_recipe": facts["dae_recipe"],
+    result.update({"command": command, "models": _shown(m.folder), "dae_recipe": facts["dae_recipe"],
                    "chosen_variant": facts["chosen_variant"], "eot": eot, "n_full": min(n, n_full),
                    "lambdas": list(lambdas)})
 
@@ -329,8 +344,14 @@ def adaptive_report(m: Models, ds: Dataset, n: int, n_full: int, out_dir: str, a
             continue
         for c in columns:
             name, _, purifier = table.attacked_model(d, c)
-            label = c.key if c.key != "weighted" else f"weighted λ={c.settings.lam:g}"
-            label += " (blind)" if purifier is None else f" on {d.name}"
+            if c.key == "weighted":
+                label = f"counter B, λ={c.settings.lam:g}"
+            elif purifier is None:
+                label = f"{c.key} (blind)"
+            elif c.method in attacks.DAE_ONLY_ATTACKS:
+                label = "counter A (bpda)"  # made once per DAE, whatever the variant
+            else:
+                label = f"{c.key} on {purifier.variant}"
             curves[label] = table.roc(r_clean[: c.n], r(examples[(name, c.key, c.settings.lam)]))
     store.write_json(os.path.join(out_dir, "roc.json"), {"dataset": ds.name, "detector": "r(x) > t",
                                                           "clean_n": int(n), "curves": curves})
@@ -347,8 +368,7 @@ def adaptive_notes(result: dict) -> list[str]:
 
     s = result["attacks"]["pgd"]
     lines = [
-        f"Made by `{result['command']}`: {result['compute_seconds'] / 60:.1f} min of attacks and defences on 2 CPU "
-        f"cores (this run: {result['seconds'] / 60:.1f} min); models from `{result['models']}` "
+        f"Made by `{result['command']}`: {_cost(result)}; models from `{_shown(result['models'])}` "
         f"(DAE recipe: {result['dae_recipe']}).",
         "",
         f"Every column is PGD with ε = {s['eps']:g}, {s['steps']} steps of {s['step']:g} from a random start; what "

@@ -67,13 +67,19 @@ def image_grid(path: str, rows: list[tuple[str, np.ndarray, list[str]]]) -> None
 
 
 def roc_curves(path: str, curves: dict) -> None:
-    """ROC curves of a detector, one per attack ({label: {"fpr", "tpr", "auc"}})."""
-    plt, (fig, ax) = _figure(figsize=(5.5, 5))
-    for label, c in curves.items():
-        ax.plot(c["fpr"], c["tpr"], label=f"{label} (AUC {c['auc']:.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set_xlabel("false-positive rate (clean images flagged)")
-    ax.set_ylabel("true-positive rate (adversarial images flagged)")
-    ax.set_title("r(x) as a detector")
-    ax.legend(fontsize=7)
+    """ROC curves of a detector ({label: {"fpr", "tpr", "auc"}}): counter B's λ sweep (labels
+    starting "counter B") in its own panel, every other attack in the first."""
+    panels = [("attacks on the classifier's loss", {k: v for k, v in curves.items() if not k.startswith("counter B")}),
+              ("counter B: loss − λ·r(x)", {k: v for k, v in curves.items() if k.startswith("counter B")})]
+    panels = [p for p in panels if p[1]]
+    plt, (fig, axes) = _figure(1, len(panels), figsize=(5 * len(panels), 4.8), squeeze=False)
+    for ax, (title, group) in zip(axes[0], panels):
+        for i, (label, c) in enumerate(group.items()):
+            ax.plot(c["fpr"], c["tpr"], lw=1.5, ls=("-", "--", "-.", ":")[i // 10 % 4], label=f"{label}: AUC {c['auc']:.3f}")
+        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+        ax.set_xlabel("false-positive rate (clean images flagged)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, loc="best")
+    axes[0, 0].set_ylabel("true-positive rate (adversarial images flagged)")
+    fig.suptitle("r(x) > t as a detector of adversarial inputs")
     _save(plt, fig, path)

@@ -67,6 +67,54 @@ def build_mnist_classifier(image_shape=(28, 28, 1), num_classes: int = 10, name=
     return keras.Model(x, logits, name=name)
 
 
+# CIFAR-10's per-channel train mean and std: the ResNets standardise inside the model, so every
+# model of this package takes images in [0, 1], the purifier's output range.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _residual_block(x, filters, stride, name):
+    """He et al.'s basic block: two 3×3 conv-BN, a 1×1 projection when the shape changes."""
+    h = layers.Conv2D(filters, 3, stride, "same", use_bias=False, name=f"{name}_conv1")(x)
+    h = layers.ReLU(name=f"{name}_relu1")(layers.BatchNormalization(name=f"{name}_bn1")(h))
+    h = layers.Conv2D(filters, 3, 1, "same", use_bias=False, name=f"{name}_conv2")(h)
+    h = layers.BatchNormalization(name=f"{name}_bn2")(h)
+    if stride != 1 or x.shape[-1] != filters:
+        x = layers.Conv2D(filters, 1, stride, use_bias=False, name=f"{name}_proj")(x)
+        x = layers.BatchNormalization(name=f"{name}_proj_bn")(x)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([x, h]))
+
+
+def build_resnet(image_shape=(32, 32, 3), num_classes: int = 10, widths=(16, 32, 64), blocks: int = 3,
+                 mean=CIFAR10_MEAN, std=CIFAR10_STD, name="classifier") -> keras.Model:
+    """A ResNet for 32×32 images with a 3×3 stem; logits out. The defaults are ResNet-20 (He et al.
+    2016 §4.2: three stages of 16/32/64 filters, 3 blocks each, 0.27M weights); widths
+    (64, 128, 256, 512) with 2 blocks is ResNet-18 (the paper's CIFAR-10 model)."""
+    x = keras.Input(shape=image_shape, name="image")
+    h = layers.Normalization(mean=list(mean), variance=[v * v for v in std], name="standardise")(x)
+    h = layers.Conv2D(widths[0], 3, 1, "same", use_bias=False, name="stem_conv")(h)
+    h = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(h))
+    for i, f in enumerate(widths):
+        for j in range(blocks):
+            h = _residual_block(h, f, 2 if (j == 0 and i > 0) else 1, f"stage{i + 1}_block{j + 1}")
+    h = layers.GlobalAveragePooling2D(name="pool")(h)
+    return keras.Model(x, layers.Dense(num_classes, name="logits")(h), name=name)
+
+
+def build_classifier(arch: str, image_shape, num_classes: int) -> keras.Model:
+    """A classifier by architecture name (``names.CLASSIFIER_ARCHS``)."""
+    if arch == "cnn":
+        return build_mnist_classifier(image_shape, num_classes)
+    # CIFAR-10's statistics for colour images; otherwise [0, 1] -> [-1, 1]
+    c = image_shape[-1]
+    stats = {} if c == 3 else {"mean": (0.5,) * c, "std": (0.5,) * c}
+    if arch == "resnet20":
+        return build_resnet(image_shape, num_classes, **stats)
+    if arch == "resnet18":
+        return build_resnet(image_shape, num_classes, widths=(64, 128, 256, 512), blocks=2, **stats)
+    raise ValueError(f"unknown architecture {arch!r}")
+
+
 def denoise(dae, x: tf.Tensor) -> tf.Tensor:
     """clip(D(x), 0, 1) with the DAE in inference mode: the reconstruction of eq. 7 and the direct purifier."""
     return tf.clip_by_value(dae(x, training=False), 0.0, 1.0)

@@ -9,3 +9,6 @@ ATTACK_METHODS = ("none", "random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2")
 ADAPTIVE_METHODS = ("bpda", "weighted", "adaptive", "bpda-eot")
 PURIFY_VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
 TRAIN_RECIPES = ("paper", "plus", "adv-dae")
+# classifier architectures; the first of each dataset's list is its default
+CLASSIFIER_ARCHS = ("cnn", "resnet20", "resnet18")
+DEFAULT_ARCH = {"mnist": "cnn", "cifar10": "resnet20"}

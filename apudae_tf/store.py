@@ -19,6 +19,7 @@ DAE = "dae.keras"
 DAE_STATS = "dae_stats.json"
 ADV_CLASSIFIER = "adv_classifier.keras"  # the adversarial-training baseline (issue 4)
 ADV_CLASSIFIER_INFO = "adv_classifier.json"
+CLASSIFIER_INFO = "classifier.json"  # the ResNets' training recipe and history
 PURIFY_SETTINGS = "purify_settings.json"  # per-variant settings chosen on the validation split
 
 def _saved_models() -> str:

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from apudae_tf import table
 from apudae_tf.data import Dataset
+from apudae_tf.errors import ApudaeError
 from conftest import data_dir, needs_mnist
 
 
@@ -157,8 +158,14 @@ def test_adv_training_checkpoints_and_resumes_after_an_interruption(tmp_path, mo
         train.train_adv_classifier(ds, out, settings, steps=1)
     assert os.path.isdir(os.path.join(out, train.ADV_CHECKPOINTS))
     monkeypatch.setattr(store, "save_model", real_save)
+    # a checkpoint is continued only when asked, and only with the settings it was started with
+    with pytest.raises(ApudaeError, match="pass --resume"):
+        train.train_adv_classifier(ds, out, settings, steps=1)
+    with pytest.raises(ApudaeError, match="batch_size: 32 -> 16"):
+        train.train_adv_classifier(ds, out, dataclasses.replace(settings, batch_size=16), steps=1, resume=True)
     said = []
-    summary = train.train_adv_classifier(ds, out, dataclasses.replace(settings, epochs=2), echo=said.append, steps=1)
+    summary = train.train_adv_classifier(ds, out, dataclasses.replace(settings, epochs=2), echo=said.append, steps=1,
+                                         resume=True)
     assert any("resuming after epoch 1" in s for s in said)
     assert sum("epoch 2/2" in s for s in said) == 1 and not any("epoch 1/2" in s for s in said)
     info = json.load(open(os.path.join(out, store.ADV_CLASSIFIER_INFO)))

@@ -1,0 +1,82 @@
+"""The CIFAR-10 classifier's recipe: ResNet shapes, the augmentation, the one-cycle rate and a
+training that survives an interruption."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from apudae_tf import models, store, train
+from apudae_tf.data import Dataset
+from apudae_tf.errors import ApudaeError
+
+
+def test_resnet20_and_resnet18_have_their_published_sizes_and_take_0_1_images():
+    r20 = models.build_classifier("resnet20", (32, 32, 3), 10)
+    assert 0.26e6 < r20.count_params() < 0.28e6  # He et al.: 0.27M
+    assert 11.1e6 < models.build_classifier("resnet18", (32, 32, 3), 10).count_params() < 11.3e6
+    # standardising inside the model: a mid-grey image becomes near-zero input to the stem
+    grey = np.full((1, 32, 32, 3), models.CIFAR10_MEAN, np.float32)
+    std = r20.get_layer("standardise")(grey).numpy()
+    assert np.abs(std).max() < 1e-5 and r20(grey).shape == (1, 10)
+
+
+def test_crop_flip_keeps_shape_and_moves_pixels_only_by_the_pad():
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 32, 32, 3), dtype=np.float32)
+    out = train.crop_flip(x, np.random.default_rng(1))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    changed = np.mean([not np.array_equal(a, b) for a, b in zip(out, x)])
+    assert changed > 0.5  # most images are shifted or flipped
+    # every output image is a shifted (≤ 4 px), possibly mirrored window of its padded input
+    padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
+    for k in range(8):
+        windows = [padded[k, i : i + 32, j : j + 32] for i in range(9) for j in range(9)]
+        assert any(np.array_equal(out[k], w) or np.array_equal(out[k], w[:, ::-1]) for w in windows)
+
+
+def test_one_cycle_climbs_to_its_peak_then_falls_to_zero():
+    s = train.OneCycle(0.2, 100, warmup=0.3)
+    lr = np.array([float(s(k)) for k in range(100)])
+    assert lr.argmax() in (29, 30) and abs(lr.max() - 0.2) < 1e-6
+    assert (np.diff(lr[:29]) > 0).all() and (np.diff(lr[31:]) < 0).all() and lr[-1] < 0.01
+
+
+def test_resnet_training_checkpoints_and_resumes_after_an_interruption(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.random((48, 32, 32, 3), dtype=np.float32)
+    y = (np.arange(48) % 10).astype(np.int64)
+    ds = Dataset("cifar10", x, y, x[:16], y[:16], x[:16], y[:16], source="test")
+    out = str(tmp_path / "c")
+    os.makedirs(out)
+    settings = train.TrainSettings(epochs=2, batch_size=16, arch="resnet20")
+    calls = []
+
+    # the session ends after epoch 1's checkpoint
+    monkeypatch.setattr(train, "_fit_verbose", lambda: 0)
+    real_run = train._run_epochs
+
+    def one_epoch_then_stop(ds_, s, ckpt, start, *a, **k):
+        calls.append(start)
+        real_run(ds_, dataclasses.replace(s, epochs=start + 1), ckpt, start, *a, **k)
+        if start == 0:
+            raise KeyboardInterrupt
+        real_run(ds_, s, ckpt, start + 1, *a, **k)
+
+    monkeypatch.setattr(train, "_run_epochs", one_epoch_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(ds, "classifier", out, settings, echo=lambda m: None)
+    assert os.path.isfile(os.path.join(out, train.CLASSIFIER_CHECKPOINTS, "checkpoint"))
+    with pytest.raises(ApudaeError, match="pass --resume"):
+        train.train(ds, "classifier", out, settings, echo=lambda m: None)
+    said = []
+    summary = train.train(ds, "classifier", out, settings, echo=said.append, resume=True)
+    assert calls == [0, 1] and any("resuming after epoch 1" in s for s in said)
+    info = json.load(open(os.path.join(out, store.CLASSIFIER_INFO)))
+    assert [h["epoch"] for h in info["history"]] == [1, 2] and info["recipe"]["arch"] == "resnet20"
+    assert store.load_model(os.path.join(out, store.CLASSIFIER)).count_params() == \
+        models.build_classifier("resnet20", (32, 32, 3), 10).count_params()
+    assert not os.path.exists(os.path.join(out, train.CLASSIFIER_CHECKPOINTS))
+    assert 0.0 <= summary["classifier_test_accuracy"] <= 1.0

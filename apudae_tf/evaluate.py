@@ -152,7 +152,8 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, di
         targets["adv-classifier"] = adv_fn
         files["adv-classifier"] = table._file_digest(os.path.join(m.folder, store.ADV_CLASSIFIER))
         facts["adv_classifier"] = adv_info
-        defences.append(table.Defence("Adversarial training (Madry PGD)", "adversarial training", "adv-classifier",
+        defences.append(table.Defence(f"Adversarial training ({adv_info.get('short_name', 'Madry PGD')})",
+                                      "adversarial training", "adv-classifier",
                                       table.classify_fn(adv_fn), {"training": adv_info.get("attack")}))
     threshold = table.magnet_threshold(m.dae, ds.x_val)
     facts["magnet_threshold"] = threshold
@@ -285,10 +286,15 @@ def table_notes(result: dict) -> list[str]:
     ]
     if result.get("adv_classifier"):
         a = result["adv_classifier"]
-        lines += ["", f"**Adversarial training**: {a['method']}, the classifier's architecture, PGD-{a['attack']['steps']} "
-                  f"(ε {a['attack']['eps']:g}, step {a['attack']['step']:g}, random start) on every training batch, "
-                  f"{a['training']['epochs']} epochs from `{a['init']}` (`apudae-tf train {result['dataset']} "
-                  "--what adv-classifier`)."]
+        at = a["attack"]
+        ramp = f", ε ramped up from 0 over the first {a['eps_ramp_epochs']} epochs" if a.get("eps_ramp_epochs") else ""
+        history = a.get("history") or []
+        last = ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items() if k != "epoch") if history else ""
+        lines += ["", f"**Adversarial training**: {a['method']}, the classifier's architecture: {at['steps']} "
+                  f"step(s) of {at['step']:g} (ε {at['eps']:g}, random start) on every training batch{ramp}; "
+                  f"{a['training']['epochs']} epochs, Adam {a['training']['learning_rate']:g}, from `{_shown(a['init'])}` "
+                  f"(`apudae-tf train {result['dataset']} --what adv-classifier`)."
+                  + (f" After the last epoch, on 1000 validation images: {last}." if last else "")]
     tuned = result.get("tuned") or {}
     if tuned:
         lines += ["", f"**Purification settings** were chosen on the validation split "

@@ -66,7 +66,7 @@ def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny
     store.save_model(m.classifier, os.path.join(tiny_models, store.ADV_CLASSIFIER))
     store.write_json(os.path.join(tiny_models, store.ADV_CLASSIFIER_INFO),
                      {"method": "Madry PGD adversarial training", "attack": {"eps": 0.3, "steps": 1, "step": 0.3},
-                      "training": {"epochs": 1}, "init": "random"})
+                      "training": {"epochs": 1, "learning_rate": 5e-4}, "init": "random"})
     adv = store.load_adv_classifier(tiny_models)
     out = str(tmp_path / "report")
     result = evaluate.table_report(m, ds, 6, ["direct", "B"], out, adv=adv, cw_l2_n=3, command="test", steps=1)

@@ -437,8 +437,8 @@ def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
 @click.option("--n", "n_images", type=click.IntRange(min=1), default=None,
               help="Score the first N test images (default: all). --n 500 for a quick look.")
 @click.option("--variants", default="direct,chosen", show_default=True,
-              help="APuDAE rows, comma-separated: direct, A-G, 'chosen' (the best iterative variant on "
-                   "validation) or 'all'.")
+              help="APuDAE rows, comma-separated: direct, A-G (each optionally with :n=STEPS, e.g. A:n=12), "
+                   "'chosen' (the best iterative variant on validation) or 'all' (the paper's rows).")
 @click.option("--cw-l2-n", type=click.IntRange(min=1), default=None,
               help="Images in the CW-L2 column, the dearest attack (default: 1000).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -470,20 +470,14 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, ada
     """
     import shlex
 
-    from apudae_tf import data, evaluate as ev, store
+    from apudae_tf import data, evaluate as ev, store, table
 
     ds = data.load_dataset(dataset, data_dir)
-    if ds.name not in ("mnist",):
-        raise ApudaeError(f"no table for dataset {ds.name!r} yet; evaluate supports mnist")
+    if ds.name not in table.COLUMNS:
+        raise ApudaeError(f"no table for dataset {ds.name!r}; evaluate knows {', '.join(table.COLUMNS)}")
     folder = model_dir or store.default_model_dir(ds.name)
     m = store.load_models(folder, ds.image_shape)
-    chosen = [v.strip() for v in variants.split(",") if v.strip()]
-    if "all" in chosen:
-        chosen = list(names.PURIFY_VARIANTS)
-    unknown = [v for v in chosen if v not in names.PURIFY_VARIANTS and v != "chosen"]
-    if unknown:
-        raise ApudaeError(f"unknown variant(s) {', '.join(unknown)}; use {', '.join(names.PURIFY_VARIANTS)}, "
-                          "chosen or all")
+    chosen = ev.parse_variants(ds.name, variants)
     adv = None
     if not no_adv_training:
         if not os.path.isfile(os.path.join(folder, store.ADV_CLASSIFIER)):

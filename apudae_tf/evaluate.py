@@ -6,6 +6,7 @@ import numpy as np
 
 from apudae_tf import models
 from apudae_tf.data import Dataset
+from apudae_tf.errors import ApudaeError
 from apudae_tf.store import Models
 
 
@@ -124,6 +125,28 @@ def _tuned(folder: str) -> dict:
         return json.load(f)
 
 
+# the paper's CIFAR-10 table has variant A at three step counts
+ALL_ROWS = {"cifar10": ("direct", "A:n=12", "A:n=15", "A:n=18", "B", "C", "D", "E", "F", "G")}
+
+
+def parse_variants(dataset: str, text: str) -> list[str]:
+    """``--variants``: comma-separated variants (direct, A–G), each optionally ``:n=K`` (K steps),
+    ``chosen`` (the best iterative variant on validation) or ``all`` (the paper's rows)."""
+    from apudae_tf import names
+
+    out = []
+    for token in (t.strip() for t in text.split(",")):
+        if token == "all":
+            out += ALL_ROWS.get(dataset, names.PURIFY_VARIANTS)
+            continue
+        v, sep, k = token.partition(":n=")
+        if not token or (v not in names.PURIFY_VARIANTS and token != "chosen") or (sep and not k.isdigit()):
+            raise ApudaeError(f"unknown variant {token!r}; use {', '.join(names.PURIFY_VARIANTS)} (optionally "
+                              "with :n=STEPS, e.g. A:n=12), chosen or all")
+        out.append(token)
+    return out
+
+
 def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, dict, dict, dict]:
     """The rows of the table: (defences, targets, target files, facts for the report).
 
@@ -164,18 +187,24 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, di
         table.Defence(f"MagNet{tag}, refused = defended", "magnet", "classifier", magnet, mset, True),
         table.Defence(f"MagNet{tag}, refused = error", None, "classifier", magnet, mset, False),
     ]
-    for v in dict.fromkeys(chosen if v == "chosen" else v for v in variants):
-        if v is None:
+    paper = table.PAPER.get(ds.name, {})
+    for token in dict.fromkeys(chosen if v == "chosen" else v for v in variants):
+        if token is None:
             continue
+        v, _, n_text = token.partition(":n=")
         s = default_settings(ds.name, v, m.folder)
+        if n_text:
+            s = dataclasses.replace(s, n=int(n_text))
         p = Purifier(m.dae, m.stats, v, s)
+        label = f"{v} (n={n_text})" if n_text else v
+        row = f"apudae {v}" + (f" n={n_text}" if n_text else "")
         if v == "direct":
             name, row = f"APuDAE direct{tag}", "apudae direct"
-        elif v == chosen:
-            name, row = f"APuDAE {v}{tag} (chosen on val)", "apudae"
+        elif v == chosen and "apudae" in paper:
+            name, row = f"APuDAE {label}{tag} (chosen on val)", "apudae"
         else:
-            name, row = f"APuDAE {v}{tag}", None
-        defences.append(table.Defence(name, row, "classifier", table.purify_fn(p, fn),
+            name = f"APuDAE {label}{tag}" + (" (chosen on val)" if token == chosen else "")
+        defences.append(table.Defence(name, row if row in paper else None, "classifier", table.purify_fn(p, fn),
                                       {"variant": v, **dataclasses.asdict(s), "dae": files["dae"]}, purifier=p))
     return defences, targets, files, facts
 

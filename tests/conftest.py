@@ -57,17 +57,26 @@ def half_images(n, shape=(8, 8, 1), seed=0):
     return x, y.astype(np.int64)
 
 
-@pytest.fixture
-def tiny_models(tmp_path):
-    """A model folder with an untrained 28x28x1 classifier and DAE, and statistics measured on noise."""
+def _untrained_models(folder, dataset, shape, arch, sigma_max):
+    """A model folder with an untrained classifier and DAE, and statistics measured on noise."""
     from apudae_tf import models, store, train
 
-    x = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
-    dae = models.build_dae((28, 28, 1))
+    x = np.random.default_rng(0).random((64, *shape), dtype=np.float32)
+    dae = models.build_dae(shape)
     mu, sigma = train.clean_error_stats(dae, x)
-    folder = tmp_path / "models"
-    store.save_model(models.build_mnist_classifier(), str(folder / store.CLASSIFIER))
+    store.save_model(models.build_classifier(arch, shape, 10), str(folder / store.CLASSIFIER))
     store.save_model(dae, str(folder / store.DAE))
-    store.write_json(str(folder / store.DAE_STATS),
-                     store.DaeStats(mu, sigma, 0.5, (28, 28, 1), "mnist", {}).to_json())
+    store.write_json(str(folder / store.DAE_STATS), store.DaeStats(mu, sigma, sigma_max, shape, dataset, {}).to_json())
     return str(folder)
+
+
+@pytest.fixture
+def tiny_models(tmp_path):
+    """Untrained MNIST-shaped models (28x28x1, the small CNN)."""
+    return _untrained_models(tmp_path / "models", "mnist", (28, 28, 1), "cnn", 0.5)
+
+
+@pytest.fixture
+def tiny_cifar_models(tmp_path):
+    """Untrained CIFAR-10-shaped models (32x32x3, ResNet-20)."""
+    return _untrained_models(tmp_path / "cifar_models", "cifar10", (32, 32, 3), "resnet20", 0.1)

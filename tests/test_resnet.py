@@ -80,3 +80,28 @@ def test_resnet_training_checkpoints_and_resumes_after_an_interruption(tmp_path,
         models.build_classifier("resnet20", (32, 32, 3), 10).count_params()
     assert not os.path.exists(os.path.join(out, train.CLASSIFIER_CHECKPOINTS))
     assert 0.0 <= summary["classifier_test_accuracy"] <= 1.0
+
+
+def test_cifar10_table_runs_every_variant_and_attack_on_colour_images(tiny_cifar_models, tmp_path):
+    from apudae_tf import evaluate, table
+
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 32, 32, 3), dtype=np.float32)
+    y = (np.arange(6) % 10).astype(np.int64)
+    ds = Dataset("cifar10", x, y, x, y, x, y, source="test")
+    m = store.load_models(tiny_cifar_models)
+    variants = evaluate.parse_variants("cifar10", "all")
+    assert variants[:4] == ["direct", "A:n=12", "A:n=15", "A:n=18"] and len(variants) == 10
+    out = str(tmp_path / "report")
+    result = evaluate.table_report(m, ds, 3, variants, out, adv=None, command="test", steps=1, figures=False)
+    records = result["records"]
+    assert {r["attack"] for r in records} == set(table.COLUMNS["cifar10"])
+    rows = {r["defence"] for r in records}
+    assert {"APuDAE A (n=12)", "APuDAE A (n=18)", "APuDAE G", "APuDAE direct"} <= rows
+    a12 = next(r for r in records if r["defence"] == "APuDAE A (n=12)" and r["attack"] == "bim")
+    assert a12["settings"]["defence"]["n"] == 12 and a12["paper"] == 0.632
+    bim = next(r for r in records if r["defence"] == "No defence" and r["attack"] == "bim")
+    assert bim["settings"]["attack"]["rand_init"] is False and bim["settings"]["attack"]["eps"] == 8 / 255
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["n"] == 3 for r in records)
+    with pytest.raises(ApudaeError, match="unknown variant 'A:n=x'"):
+        evaluate.parse_variants("cifar10", "A:n=x")

@@ -1,0 +1,201 @@
+"""Defense-GAN (Samangouei et al. 2018), the paper's strongest MNIST baseline: a WGAN-GP
+generator G of clean images, and purification by projecting an input onto G's range.
+
+Purification: for each input x, L random starts z ~ N(0, I), R steps of gradient descent with
+momentum on ‖G(z) − x‖² (per pixel mean, as Defense-GAN's code), output G(z*) of the restart
+with the lowest error. All restarts of a batch run as one [B·L] batch inside one tf.function.
+
+Training: WGAN with gradient penalty (Gulrajani et al. 2017), n_critic critic steps per
+generator step, Adam(1e-4, β = (0.5, 0.9)), checkpointed per epoch like every long training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from apudae_tf import store
+from apudae_tf.checkpoint import EpochCheckpoint
+from apudae_tf.errors import ApudaeError
+
+LATENT_DIM = 128
+GAN_FILE = "generator.keras"
+GAN_INFO = "generator.json"
+GAN_CHECKPOINTS = ".gan_ckpt"
+N_CRITIC = 5
+GP_WEIGHT = 10.0
+GAN_LEARNING_RATE = 1e-4
+GAN_BETAS = (0.5, 0.9)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """L restarts, R descent steps of size ``lr`` with ``momentum`` (Defense-GAN's defaults: L = 10,
+    R = 200, learning rate 10 on the per-pixel mean error, momentum 0.7)."""
+
+    restarts: int = 10
+    steps: int = 200
+    lr: float = 10.0
+    momentum: float = 0.7
+    seed: int = 0
+
+    def check(self) -> SearchSettings:
+        if self.restarts < 1 or self.steps < 0 or not (self.lr > 0) or not (0 <= self.momentum < 1):
+            raise ApudaeError(f"bad Defense-GAN settings: {self}")
+        return self
+
+
+# -- the networks ----------------------------------------------------------------------------
+
+
+def build_generator(image_shape=(28, 28, 1), latent_dim: int = LATENT_DIM, width: int = 64) -> keras.Model:
+    """z -> image in [0, 1]: a dense layer to a quarter-size map, two stride-2 deconvolutions."""
+    h, w, c = image_shape
+    if h % 4 or w % 4:
+        raise ApudaeError(f"the generator needs image sides divisible by 4; got {image_shape}")
+    z = keras.Input(shape=(latent_dim,), name="z")
+    x = layers.Dense((h // 4) * (w // 4) * 2 * width, name="project")(z)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    x = layers.Reshape((h // 4, w // 4, 2 * width))(x)
+    x = layers.Conv2DTranspose(width, 5, 2, "same", name="up1")(x)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    x = layers.Conv2DTranspose(c, 5, 2, "same", activation="sigmoid", name="up2")(x)
+    return keras.Model(z, x, name="generator")
+
+
+def build_critic(image_shape=(28, 28, 1), width: int = 64) -> keras.Model:
+    """image -> score; no BatchNorm (the gradient penalty is per sample)."""
+    x_in = keras.Input(shape=image_shape, name="image")
+    x = layers.LeakyReLU(0.2)(layers.Conv2D(width, 5, 2, "same")(x_in))
+    x = layers.LeakyReLU(0.2)(layers.Conv2D(2 * width, 5, 2, "same")(x))
+    return keras.Model(x_in, layers.Dense(1)(layers.Flatten()(x)), name="critic")
+
+
+# -- purification: the latent search ---------------------------------------------------------
+
+
+def _search(generator, x, z0, steps, lr, momentum):
+    """R steps of momentum descent on the per-image mean of (G(z) − x)² from ``z0``; returns the
+    final z and its per-image error. ``x`` is already repeated once per restart."""
+
+    def error(z):
+        return tf.reduce_mean(tf.square(generator(z, training=False) - x), axis=[1, 2, 3])
+
+    def body(k, z, v):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = tf.reduce_sum(error(z))  # images are independent: the sum's gradient is per image
+        v = momentum * v - lr * tape.gradient(loss, z)
+        return k + 1, z + v, v
+
+    _, z, _ = tf.while_loop(lambda k, z, v: k < steps, body, (tf.constant(0), z0, tf.zeros_like(z0)))
+    return z, error(z)
+
+
+class DefenseGan:
+    """``purify(x)`` = G(z*), z* the best of L restarts of the latent search."""
+
+    def __init__(self, generator, settings: SearchSettings = SearchSettings()):
+        self.generator, self.settings = generator, settings.check()
+        self.latent_dim = int(generator.input_shape[-1])
+        self._search = tf.function(_search_best, reduce_retracing=True)
+
+    def purify(self, x, seed: int | None = None):
+        s = self.settings
+        x = tf.convert_to_tensor(x, tf.float32)
+        seed = s.seed if seed is None else seed
+        z0 = tf.random.stateless_normal([tf.shape(x)[0] * s.restarts, self.latent_dim], [seed, 7])
+        return self._search(self.generator, x, z0, tf.constant(s.restarts), tf.constant(s.steps),
+                            tf.constant(s.lr, tf.float32), tf.constant(s.momentum, tf.float32))
+
+    def purify_array(self, x: np.ndarray, batch_size: int = 500, progress=None) -> np.ndarray:
+        out = []
+        for i in range(0, len(x), batch_size):
+            # batch i gets its own draws, the same whatever the batch size before it
+            out.append(np.asarray(self.purify(x[i : i + batch_size], seed=self.settings.seed + i)))
+            if progress:
+                progress(min(i + batch_size, len(x)))
+        return np.concatenate(out) if out else np.zeros_like(x)
+
+
+def _search_best(generator, x, z0, restarts, steps, lr, momentum):
+    """Every restart of every image in one batch; keep each image's best restart."""
+    b = tf.shape(x)[0]
+    # image-major layout: rows i·L .. i·L + L − 1 are image i's restarts
+    x_rep = tf.repeat(x, restarts, axis=0)
+    z, err = _search(generator, x_rep, z0, steps, lr, momentum)
+    best = tf.argmin(tf.reshape(err, [b, restarts]), axis=1, output_type=tf.int32)
+    z_best = tf.gather(z, tf.range(b) * restarts + best)
+    return generator(z_best, training=False)
+
+
+# -- training: WGAN-GP -----------------------------------------------------------------------
+
+
+def train_gan(x_train: np.ndarray, out_dir: str, epochs: int, batch_size: int = 64, seed: int = 0, echo=print,
+              resume: bool = False, dataset: str = "", source: str = "") -> dict:
+    """Train G (and its critic) on ``x_train``; writes ``out_dir``/generator.keras and generator.json."""
+    keras.utils.set_random_seed(seed)
+    shape = tuple(x_train.shape[1:])
+    gen, critic = build_generator(shape), build_critic(shape)
+    g_opt = keras.optimizers.Adam(GAN_LEARNING_RATE, beta_1=GAN_BETAS[0], beta_2=GAN_BETAS[1])
+    c_opt = keras.optimizers.Adam(GAN_LEARNING_RATE, beta_1=GAN_BETAS[0], beta_2=GAN_BETAS[1])
+    g_opt.build(gen.trainable_variables)
+    c_opt.build(critic.trainable_variables)
+    recipe = {"batch_size": batch_size, "seed": seed, "latent_dim": LATENT_DIM, "n_critic": N_CRITIC,
+              "gp_weight": GP_WEIGHT, "learning_rate": GAN_LEARNING_RATE, "betas": list(GAN_BETAS)}
+    nets = tf.train.Checkpoint(generator=gen, critic=critic, critic_optimizer=c_opt)
+    ckpt = EpochCheckpoint(os.path.join(out_dir, GAN_CHECKPOINTS), nets, g_opt, recipe, "gan")
+    start = ckpt.restore(resume, echo)
+
+    @tf.function
+    def critic_step(real, seed_):
+        n = tf.shape(real)[0]
+        z = tf.random.stateless_normal([n, LATENT_DIM], seed_)
+        eps = tf.random.stateless_uniform([n, 1, 1, 1], seed_ + 1)
+        with tf.GradientTape() as tape:
+            fake = gen(z, training=True)
+            mixed = eps * real + (1 - eps) * fake
+            with tf.GradientTape() as inner:
+                inner.watch(mixed)
+                score = critic(mixed, training=True)
+            slopes = tf.sqrt(tf.reduce_sum(tf.square(inner.gradient(score, mixed)), axis=[1, 2, 3]) + 1e-12)
+            gp = tf.reduce_mean(tf.square(slopes - 1.0))
+            w_dist = tf.reduce_mean(critic(real, training=True)) - tf.reduce_mean(critic(fake, training=True))
+            loss = -w_dist + GP_WEIGHT * gp
+        c_opt.apply_gradients(zip(tape.gradient(loss, critic.trainable_variables), critic.trainable_variables))
+        return w_dist
+
+    @tf.function
+    def generator_step(n, seed_):
+        z = tf.random.stateless_normal([n, LATENT_DIM], seed_)
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(critic(gen(z, training=True), training=True))
+        g_opt.apply_gradients(zip(tape.gradient(loss, gen.trainable_variables), gen.trainable_variables))
+        return loss
+
+    from apudae_tf.train import _fit_verbose
+
+    steps_per_epoch = len(x_train) // (batch_size * N_CRITIC)
+    for e in range(start, epochs):
+        order = np.random.default_rng(seed + e).permutation(len(x_train))
+        bar = keras.utils.Progbar(steps_per_epoch, verbose=_fit_verbose(), stateful_metrics=["w_dist"])
+        for k in range(steps_per_epoch):
+            base = (e * steps_per_epoch + k) * (N_CRITIC + 1)
+            for j in range(N_CRITIC):
+                idx = order[(k * N_CRITIC + j) * batch_size : (k * N_CRITIC + j + 1) * batch_size]
+                w = critic_step(tf.constant(x_train[idx]), tf.constant([seed, base + j], tf.int32))
+            generator_step(tf.constant(batch_size), tf.constant([seed, base + N_CRITIC], tf.int32))
+            bar.update(k + 1, [("w_dist", float(w))])
+        ckpt.save(e + 1, {"w_dist": float(w)})
+        echo(f"gan: epoch {e + 1}/{epochs}: critic's Wasserstein estimate {float(w):.4f}")
+    store.save_model(gen, os.path.join(out_dir, GAN_FILE))
+    store.write_json(os.path.join(out_dir, GAN_INFO), {"dataset": dataset, "recipe": recipe, "epochs": epochs,
+                                                       "history": ckpt.history, "source": source})
+    ckpt.finish()
+    return {"generator_epochs": epochs}

@@ -1,0 +1,53 @@
+"""Defense-GAN: the latent search and its choice of restart, on a tiny generator; the WGAN-GP
+training's checkpoint."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from apudae_tf import defensegan, store
+
+
+def _tiny_generator():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    return defensegan.build_generator((8, 8, 1), latent_dim=defensegan.LATENT_DIM, width=8)
+
+
+def _errors(gen, x, z):
+    return np.mean((gen(z, training=False).numpy() - x) ** 2, axis=(1, 2, 3))
+
+
+def test_latent_search_lowers_the_reconstruction_error_and_keeps_the_best_restart():
+    gen = _tiny_generator()
+    rng = np.random.default_rng(0)
+    # targets inside G's range, from latents the search does not start at
+    x = gen(tf.constant(rng.normal(size=(3, defensegan.LATENT_DIM)), tf.float32), training=False).numpy()
+    s = defensegan.SearchSettings(restarts=4, steps=50, lr=200.0, momentum=0.7, seed=5)
+    z0 = tf.random.stateless_normal([3 * s.restarts, defensegan.LATENT_DIM], [s.seed, 7])
+    x_rep = np.repeat(x, s.restarts, axis=0)
+    before = _errors(gen, x_rep, z0)
+    z, after = defensegan._search(gen, tf.constant(x_rep), z0, s.steps, s.lr, s.momentum)
+    after = after.numpy()
+    assert (after < before).all() and np.median(after / before) < 0.5
+    assert np.allclose(after, _errors(gen, x_rep, z), rtol=1e-4, atol=1e-7)
+
+    out = defensegan.DefenseGan(gen, s).purify(x).numpy()
+    got = np.mean((out - x) ** 2, axis=(1, 2, 3))
+    best = after.reshape(3, s.restarts).min(axis=1)
+    assert np.allclose(got, best, rtol=1e-4, atol=1e-7)  # each image's best restart, not another's
+    assert out.shape == x.shape and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_gan_training_checkpoints_and_writes_a_generator(tmp_path):
+    x = np.random.default_rng(0).random((64, 8, 8, 1), dtype=np.float32)
+    out = str(tmp_path / "g")
+    os.makedirs(out)
+    said = []
+    summary = defensegan.train_gan(x, out, epochs=1, batch_size=4, echo=said.append)
+    gen = store.load_model(os.path.join(out, defensegan.GAN_FILE))
+    assert gen.output_shape[1:] == (8, 8, 1) and summary["generator_epochs"] == 1
+    assert any("epoch 1/1" in s for s in said)
+    assert not os.path.exists(os.path.join(out, defensegan.GAN_CHECKPOINTS))

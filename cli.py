@@ -136,11 +136,11 @@ def main():
 
 @main.command()
 @click.argument("dataset")
-@click.option("--what", type=click.Choice(["classifier", "dae", "all", "adv-classifier"]), default="all",
+@click.option("--what", type=click.Choice(["classifier", "dae", "all", "adv-classifier", "gan"]), default="all",
               show_default=True,
               help="Which model(s) to train. all = classifier and DAE. adv-classifier = the adversarial-training "
                    "baseline (Madry PGD-10 at the attack's eps, fine-tuned from OUT/classifier.keras when it exists; "
-                   "checkpoints every epoch).")
+                   "checkpoints every epoch). gan = Defense-GAN's WGAN-GP generator (OUT/generator.keras).")
 @click.option("--arch", type=click.Choice(names.CLASSIFIER_ARCHS), default=None,
               help="Classifier architecture (default: cnn for mnist, resnet20 for cifar10). resnet20 trains on 2 CPU "
                    "cores in about 75 min; resnet18 is the paper's CIFAR-10 model, for users with a GPU.")
@@ -444,6 +444,13 @@ def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Report folder (default: results/<dataset>). Finished cells are cached in OUT/cache.")
 @click.option("--no-adv-training", is_flag=True, help="Leave out the adversarial-training row.")
+@click.option("--no-defense-gan", is_flag=True,
+              help="Leave out the Defense-GAN row (included when MODELS/generator.keras exists, from "
+                   "`train --what gan`).")
+@click.option("--gan-restarts", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Defense-GAN: random starts of z per image (L).")
+@click.option("--gan-steps", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Defense-GAN: gradient-descent steps per start (R).")
 @click.option("--adaptive", is_flag=True,
               help="Instead of the table: attacks that see the defence (counter A, counter B over a lambda grid, "
                    "full adaptive, BPDA+EOT) on adversarial training, APuDAE direct and the chosen variant, plus "
@@ -456,8 +463,8 @@ def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
 @models_option
 @data_dir_option
 @friendly_errors
-def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, adaptive, n_full, eot, seed, model_dir,
-             data_dir):
+def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, no_defense_gan, gan_restarts, gan_steps,
+             adaptive, n_full, eot, seed, model_dir, data_dir):
     """Rebuild the paper's table for DATASET (spec §6): defences x attacks.
 
     Rows: no defence, adversarial training (MODELS/adv_classifier.keras, from
@@ -484,6 +491,12 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, ada
             raise ApudaeError(f"no {store.ADV_CLASSIFIER} in {folder}: train it with `apudae-tf train {ds.name} "
                               "--what adv-classifier` or pass --no-adv-training")
         adv = store.load_adv_classifier(folder)
+    gan = None
+    if not no_defense_gan and not adaptive and os.path.isfile(os.path.join(folder, "generator.keras")):
+        from apudae_tf import defensegan
+
+        gan = defensegan.DefenseGan(store.load_model(os.path.join(folder, defensegan.GAN_FILE)),
+                                    defensegan.SearchSettings(restarts=gan_restarts, steps=gan_steps, seed=seed))
     n = n_images or len(ds.x_test)
     out_dir = out_dir or os.path.join("results", ds.name)
     command = "apudae-tf evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
@@ -494,7 +507,7 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, ada
         report = "adaptive"
     else:
         result = ev.table_report(m, ds, n, chosen, out_dir, adv=adv, seed=seed, cw_l2_n=cw_l2_n, command=command,
-                                 echo=echo, progress_bar=progress_bar)
+                                 echo=echo, progress_bar=progress_bar, gan=gan)
         report = "table"
     with open(os.path.join(out_dir, f"{report}.md")) as f:
         click.echo(f.read().split("\n\n")[0])

@@ -147,7 +147,7 @@ def parse_variants(dataset: str, text: str) -> list[str]:
     return out
 
 
-def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, dict, dict, dict]:
+def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None) -> tuple[list, dict, dict, dict]:
     """The rows of the table: (defences, targets, target files, facts for the report).
 
     ``variants`` are APuDAE variants (``"chosen"`` = the best iterative variant on validation);
@@ -206,6 +206,16 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None) -> tuple[list, di
             name = f"APuDAE {label}{tag}" + (" (chosen on val)" if token == chosen else "")
         defences.append(table.Defence(name, row if row in paper else None, "classifier", table.purify_fn(p, fn),
                                       {"variant": v, **dataclasses.asdict(s), "dae": files["dae"]}, purifier=p))
+    if gan is not None:  # Defense-GAN: G(z*) classified by the same classifier, attacked blind like the rest
+        import os
+
+        from apudae_tf import defensegan
+
+        files["generator"] = table._file_digest(os.path.join(m.folder, defensegan.GAN_FILE))
+        gs = gan.settings
+        defences.append(table.Defence(f"Defense-GAN (L={gs.restarts}, R={gs.steps})", "defense-gan", "classifier",
+                                      table.purify_fn(gan, fn),
+                                      {**dataclasses.asdict(gs), "generator": files["generator"]}))
     return defences, targets, files, facts
 
 
@@ -246,13 +256,13 @@ def table_figures(m: Models, ds: Dataset, variant: str, x_adv: np.ndarray, out_d
 
 def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=None, seed: int = 0,
                  cw_l2_n: int | None = None, figures: bool = True, command: str = "", echo=None,
-                 progress_bar=None, steps: int | None = None) -> dict:
+                 progress_bar=None, steps: int | None = None, gan=None) -> dict:
     """Build the table, write out_dir/table.json, table.md and the figures; returns the result."""
     import os
 
     from apudae_tf import store, table
 
-    defences, targets, files, facts = table_defences(m, ds, variants, adv)
+    defences, targets, files, facts = table_defences(m, ds, variants, adv, gan)
     columns = table.table_columns(ds.name, n, seed, table.CW_L2_N if cw_l2_n is None else cw_l2_n, steps)
     result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
                                    progress_bar=progress_bar)
@@ -260,7 +270,8 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
                    "chosen_variant": facts["chosen_variant"], "magnet_threshold": facts["magnet_threshold"],
                    "adv_classifier": facts.get("adv_classifier"),
                    "purify_settings_chosen_on": facts["tuned"].get("chosen_on"),
-                   "tuned": facts["tuned"].get("variants", {})})
+                   "tuned": facts["tuned"].get("variants", {}),
+                   "cost_ms_per_image": table.cost_per_image(result["records"], defences)})
     if figures and ("classifier", "pgd", 0.0) in examples:
         variant = facts["chosen_variant"] or "direct"
         result["figures"] = table_figures(m, ds, variant, examples[("classifier", "pgd", 0.0)], out_dir,
@@ -324,6 +335,15 @@ def table_notes(result: dict) -> list[str]:
                   f"{a['training']['epochs']} epochs, Adam {a['training']['learning_rate']:g}, from `{_shown(a['init'])}` "
                   f"(`apudae-tf train {result['dataset']} --what adv-classifier`)."
                   + (f" After the last epoch, on 1000 validation images: {last}." if last else "")]
+    cost = result.get("cost_ms_per_image") or {}
+    if cost:
+        lines += ["", "**Cost per image** (purification and classification, mean over the row's cells, 2 CPU cores; "
+                  "cells from the cache keep the time of the run that made them): "
+                  + "; ".join(f"{k} {v:.2f} ms" for k, v in cost.items()) + "."]
+        gan = [v for k, v in cost.items() if k.startswith("Defense-GAN")]
+        if gan:
+            lines[-1] += " Defense-GAN / APuDAE: " + ", ".join(
+                f"{gan[0] / v:.0f}× {k}" for k, v in cost.items() if k.startswith("APuDAE") and v > 0) + "."
     tuned = result.get("tuned") or {}
     if tuned:
         lines += ["", f"**Purification settings** were chosen on the validation split "

@@ -359,6 +359,18 @@ def purify_fn(purifier, model_fn, batch_size=500):
     return predict
 
 
+def cost_per_image(records: list[dict], defences: list[Defence]) -> dict:
+    """Milliseconds per image of each purifying row (purification + classification), averaged over
+    its cells. Cells served from the cache keep the time of the run that made them."""
+    purifying = {d.name for d in defences if d.purifier is not None or d.paper_row in ("magnet", "defense-gan")}
+    out = {}
+    for name in purifying:
+        cells = [r for r in records if r["defence"] == name and r["n"]]
+        if cells:
+            out[name] = round(1000 * sum(r["seconds"] for r in cells) / sum(r["n"] for r in cells), 3)
+    return dict(sorted(out.items()))
+
+
 def chosen_variant(tuned: dict) -> str | None:
     """The iterative variant (A–G) with the best validation score in purify_settings.json."""
     scored = {v: (t["val_clean"] + t["val_pgd"]) / 2 for v, t in tuned.get("variants", {}).items()

@@ -253,7 +253,7 @@ def train_resnet(ds: Dataset, out_dir: str, settings: TrainSettings, echo=print,
 
 
 # the shipped models' epochs; what ``apudae-tf train`` runs without --epochs
-DEFAULT_EPOCHS = {"classifier": 6, "dae": 5, "adv-classifier": 4}
+DEFAULT_EPOCHS = {"classifier": 6, "dae": 5, "adv-classifier": 4, "gan": 10}
 DEFAULT_EPOCHS_BY_DATASET = {"cifar10": {"classifier": 30}}
 
 
@@ -289,6 +289,11 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
             summary.update(_train_dae_part(ds, out_dir, settings, echo, recipe, progress_bar))
         elif part == "adv-classifier":
             summary.update(train_adv_classifier(ds, out_dir, settings, echo, resume=resume))
+        elif part == "gan":
+            from apudae_tf import defensegan
+
+            summary.update(defensegan.train_gan(ds.x_train, out_dir, settings.epochs, settings.batch_size, settings.seed,
+                                                echo, resume, ds.name, ds.source))
         else:
             summary.update(_train_classifier_part(ds, out_dir, settings, echo, recipe, resume))
     return summary

@@ -51,3 +51,26 @@ def test_gan_training_checkpoints_and_writes_a_generator(tmp_path):
     assert gen.output_shape[1:] == (8, 8, 1) and summary["generator_epochs"] == 1
     assert any("epoch 1/1" in s for s in said)
     assert not os.path.exists(os.path.join(out, defensegan.GAN_CHECKPOINTS))
+
+
+def test_defense_gan_row_joins_the_table_on_the_same_images_with_its_cost(tiny_models, tmp_path):
+    from apudae_tf import evaluate
+    from apudae_tf.data import Dataset
+
+    store.save_model(defensegan.build_generator((28, 28, 1), width=8), os.path.join(tiny_models, defensegan.GAN_FILE))
+    gan = defensegan.DefenseGan(store.load_model(os.path.join(tiny_models, defensegan.GAN_FILE)),
+                                defensegan.SearchSettings(restarts=2, steps=2))
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 28, 28, 1), dtype=np.float32)
+    y = np.arange(4, dtype=np.int64)
+    ds = Dataset("mnist", x, y, x, y, x, y, source="test")
+    out = str(tmp_path / "report")
+    result = evaluate.table_report(store.load_models(tiny_models), ds, 4, ["direct"], out, command="test", steps=1,
+                                   cw_l2_n=2, figures=False, gan=gan)
+    rows = [r for r in result["records"] if r["defence"] == "Defense-GAN (L=2, R=2)"]
+    direct = [r for r in result["records"] if r["defence"] == "APuDAE direct"]
+    assert [(r["attack"], r["n"]) for r in rows] == [(r["attack"], r["n"]) for r in direct]
+    assert next(r for r in rows if r["attack"] == "pgd")["paper"] == 0.939
+    cost = result["cost_ms_per_image"]
+    assert cost["Defense-GAN (L=2, R=2)"] > 0 and "APuDAE direct" in cost
+    assert "Defense-GAN / APuDAE" in open(os.path.join(out, "table.md")).read()

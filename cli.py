@@ -142,8 +142,9 @@ def main():
                    "baseline (Madry PGD-10 at the attack's eps, fine-tuned from OUT/classifier.keras when it exists; "
                    "checkpoints every epoch). gan = Defense-GAN's WGAN-GP generator (OUT/generator.keras).")
 @click.option("--arch", type=click.Choice(names.CLASSIFIER_ARCHS), default=None,
-              help="Classifier architecture (default: cnn for mnist, resnet20 for cifar10). resnet20 trains on 2 CPU "
-                   "cores in about 75 min; resnet18 is the paper's CIFAR-10 model, for users with a GPU.")
+              help="Classifier architecture (default: cnn for mnist, resnet20 for cifar10). resnet20 has 0.27M "
+                   "weights and suits 2 CPU cores; resnet18 (11M) is the paper's CIFAR-10 model, for users with more "
+                   "compute.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted ResNet or adversarial training from its checkpoint in OUT (saved after "
                    "every epoch). Without it, an existing checkpoint is an error, never silently mixed in.")

@@ -332,8 +332,9 @@ def table_notes(result: dict) -> list[str]:
         last = ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items() if k != "epoch") if history else ""
         lines += ["", f"**Adversarial training**: {a['method']}, the classifier's architecture: {at['steps']} "
                   f"step(s) of {at['step']:g} (ε {at['eps']:g}, random start) on every training batch{ramp}; "
-                  f"{a['training']['epochs']} epochs, Adam {a['training']['learning_rate']:g}, from `{_shown(a['init'])}` "
-                  f"(`apudae-tf train {result['dataset']} --what adv-classifier`)."
+                  f"{a['training']['epochs']} epochs, Adam {a['training']['learning_rate']:g}, "
+                  + (f"fine-tuned from the folder's `{a['init']}` " if a["init"] != "random" else "from random weights ")
+                  + f"(`apudae-tf train {result['dataset']} --what adv-classifier --epochs {a['training']['epochs']}`)."
                   + (f" After the last epoch, on 1000 validation images: {last}." if last else "")]
     cost = result.get("cost_ms_per_image") or {}
     if cost:

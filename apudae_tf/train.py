@@ -467,7 +467,7 @@ def train_adv_classifier(ds: Dataset, out_dir: str, settings: TrainSettings, ech
     method, short = ADV_METHODS["fast" if attack.steps == 1 and attack.step > attack.eps else "pgd"]
     info = {"dataset": ds.name, "method": method, "short_name": short, "attack": dataclasses.asdict(attack),
             "eps_ramp_epochs": ADV_EPS_RAMP_EPOCHS, "validation_attack": dataclasses.asdict(check),
-            "init": init_path if init else "random", "training": dataclasses.asdict(settings),
+            "init": store.CLASSIFIER if init else "random", "training": dataclasses.asdict(settings),
             "history": ckpt.history, "test_clean_accuracy": test_acc, "source": ds.source}
     store.write_json(os.path.join(out_dir, store.ADV_CLASSIFIER_INFO), info)
     ckpt.finish()

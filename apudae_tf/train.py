@@ -253,7 +253,7 @@ def train_resnet(ds: Dataset, out_dir: str, settings: TrainSettings, echo=print,
 
 
 # the shipped models' epochs; what ``apudae-tf train`` runs without --epochs
-DEFAULT_EPOCHS = {"classifier": 6, "dae": 5, "adv-classifier": 4, "gan": 10}
+DEFAULT_EPOCHS = {"classifier": 6, "dae": 5, "adv-classifier": 3, "gan": 10}
 DEFAULT_EPOCHS_BY_DATASET = {"cifar10": {"classifier": 30}}
 
 

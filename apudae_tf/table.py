@@ -118,13 +118,16 @@ class Cache:
 
     def __init__(self, folder: str | None):
         self.folder = folder
-        self.cells = {}
-        if folder and os.path.isfile(self._cells_path):
-            try:
-                with open(self._cells_path) as f:
-                    self.cells = json.load(f)
-            except (OSError, ValueError):
-                self.cells = {}  # a damaged cache is recomputed, not trusted
+        self.cells = self._read() if folder else {}
+
+    def _read(self) -> dict:
+        if not os.path.isfile(self._cells_path):
+            return {}
+        try:
+            with open(self._cells_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}  # a damaged cache is recomputed, not trusted
 
     @property
     def _cells_path(self):
@@ -136,7 +139,16 @@ class Cache:
     def put_cell(self, key, record):
         self.cells[key] = record
         if self.folder:
-            store.write_json(self._cells_path, self.cells)
+            # two reports may share one folder (the table and the adaptive report): merge with what
+            # is on disk under a lock, or each process would overwrite the other's cells
+            import fcntl
+
+            os.makedirs(self.folder, exist_ok=True)
+            with open(os.path.join(self.folder, "cells.lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                on_disk = self._read()
+                self.cells = {**on_disk, **self.cells}
+                store.write_json(self._cells_path, self.cells)
 
     def examples(self, key):
         """(images, seconds it took to make them), or (None, 0) when not cached."""

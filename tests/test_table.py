@@ -220,3 +220,12 @@ def test_adaptive_report_end_to_end_keeps_counter_bs_worst_lambda(tiny_models, t
     with open(os.path.join(out, "roc.png"), "rb") as f:
         assert f.read(4) == b"\x89PNG"
     assert "counter A" in open(os.path.join(out, "adaptive.md")).read() and result["eot"] == 2
+
+
+def test_two_reports_sharing_a_cache_folder_keep_each_others_cells(tmp_path):
+    folder = str(tmp_path / "cache")
+    table_run, adaptive_run = table.Cache(folder), table.Cache(folder)  # both opened before either writes
+    table_run.put_cell("a", {"accuracy": 0.5})
+    adaptive_run.put_cell("b", {"accuracy": 0.25})
+    table_run.put_cell("c", {"accuracy": 0.75})
+    assert set(table.Cache(folder).cells) == {"a", "b", "c"}

@@ -432,9 +432,10 @@ def adaptive_notes(result: dict) -> list[str]:
         "eq. 14): through D, the purifier approximated by the DAE. **weighted** (counter B, eq. 15): "
         "L(f(x), y) − λ·r(x), the worst λ of " + ", ".join(f"{v:g}" for v in result["lambdas"]) + " (the sweep is in "
         "adaptive.json). **adaptive**: the exact gradient through the whole unrolled purification "
-        f"(second-order tapes), averaged over {result['eot']} draws of its randomness (EOT). **bpda-eot**: the real "
-        f"purifier forward, the identity backward, {result['eot']} draws (Athalye et al. 2018). The last two run "
-        f"on the first {result['n_full']} images: every step purifies {result['eot']} times.",
+        f"(second-order tapes), averaged over {result['eot']} draws of the defence's randomness (EOT) for the random "
+        "variants F and G; a deterministic variant gets one draw, which is exact (each cell's settings say which). "
+        "**bpda-eot**: the real purifier forward, the identity backward, with the same draws (Athalye et al. 2018). "
+        f"The last two run on the first {result['n_full']} images.",
         "The adversarial-training row has no purifier to attack: each of its cells is white-box PGD on its model.",
         "",
         "**Detection** (roc.png, roc.json): the AUC of r(x) as a detector of each attack's examples against the "

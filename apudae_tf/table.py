@@ -222,7 +222,11 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
         for d in defences:
             done += 1
             name, method, purifier = attacked_model(d, c)
-            if purifier is not None and (not purifier.is_random or method in attacks.DAE_ONLY_ATTACKS):
+            if purifier is None and method != c.method:
+                # a row with nothing to adapt to gets plain PGD in every adaptive column: one set of
+                # examples, whatever the column's λ or EOT
+                s = dataclasses.replace(c.settings, lam=0.0, eot=1)
+            elif purifier is not None and (not purifier.is_random or method in attacks.DAE_ONLY_ATTACKS):
                 s = dataclasses.replace(c.settings, eot=1)  # one draw of a deterministic defence is exact
             else:
                 s = c.settings
@@ -271,7 +275,7 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
                 echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} (n={c.n}, {rec['seconds']:.0f} s)")
             else:
                 echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} (cached)")
-            records.append(rec)
+            records.append(dict(rec))  # one record per cell, even when columns share a cache entry
     used = {c.key: {**dataclasses.asdict(c.settings), "method": c.method, "n": c.n} for c in columns}
     # the work the numbers cost, counted once even when a resumed run took part of it from the cache
     compute = sum(attack_seconds.values()) + sum(r["seconds"] for r in records)

@@ -204,12 +204,21 @@ def test_adaptive_report_end_to_end_keeps_counter_bs_worst_lambda(tiny_models, t
     ds = _tiny_mnist()
     m = store.load_models(tiny_models)
     out = str(tmp_path / "adaptive")
-    result = evaluate.adaptive_report(m, ds, 4, 2, out, eot=2, lambdas=(0.0, 10.0), command="test", steps=1)
+    store.save_model(m.classifier, os.path.join(tiny_models, store.ADV_CLASSIFIER))
+    store.write_json(os.path.join(tiny_models, store.ADV_CLASSIFIER_INFO), {"method": "test", "attack": {}})
+    adv = store.load_adv_classifier(tiny_models)
+    result = evaluate.adaptive_report(m, ds, 4, 2, out, adv=adv, eot=2, lambdas=(0.0, 10.0), command="test", steps=1)
     saved = json.load(open(os.path.join(out, "adaptive.json")))
+    # the adversarial-training row: one record per column, all the same white-box PGD examples
+    at = [r for r in saved["records"] if r["defence"].startswith("Adversarial training")]
+    assert [r["attack"] for r in at] == ["pgd", "bpda", "weighted", "adaptive", "bpda-eot"]
+    assert len({r["accuracy"] for r in at}) == 1 and all(r["settings"]["attack"]["method"] == "pgd" for r in at)
     assert [r["attack"] for r in saved["records"] if r["defence"] == "APuDAE direct"] == \
         ["pgd", "bpda", "weighted", "adaptive", "bpda-eot"]
     for r in saved["records"]:
         assert r["n"] == (2 if r["attack"] in ("adaptive", "bpda-eot") else 4)
+        if r in at:
+            continue
         assert r["settings"]["attack"]["saw_defence"] is (r["attack"] != "pgd")
         assert r["settings"]["attack"]["eot"] == 1  # direct is deterministic: one draw is exact
         if r["attack"] == "weighted":

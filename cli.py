@@ -493,9 +493,9 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, no_
                               "--what adv-classifier` or pass --no-adv-training")
         adv = store.load_adv_classifier(folder)
     gan = None
-    if not no_defense_gan and not adaptive and os.path.isfile(os.path.join(folder, "generator.keras")):
-        from apudae_tf import defensegan
+    from apudae_tf import defensegan
 
+    if not no_defense_gan and not adaptive and os.path.isfile(os.path.join(folder, defensegan.GAN_FILE)):
         gan = defensegan.DefenseGan(store.load_model(os.path.join(folder, defensegan.GAN_FILE)),
                                     defensegan.SearchSettings(restarts=gan_restarts, steps=gan_steps, seed=seed))
     n = n_images or len(ds.x_test)

@@ -440,22 +440,25 @@ def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
 @click.option("--variants", default="direct,chosen", show_default=True,
               help="APuDAE rows, comma-separated: direct, A-G (each optionally with :n=STEPS, e.g. A:n=12), "
                    "'chosen' (the best iterative variant on validation) or 'all' (the paper's rows).")
-@click.option("--cw-l2-n", type=click.IntRange(min=1), default=None,
-              help="Images in the CW-L2 column, the dearest attack (default: 1000).")
+@click.option("--cw-l2-n", type=click.IntRange(min=0), default=None,
+              help="Images in the CW-L2 column, the dearest attack (default: 1000; 0 leaves the column out).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Report folder (default: results/<dataset>). Finished cells are cached in OUT/cache.")
 @click.option("--no-adv-training", is_flag=True, help="Leave out the adversarial-training row.")
-@click.option("--no-defense-gan", is_flag=True,
-              help="Leave out the Defense-GAN row (included when MODELS/generator.keras exists, from "
-                   "`train --what gan`).")
+@click.option("--defense-gan", is_flag=True,
+              help="Add the Defense-GAN row (MODELS/generator.keras, from `train --what gan`). Opt-in: its latent "
+                   "search costs ~1 s per image on 2 cores (L=10, R=200), hours on the full test set.")
 @click.option("--gan-restarts", type=click.IntRange(min=1), default=10, show_default=True,
               help="Defense-GAN: random starts of z per image (L).")
 @click.option("--gan-steps", type=click.IntRange(min=0), default=200, show_default=True,
               help="Defense-GAN: gradient-descent steps per start (R).")
+@click.option("--gan-attack-restarts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --adaptive: restarts of the latent search that BPDA+EOT runs forward on Defense-GAN at each "
+                   "attack step (fewer than L keeps the attack affordable; the score uses the full defence).")
 @click.option("--adaptive", is_flag=True,
               help="Instead of the table: attacks that see the defence (counter A, counter B over a lambda grid, "
-                   "full adaptive, BPDA+EOT) on adversarial training, APuDAE direct and the chosen variant, plus "
-                   "the ROC of r(x) as a detector. Writes OUT/adaptive.json, adaptive.md, roc.json, roc.png.")
+                   "full adaptive, BPDA+EOT) on adversarial training, APuDAE direct and the chosen variant (and "
+                   "Defense-GAN with --defense-gan: BPDA+EOT only), plus the ROC of r(x) as a detector. Writes OUT/adaptive.json, adaptive.md, roc.json, roc.png.")
 @click.option("--n-full", type=click.IntRange(min=1), default=200, show_default=True,
               help="With --adaptive: images for the full adaptive and BPDA+EOT columns (each step purifies EOT times).")
 @click.option("--eot", type=click.IntRange(min=1), default=8, show_default=True,
@@ -464,8 +467,8 @@ def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
 @models_option
 @data_dir_option
 @friendly_errors
-def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, no_defense_gan, gan_restarts, gan_steps,
-             adaptive, n_full, eot, seed, model_dir, data_dir):
+def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, defense_gan, gan_restarts, gan_steps,
+             gan_attack_restarts, adaptive, n_full, eot, seed, model_dir, data_dir):
     """Rebuild the paper's table for DATASET (spec §6): defences x attacks.
 
     Rows: no defence, adversarial training (MODELS/adv_classifier.keras, from
@@ -495,7 +498,10 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, no_
     gan = None
     from apudae_tf import defensegan
 
-    if not no_defense_gan and not adaptive and os.path.isfile(os.path.join(folder, defensegan.GAN_FILE)):
+    if defense_gan:
+        if not os.path.isfile(os.path.join(folder, defensegan.GAN_FILE)):
+            raise ApudaeError(f"no {defensegan.GAN_FILE} in {folder}: train it with `apudae-tf train {ds.name} "
+                              "--what gan` or leave out --defense-gan")
         gan = defensegan.DefenseGan(store.load_model(os.path.join(folder, defensegan.GAN_FILE)),
                                     defensegan.SearchSettings(restarts=gan_restarts, steps=gan_steps, seed=seed))
     n = n_images or len(ds.x_test)
@@ -504,7 +510,8 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, no_
     echo = functools.partial(click.echo, err=True)
     if adaptive:
         result = ev.adaptive_report(m, ds, n, n_full, out_dir, adv=adv, seed=seed, eot=eot, command=command,
-                                    echo=echo, progress_bar=progress_bar)
+                                    echo=echo, progress_bar=progress_bar, gan=gan,
+                                    gan_attack_restarts=gan_attack_restarts)
         report = "adaptive"
     else:
         result = ev.table_report(m, ds, n, chosen, out_dir, adv=adv, seed=seed, cw_l2_n=cw_l2_n, command=command,

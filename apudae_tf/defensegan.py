@@ -98,7 +98,16 @@ def _search(generator, x, z0, steps, lr, momentum):
 
 
 class DefenseGan:
-    """``purify(x)`` = G(z*), z* the best of L restarts of the latent search."""
+    """``purify(x)`` = G(z*), z* the best of L restarts of the latent search.
+
+    To the adaptive report it is a purifier like APuDAE's: random (each seed draws new restarts),
+    attacked by BPDA+EOT only. The counter attacks target a DAE, and the exact gradient through
+    L·R unrolled generator steps is beyond a CPU budget."""
+
+    variant = "defense-gan"
+    model_key = "generator"  # the model file whose digest keys its attacks' examples
+    is_random = True
+    attacks = ("bpda-eot",)
 
     def __init__(self, generator, settings: SearchSettings = SearchSettings()):
         self.generator, self.settings = generator, settings.check()

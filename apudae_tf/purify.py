@@ -177,6 +177,9 @@ class Purifier:
     ``evaluate.tune`` call it); later consumers must call it too, not copy the loop.
     """
 
+    model_key = "dae"  # the model file whose digest keys its attacks' examples
+    attacks = ("bpda", "weighted", "adaptive", "bpda-eot")  # every attack of spec §5 applies
+
     def __init__(self, dae, stats: DaeStats, variant: str, settings: PurifySettings | None = None,
                  jit_compile: bool = False):
         if variant not in VARIANTS:

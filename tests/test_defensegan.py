@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from apudae_tf import defensegan, store
+from conftest import data_dir, needs_mnist
 
 
 def _tiny_generator():
@@ -74,3 +75,47 @@ def test_defense_gan_row_joins_the_table_on_the_same_images_with_its_cost(tiny_m
     cost = result["cost_ms_per_image"]
     assert cost["Defense-GAN (L=2, R=2)"] > 0 and "APuDAE direct" in cost
     assert "Defense-GAN / APuDAE" in open(os.path.join(out, "table.md")).read()
+
+
+def test_defense_gan_in_the_adaptive_report_gets_bpda_eot_with_the_attackers_forward(tiny_models, tmp_path):
+    from apudae_tf import evaluate
+    from apudae_tf.data import Dataset
+
+    store.save_model(defensegan.build_generator((28, 28, 1), width=8), os.path.join(tiny_models, defensegan.GAN_FILE))
+    gan = defensegan.DefenseGan(store.load_model(os.path.join(tiny_models, defensegan.GAN_FILE)),
+                                defensegan.SearchSettings(restarts=3, steps=2))
+    rng = np.random.default_rng(1)
+    x = rng.random((4, 28, 28, 1), dtype=np.float32)
+    y = np.arange(4, dtype=np.int64)
+    ds = Dataset("mnist", x, y, x, y, x, y, source="test")
+    out = str(tmp_path / "adaptive")
+    result = evaluate.adaptive_report(store.load_models(tiny_models), ds, 4, 2, out, eot=2, lambdas=(1.0,),
+                                      command="test", steps=1, gan=gan, gan_attack_restarts=2)
+    rows = [r for r in result["records"] if r["defence"] == "Defense-GAN (L=3, R=2)"]
+    # the DAE's counter attacks and the unrolled gradient do not apply: those cells stay empty
+    assert [r["attack"] for r in rows] == ["pgd", "bpda-eot"]
+    pgd, bpda = rows
+    assert pgd["settings"]["attack"]["saw_defence"] is False
+    assert bpda["settings"]["attack"]["saw_defence"] is True and bpda["n"] == 2
+    assert bpda["settings"]["attack"]["eot"] == 2  # the restarts are random: EOT applies
+    assert bpda["settings"]["defence"]["attacker_forward"]["restarts"] == 2
+    assert bpda["settings"]["defence"]["restarts"] == 3  # scored through the full defence
+    assert "**Defense-GAN** is attacked by BPDA+EOT only" in open(os.path.join(out, "adaptive.md")).read()
+
+
+@needs_mnist
+def test_evaluate_asks_for_a_generator_before_it_adds_the_defense_gan_row(tiny_models):
+    import cli
+    from click.testing import CliRunner
+
+    r = CliRunner().invoke(cli.main, ["evaluate", "mnist", "--models", tiny_models, "--n", "4", "--no-adv-training",
+                                      "--defense-gan", "--data-dir", data_dir()])
+    assert r.exit_code == 2 and "--what gan" in r.output and "Traceback" not in r.output
+
+
+def test_cw_l2_n_zero_leaves_the_dearest_column_out():
+    from apudae_tf import table
+
+    keys = [c.key for c in table.table_columns("mnist", 10, cw_l2_n=0)]
+    assert "cw-l2" not in keys and "pgd" in keys
+    assert [c.n for c in table.table_columns("mnist", 10, cw_l2_n=3) if c.key == "cw-l2"] == [3]

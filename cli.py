@@ -6,6 +6,7 @@ printed as one line on stderr with exit status 2; no traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -387,12 +388,15 @@ def export(dataset, variant, base, version, chunk, model_dir):
 @click.option("--n-val", type=click.IntRange(min=1), default=500, show_default=True,
               help="Validation images to tune on.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--defense-gan", is_flag=True,
+              help="Tune the Defense-GAN baseline instead: sweep its steps R (L = 10) and write the choice to "
+                   "MODELS/generator.json; the sweep goes to results/<dataset>/tune_gan.json.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Sweep report (default: results/<dataset>/tune.json).")
 @models_option
 @data_dir_option
 @friendly_errors
-def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
+def tune(dataset, variants, n_val, seed, defense_gan, out_path, model_dir, data_dir):
     """Choose purification settings on the validation split (never the test set).
 
     For each variant, sweeps n, alpha (and eps_r for F, G) on N_VAL
@@ -406,6 +410,9 @@ def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
     ds = data.load_dataset(dataset, data_dir)
     folder = model_dir or store.default_model_dir(ds.name)
     m = store.load_models(folder, ds.image_shape)
+    if defense_gan:
+        _tune_gan(ds, m, folder, n_val, seed, out_path)
+        return
     chosen_variants = [v.strip() for v in variants.split(",") if v.strip()]
     unknown = [v for v in chosen_variants if v not in names.PURIFY_VARIANTS]
     if unknown:
@@ -433,6 +440,34 @@ def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
         click.echo(f"{v}: {r['settings']}  val clean {r['val_clean']:.3f}, val pgd {r['val_pgd']:.3f}")
 
 
+def _tune_gan(ds, m, folder, n_val, seed, out_path):
+    from apudae_tf import attacks, defensegan, evaluate, store
+
+    gen = _load_generator(folder, ds.name, "tune")
+
+    def show(row):
+        s = row["settings"]
+        click.echo(f"Defense-GAN: L={s['restarts']} R={s['steps']} lr={s['lr']:g} clean {row['clean']:.3f} "
+                   f"pgd {row['pgd']:.3f} ({row['ms_per_image']:.0f} ms/image)", err=True)
+
+    report = evaluate.tune_gan(m, ds, gen, n_val, attacks.preset(ds.name, seed=seed), seed=seed, progress=show)
+    report["command"] = f"apudae-tf tune {ds.name} --defense-gan --n-val {n_val} --seed {seed}"
+    store.write_json(out_path or os.path.join("results", ds.name, "tune_gan.json"), report)
+    defensegan.save_search(folder, report)
+    r = report["defense_gan"]
+    click.echo(f"Defense-GAN: {r['settings']}  val clean {r['val_clean']:.3f}, val pgd {r['val_pgd']:.3f}")
+
+
+def _load_generator(folder, dataset, command):
+    from apudae_tf import defensegan, store
+
+    path = os.path.join(folder, defensegan.GAN_FILE)
+    if not os.path.isfile(path):
+        raise ApudaeError(f"no {defensegan.GAN_FILE} in {folder}: train it with `apudae-tf train {dataset} "
+                          f"--what gan`" + (" or leave out --defense-gan" if command == "evaluate" else ""))
+    return store.load_model(path)
+
+
 @main.command()
 @click.argument("dataset")
 @click.option("--n", "n_images", type=click.IntRange(min=1), default=None,
@@ -447,11 +482,13 @@ def tune(dataset, variants, n_val, seed, out_path, model_dir, data_dir):
 @click.option("--no-adv-training", is_flag=True, help="Leave out the adversarial-training row.")
 @click.option("--defense-gan", is_flag=True,
               help="Add the Defense-GAN row (MODELS/generator.keras, from `train --what gan`). Opt-in: its latent "
-                   "search costs ~1 s per image on 2 cores (L=10, R=200), hours on the full test set.")
-@click.option("--gan-restarts", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Defense-GAN: random starts of z per image (L).")
-@click.option("--gan-steps", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Defense-GAN: gradient-descent steps per start (R).")
+                   "search costs ~1 s per image on 2 cores at L=10, R=200, hours on the full test set.")
+@click.option("--gan-restarts", type=click.IntRange(min=1), default=None,
+              help="Defense-GAN: random starts of z per image (L; default: the value chosen on validation by "
+                   "`tune --defense-gan`, else 10).")
+@click.option("--gan-steps", type=click.IntRange(min=0), default=None,
+              help="Defense-GAN: gradient-descent steps per start (R; default: chosen on validation by "
+                   "`tune --defense-gan`, else 200).")
 @click.option("--gan-attack-restarts", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --adaptive: restarts of the latent search that BPDA+EOT runs forward on Defense-GAN at each "
                    "attack step (fewer than L keeps the attack affordable; the score uses the full defence).")
@@ -496,14 +533,14 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, def
                               "--what adv-classifier` or pass --no-adv-training")
         adv = store.load_adv_classifier(folder)
     gan = None
-    from apudae_tf import defensegan
-
     if defense_gan:
-        if not os.path.isfile(os.path.join(folder, defensegan.GAN_FILE)):
-            raise ApudaeError(f"no {defensegan.GAN_FILE} in {folder}: train it with `apudae-tf train {ds.name} "
-                              "--what gan` or leave out --defense-gan")
-        gan = defensegan.DefenseGan(store.load_model(os.path.join(folder, defensegan.GAN_FILE)),
-                                    defensegan.SearchSettings(restarts=gan_restarts, steps=gan_steps, seed=seed))
+        from apudae_tf import defensegan
+
+        gen = _load_generator(folder, ds.name, "evaluate")
+        tuned = defensegan.tuned_search(folder)  # chosen on validation by `tune --defense-gan`
+        gan = defensegan.DefenseGan(gen, dataclasses.replace(
+            tuned, restarts=gan_restarts or tuned.restarts, steps=tuned.steps if gan_steps is None else gan_steps,
+            seed=seed))
     n = n_images or len(ds.x_test)
     out_dir = out_dir or os.path.join("results", ds.name)
     command = "apudae-tf evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])

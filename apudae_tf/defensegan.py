@@ -50,6 +50,35 @@ class SearchSettings:
         return self
 
 
+def tuned_search(folder: str) -> SearchSettings:
+    """The search settings chosen on validation (``apudae-tf tune --defense-gan`` writes them to
+    ``folder``/generator.json), else Defense-GAN's defaults."""
+    import json
+
+    path = os.path.join(folder, GAN_INFO)
+    if not os.path.isfile(path):
+        return SearchSettings()
+    try:
+        with open(path) as f:
+            chosen = json.load(f).get("search", {}).get("settings")
+        return SearchSettings(**chosen).check() if chosen else SearchSettings()
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ApudaeError(f"{path}: unreadable search settings ({e})") from None
+
+
+def save_search(folder: str, report: dict) -> None:
+    """Record the search settings chosen on validation in ``folder``/generator.json."""
+    import json
+
+    path = os.path.join(folder, GAN_INFO)
+    with open(path) as f:
+        info = json.load(f)
+    chosen = report["defense_gan"]
+    info["search"] = {"chosen_on": report["split"], "n_val": report["n"], "criterion": report["criterion"],
+                      "attack": report["attack"], **{k: chosen[k] for k in ("settings", "val_clean", "val_pgd")}}
+    store.write_json(path, info)
+
+
 # -- the networks ----------------------------------------------------------------------------
 
 

@@ -75,13 +75,12 @@ def tune_candidates(dataset: str, variant: str):
     return [PurifySettings(n=n, alpha=a, eps_r=e) for n, a, e in itertools.product(base["n"], base["alpha"], noise)]
 
 
-def tune(m: Models, ds: Dataset, variants, n_val: int, attack_settings, seed: int = 0, progress=None) -> dict:
-    """Pick each variant's settings on validation images: maximise the mean of clean and
-    PGD accuracy (PGD from the preset, blind to the defence). The test split is never touched."""
+def _val_probe(m: Models, ds: Dataset, n_val: int, attack_settings) -> tuple:
+    """Validation images, their blind PGD versions, an accuracy scorer and the report's head:
+    what every sweep on validation shares. The test split is never touched."""
     import dataclasses
 
     from apudae_tf import attacks
-    from apudae_tf.purify import Purifier
 
     x, y = ds.x_val[:n_val], ds.y_val[:n_val]
     fn = m.classifier_fn()
@@ -90,22 +89,64 @@ def tune(m: Models, ds: Dataset, variants, n_val: int, attack_settings, seed: in
     def acc(images):
         return float(np.mean(np.argmax(models.predict_in_batches(fn, images), 1) == y))
 
-    report = {"dataset": ds.name, "split": "val", "n": int(len(x)), "criterion": "mean of clean and pgd accuracy",
-              "attack": {"method": "pgd", **dataclasses.asdict(attack_settings), "saw_defence": False},
-              "undefended": {"clean": acc(x), "pgd": acc(x_adv)}, "variants": {}}
+    head = {"dataset": ds.name, "split": "val", "n": int(len(x)), "criterion": "mean of clean and pgd accuracy",
+            "attack": {"method": "pgd", **dataclasses.asdict(attack_settings), "saw_defence": False},
+            "undefended": {"clean": acc(x), "pgd": acc(x_adv)}}
+    return x, x_adv, acc, head
+
+
+def _sweep(candidates, make_defence, x, x_adv, acc, progress=None) -> tuple[dict, list[dict]]:
+    """Score each candidate's defence on clean and PGD validation images; the best and the sweep."""
+    import dataclasses
+    import time
+
+    sweep = []
+    for s in candidates:
+        d = make_defence(s)
+        t0 = time.perf_counter()
+        row = {"settings": dataclasses.asdict(s), "clean": acc(d.purify_array(x))}
+        row["ms_per_image"] = 1000 * (time.perf_counter() - t0) / max(len(x), 1)
+        row["pgd"] = acc(d.purify_array(x_adv))
+        row["score"] = (row["clean"] + row["pgd"]) / 2
+        sweep.append(row)
+        if progress:
+            progress(row)
+    return max(sweep, key=lambda r: r["score"]), sweep
+
+
+def tune(m: Models, ds: Dataset, variants, n_val: int, attack_settings, seed: int = 0, progress=None) -> dict:
+    """Pick each variant's settings on validation images: maximise the mean of clean and
+    PGD accuracy (PGD from the preset, blind to the defence)."""
+    import dataclasses
+
+    from apudae_tf.purify import Purifier
+
+    x, x_adv, acc, report = _val_probe(m, ds, n_val, attack_settings)
+    report["variants"] = {}
     for variant in variants:
-        sweep = []
-        for s in tune_candidates(ds.name, variant):
-            s = dataclasses.replace(s, seed=seed)
-            p = Purifier(m.dae, m.stats, variant, s)
-            row = {"settings": dataclasses.asdict(s), "clean": acc(p.purify_array(x)), "pgd": acc(p.purify_array(x_adv))}
-            row["score"] = (row["clean"] + row["pgd"]) / 2
-            sweep.append(row)
-            if progress:
-                progress(variant, row)
-        best = max(sweep, key=lambda r: r["score"])
+        best, sweep = _sweep([dataclasses.replace(s, seed=seed) for s in tune_candidates(ds.name, variant)],
+                             lambda s: Purifier(m.dae, m.stats, variant, s), x, x_adv, acc,
+                             progress and (lambda row: progress(variant, row)))
         report["variants"][variant] = {"settings": best["settings"], "val_clean": best["clean"],
                                        "val_pgd": best["pgd"], "sweep": sweep}
+    return report
+
+
+# Defense-GAN's R: its paper fixes R = 200 for a well-trained GAN; a generator trained on a CPU
+# budget has a wider range, and fewer steps keep G(z*) from fitting the perturbation too.
+GAN_STEPS_GRID = (10, 25, 50, 100, 200)
+
+
+def tune_gan(m: Models, ds: Dataset, generator, n_val: int, attack_settings, restarts: int = 10,
+             steps_grid=GAN_STEPS_GRID, seed: int = 0, progress=None) -> dict:
+    """Pick Defense-GAN's R on validation images by the same criterion as the APuDAE variants."""
+    from apudae_tf import defensegan
+
+    x, x_adv, acc, report = _val_probe(m, ds, n_val, attack_settings)
+    candidates = [defensegan.SearchSettings(restarts=restarts, steps=r, seed=seed) for r in steps_grid]
+    best, sweep = _sweep(candidates, lambda s: defensegan.DefenseGan(generator, s), x, x_adv, acc, progress)
+    report["defense_gan"] = {"settings": best["settings"], "val_clean": best["clean"], "val_pgd": best["pgd"],
+                             "sweep": sweep}
     return report
 
 

@@ -1,6 +1,7 @@
 """Purification throughput on this CPU, beside the CPU's own matmul rate, in one process.
 
   python benchmarks/bench_purify.py [--models saved_models/mnist] [--batches 1,32,256] [--out results/bench]
+                                   [--defense-gan]
 
 Measures, in this order and in the same process:
   1. the reference limit: float32 matmul GFLOP/s (tf.linalg.matmul, 2048×2048, best of several);
@@ -8,9 +9,11 @@ Measures, in this order and in the same process:
      ``Purifier.purify`` and the GFLOP/s that implies from the DAE's convolution FLOP count;
      every iterative variant runs the same n (``--steps``, default 20) with its tuned α, ε_r,
      ρ, θ_max, so costs compare at equal n;
-  3. the baseline: the very same loop run eagerly, step by step from Python
+  3. with --defense-gan, the Defense-GAN baseline's latent search (XLA off), so its cost per
+     image compares with the variants' in one run;
+  4. the baseline: the very same loop run eagerly, step by step from Python
      (``tf.config.run_functions_eagerly``), for variant A;
-  4. a profile of one step at the largest batch: each convolution alone, forward and with
+  5. a profile of one step at the largest batch: each convolution alone, forward and with
      its input gradient, and the whole DAE.
 
 FLOPs counted: 2 × multiply-adds of the DAE's convolutions (elementwise ops, BN and Adam
@@ -158,6 +161,9 @@ def main():
     ap.add_argument("--steps", type=int, default=20,
                     help="n for every iterative variant, so their costs compare at equal n (default 20)")
     ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--defense-gan", action="store_true",
+                    help="also time Defense-GAN (MODELS/generator.keras) at its settings chosen on validation "
+                         "and at its paper's L = 10, R = 200, XLA off")
     ap.add_argument("--out", default=os.path.join("results", "bench"))
     args = ap.parse_args()
 
@@ -203,6 +209,24 @@ def main():
                 x = tf.constant(rng.random((batch, *shape), dtype=np.float32))
                 record(variant, batch, xla, "graph", settings, timed(lambda: p.purify(x).numpy(), args.min_seconds))
 
+    gan_settings = {}
+    if args.defense_gan:  # the baseline purifier, in the same process as the variants
+        from apudae_tf import defensegan
+
+        gen = store.load_model(os.path.join(args.models, defensegan.GAN_FILE))
+        tuned = defensegan.tuned_search(args.models)
+        for s in dict.fromkeys([tuned, defensegan.SearchSettings()]):
+            name = f"Defense-GAN L={s.restarts} R={s.steps}"
+            gan_settings[name] = dataclasses.asdict(s)
+            g = defensegan.DefenseGan(gen, s)
+            for batch in batches:
+                x = tf.constant(rng.random((batch, *shape), dtype=np.float32))
+                sec = timed(lambda: g.purify(x).numpy(), args.min_seconds, 1)
+                records.append({"dataset": m.stats.dataset, "variant": name, "batch": batch, "xla": False,
+                                "mode": "graph", "steps": s.steps, "seconds_per_batch": sec,
+                                "images_per_s": batch / sec, "gflops": None, "fraction_of_matmul": None})
+                print(f"{name} batch {batch:4d} {batch / sec:9.2f} img/s", file=sys.stderr)
+
     # the baseline: the same loop, eagerly, one Python-driven op at a time
     settings = settings_for("A")
     tf.config.run_functions_eagerly(True)
@@ -217,7 +241,7 @@ def main():
     report = {"command": "python benchmarks/bench_purify.py " + " ".join(sys.argv[1:]), "machine": machine,
               "matmul_gflops": ref, "dae_forward_flops_per_image": forward,
               "profile": {"batch": profile_batch, "ops": profile},
-              "settings": {v: dataclasses.asdict(settings_for(v)) for v in variants},
+              "settings": {**{v: dataclasses.asdict(settings_for(v)) for v in variants}, **gan_settings},
               "records": records}
     store.write_json(os.path.join(args.out, "purify.json"), report)
     md = render(report)
@@ -241,14 +265,24 @@ def render(r: dict) -> str:
         "|---|---:|---:|---|---|---:|---:|---:|",
     ]
     for x in r["records"]:
+        flops = ("| – | – |" if x["gflops"] is None  # Defense-GAN's generator FLOPs are not counted
+                 else f"| {x['gflops']:.1f} | {x['fraction_of_matmul']:.0%} |")
         lines.append(f"| {x['variant']} | {x['steps']} | {x['batch']} | {'on' if x['xla'] else 'off'} | {x['mode']} "
-                     f"| {x['images_per_s']:.1f} | {x['gflops']:.1f} | {x['fraction_of_matmul']:.0%} |")
+                     f"| {x['images_per_s']:.1f} {flops}")
     graph = {(x["variant"], x["batch"], x["xla"]): x for x in r["records"] if x["mode"] == "graph"}
     pairs = [(b, graph[("F", b, False)], graph[("A", b, False)]) for (v, b, xla) in graph
              if v == "A" and not xla and ("F", b, False) in graph]
     if pairs:
         lines += ["", "Cost of F relative to A at equal n (seconds per image, XLA off): "
                   + ", ".join(f"batch {b}: {a['images_per_s'] / f['images_per_s']:.2f}×" for b, f, a in pairs) + "."]
+    gans = [x for x in r["records"] if x["variant"].startswith("Defense-GAN")]
+    for g in gans:
+        same = [x for x in r["records"] if x["batch"] == g["batch"] and not x["xla"] and x["mode"] == "graph"
+                and not x["variant"].startswith("Defense-GAN")]
+        if same:
+            lines.append(f"{g['variant']}, batch {g['batch']}: seconds per image = "
+                         + ", ".join(f"{x['images_per_s'] / g['images_per_s']:.0f}× {x['variant']}" for x in same)
+                         + ".")
     best = [x for x in r["records"] if x["variant"] == "A" and x["mode"] == "graph"]
     if best:
         top = max(best, key=lambda x: x["gflops"])

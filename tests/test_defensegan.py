@@ -119,3 +119,57 @@ def test_cw_l2_n_zero_leaves_the_dearest_column_out():
     keys = [c.key for c in table.table_columns("mnist", 10, cw_l2_n=0)]
     assert "cw-l2" not in keys and "pgd" in keys
     assert [c.n for c in table.table_columns("mnist", 10, cw_l2_n=3) if c.key == "cw-l2"] == [3]
+
+
+def test_search_settings_are_chosen_on_validation_and_read_back(tiny_models):
+    import json
+
+    from apudae_tf import attacks, evaluate
+    from apudae_tf.data import Dataset
+
+    gen = defensegan.build_generator((28, 28, 1), width=8)
+    store.save_model(gen, os.path.join(tiny_models, defensegan.GAN_FILE))
+    store.write_json(os.path.join(tiny_models, defensegan.GAN_INFO), {"dataset": "mnist", "epochs": 1})
+    assert defensegan.tuned_search(tiny_models) == defensegan.SearchSettings()  # nothing chosen yet: the defaults
+    rng = np.random.default_rng(2)
+    x_val = rng.random((6, 28, 28, 1), dtype=np.float32)
+    y_val = np.arange(6, dtype=np.int64) % 10
+    poison = np.full((1, 28, 28, 1), np.nan, np.float32)  # the test split must never be read
+    ds = Dataset("mnist", x_val, y_val, x_val, y_val, poison, np.zeros(1, np.int64), source="test")
+    s = attacks.AttackSettings(eps=0.3, steps=1, step=0.3)
+    report = evaluate.tune_gan(store.load_models(tiny_models), ds, gen, 6, s, restarts=2, steps_grid=(0, 3))
+    sweep = report["defense_gan"]["sweep"]
+    assert [r["settings"]["steps"] for r in sweep] == [0, 3] and report["split"] == "val" and report["n"] == 6
+    best = max(sweep, key=lambda r: r["score"])
+    assert report["defense_gan"]["settings"] == best["settings"]
+    assert all(r["score"] == (r["clean"] + r["pgd"]) / 2 and r["ms_per_image"] > 0 for r in sweep)
+
+    defensegan.save_search(tiny_models, report)
+    got = defensegan.tuned_search(tiny_models)
+    assert (got.restarts, got.steps) == (2, best["settings"]["steps"])
+    with open(os.path.join(tiny_models, defensegan.GAN_INFO)) as f:
+        info = json.load(f)
+    assert info["epochs"] == 1 and info["search"]["chosen_on"] == "val"  # the training record is kept
+
+
+def test_the_purification_benchmark_times_defense_gan_beside_the_variants(tiny_models, tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    import sys
+
+    store.save_model(defensegan.build_generator((28, 28, 1), width=8), os.path.join(tiny_models, defensegan.GAN_FILE))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("bench_purify", os.path.join(here, "benchmarks", "bench_purify.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = str(tmp_path / "bench")
+    monkeypatch.setattr(sys, "argv", ["bench", "--models", tiny_models, "--batches", "2", "--variants", "direct",
+                                      "--xla", "off", "--steps", "1", "--min-seconds", "0", "--defense-gan",
+                                      "--out", out])
+    bench.main()
+    with open(os.path.join(out, "purify.json")) as f:
+        report = json.load(f)
+    gan = [r for r in report["records"] if r["variant"] == "Defense-GAN L=10 R=200"]
+    assert len(gan) == 1 and gan[0]["images_per_s"] > 0 and gan[0]["steps"] == 200
+    assert report["settings"]["Defense-GAN L=10 R=200"]["restarts"] == 10
+    assert "Defense-GAN L=10 R=200, batch 2: seconds per image =" in open(os.path.join(out, "purify.md")).read()

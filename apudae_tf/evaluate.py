@@ -323,6 +323,8 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
                    "purify_settings_chosen_on": facts["tuned"].get("chosen_on"),
                    "tuned": facts["tuned"].get("variants", {}),
                    "cost_ms_per_image": table.cost_per_image(result["records"], defences)})
+    if gan is not None:
+        result["defense_gan"] = _gan_facts(m.folder, gan)
     if figures and ("classifier", "pgd", 0.0) in examples:
         variant = facts["chosen_variant"] or "direct"
         result["figures"] = table_figures(m, ds, variant, examples[("classifier", "pgd", 0.0)], out_dir,
@@ -330,6 +332,38 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
     store.write_json(os.path.join(out_dir, "table.json"), result)
     store.write_bytes(os.path.join(out_dir, "table.md"), table.markdown(result, table_notes(result)).encode())
     return result
+
+
+def _gan_facts(folder: str, gan) -> dict:
+    """How the Defense-GAN row's generator was trained and whether its search was chosen on validation."""
+    import dataclasses
+    import json
+    import os
+
+    from apudae_tf import defensegan
+
+    path = os.path.join(folder, defensegan.GAN_INFO)
+    info = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            info = json.load(f)
+    search = info.get("search") or {}
+    used = dataclasses.asdict(gan.settings)
+    chosen = search.get("settings") or {}
+    return {"settings": used, "generator_epochs": info.get("epochs"),
+            "chosen_on_val": bool(chosen) and all(chosen.get(k) == used[k] for k in ("restarts", "steps", "lr")),
+            "val_clean": search.get("val_clean"), "val_pgd": search.get("val_pgd"), "n_val": search.get("n_val")}
+
+
+def _gan_notes(g: dict, dataset: str) -> list[str]:
+    s = g["settings"]
+    how = (f"R chosen on {g['n_val']} validation images by `apudae-tf tune {dataset} --defense-gan` (val clean "
+           f"{g['val_clean']:.3f}, val blind PGD {g['val_pgd']:.3f}; the sweep is in tune_gan.json)"
+           if g["chosen_on_val"] else "settings given on the command line, not chosen on validation")
+    return ["", f"**Defense-GAN**: WGAN-GP generator ({g['generator_epochs']} epochs, `apudae-tf train {dataset} --what "
+            f"gan`); each input is projected onto its range by {s['restarts']} random starts of z, {s['steps']} steps "
+            f"of gradient descent (rate {s['lr']:g}, momentum {s['momentum']:g}) on the mean squared error, keeping "
+            f"the best start; {how}. Attacked blind like the other purifying rows."]
 
 
 def _cost(result: dict) -> str:
@@ -396,6 +430,8 @@ def table_notes(result: dict) -> list[str]:
         if gan:
             lines[-1] += " Defense-GAN / APuDAE: " + ", ".join(
                 f"{gan[0] / v:.0f}× {k}" for k, v in cost.items() if k.startswith("APuDAE") and v > 0) + "."
+    if result.get("defense_gan"):
+        lines += _gan_notes(result["defense_gan"], result["dataset"])
     tuned = result.get("tuned") or {}
     if tuned:
         lines += ["", f"**Purification settings** were chosen on the validation split "

@@ -74,7 +74,11 @@ def test_defense_gan_row_joins_the_table_on_the_same_images_with_its_cost(tiny_m
     assert next(r for r in rows if r["attack"] == "pgd")["paper"] == 0.939
     cost = result["cost_ms_per_image"]
     assert cost["Defense-GAN (L=2, R=2)"] > 0 and "APuDAE direct" in cost
-    assert "Defense-GAN / APuDAE" in open(os.path.join(out, "table.md")).read()
+    md = open(os.path.join(out, "table.md")).read()
+    assert "Defense-GAN / APuDAE" in md
+    # no search chosen on validation in this folder: the report must not claim one
+    assert "2 steps of gradient descent" in md and "not chosen on validation" in md
+    assert result["defense_gan"]["chosen_on_val"] is False
 
 
 def test_defense_gan_in_the_adaptive_report_gets_bpda_eot_with_the_attackers_forward(tiny_models, tmp_path):

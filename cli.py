@@ -152,7 +152,8 @@ def main():
 @click.option("--recipe", type=click.Choice(names.TRAIN_RECIPES), default="paper", show_default=True,
               help="paper: spec §1's Gaussian-noise DAE and a plain classifier. plus: the DAE also learns random "
                    "L-inf corner noise and the classifier also learns on the DAE's outputs. adv-dae: the DAE also "
-                   "learns to undo PGD examples (training images) of the classifier in OUT. plus and adv-dae are "
+                   "learns to undo PGD examples (training images) of the classifier in OUT. adv-mix: adv-dae plus "
+                   "full-eps FGSM examples of further training images. plus, adv-dae and adv-mix are "
                    "experiments; see README.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs (default: those of the shipped models; mnist: classifier 6, DAE 5, "

@@ -8,7 +8,7 @@ ATTACK_METHODS = ("none", "random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2")
 # attacks that see the purifier (spec §5): counter A, counter B, full adaptive, BPDA + EOT
 ADAPTIVE_METHODS = ("bpda", "weighted", "adaptive", "bpda-eot")
 PURIFY_VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
-TRAIN_RECIPES = ("paper", "plus", "adv-dae")
+TRAIN_RECIPES = ("paper", "plus", "adv-dae", "adv-mix")
 # classifier architectures; the first of each dataset's list is its default
 CLASSIFIER_ARCHS = ("cnn", "resnet20", "resnet18")
 DEFAULT_ARCH = {"mnist": "cnn", "cifar10": "resnet20"}

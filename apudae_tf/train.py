@@ -26,6 +26,11 @@ LINF_MAX = {"mnist": 0.4, "cifar10": 12 / 255}
 RECIPES = names.TRAIN_RECIPES
 # adv-dae: PGD examples of this many training images join the DAE's noisy pairs
 ADV_DAE_IMAGES = 30000
+# adv-mix: adv-dae's pairs plus full-ε FGSM examples of this many further training images. The
+# adv-dae DAE saw only PGD, and one full-ε FGSM step is where its iterative variants fall short
+# of the paper (results/mnist/val_attacks.json).
+ADV_MIX_FGSM_IMAGES = 15000
+ADVERSARIAL_RECIPES = ("adv-dae", "adv-mix")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,22 +122,26 @@ def noisy_pairs(x: np.ndarray, sigma_max: float, batch_size: int, seed: int, lin
     )
 
 
-def adversarial_pairs(model_fn, ds: Dataset, n: int, seed: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """(PGD examples, clean images) for the first ``n`` training images: the adv-dae recipe.
+def adversarial_pairs(model_fn, ds: Dataset, n: int, seed: int, progress=None, method: str = "pgd",
+                      start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(adversarial examples, clean images) for training images ``start`` to ``start + n``: the
+    adv-dae and adv-mix recipes.
 
-    PGD at the dataset's ε, 20 steps of ε/12 with a random start, on the classifier
-    ``model_fn`` (x -> logits) alone. A weaker and different schedule from the evaluation's
-    PGD-40 (MNIST), and only training images, so the evaluation's test and validation images
-    are never seen."""
+    ``pgd``: PGD at the dataset's ε, 20 steps of ε/12 with a random start; ``fgsm``: one step of
+    ε. Both on the classifier ``model_fn`` (x -> logits) alone. PGD-20 is a weaker and different
+    schedule from the evaluation's PGD-40 (MNIST), and only training images are attacked, so the
+    evaluation's test and validation images are never seen."""
     from apudae_tf import attacks
 
-    x, y = ds.x_train[:n], ds.y_train[:n]
+    x, y = ds.x_train[start:start + n], ds.y_train[start:start + n]
     if ds.name not in attacks.PRESETS:
-        raise ApudaeError(f"the adv-dae recipe needs an attack budget, known only for {', '.join(attacks.PRESETS)}; "
-                          f"use --recipe paper or plus for {ds.name}")
+        raise ApudaeError(f"the {'/'.join(ADVERSARIAL_RECIPES)} recipes need an attack budget, known only for "
+                          f"{', '.join(attacks.PRESETS)}; use --recipe paper or plus for {ds.name}")
     eps = attacks.preset(ds.name).eps
-    settings = attacks.AttackSettings(eps=eps, steps=20, step=eps / 12, rand_init=True, seed=seed)
-    return attacks.run_attack("pgd", model_fn, x, y, settings, batch_size=1000, progress=progress), x
+    steps = {"pgd": 20, "fgsm": 1}[method]
+    settings = attacks.AttackSettings(eps=eps, steps=steps, step=eps / 12 if method == "pgd" else eps,
+                                      rand_init=method == "pgd", seed=seed)
+    return attacks.run_attack(method, model_fn, x, y, settings, batch_size=1000, progress=progress), x
 
 
 def train_dae(
@@ -265,7 +274,7 @@ def default_epochs(dataset: str, part: str) -> int:
 
 def train_order(recipe: str) -> list[str]:
     """The parts of ``--what all`` in the order a recipe needs them."""
-    return ["classifier", "dae"] if recipe == "adv-dae" else ["dae", "classifier"]
+    return ["classifier", "dae"] if recipe in ADVERSARIAL_RECIPES else ["dae", "classifier"]
 
 
 def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=print, recipe: str = "paper",
@@ -276,7 +285,8 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
     project's: the DAE also learns random L∞-corner noise, and the classifier also learns
     on that DAE's outputs; see ``add_noise`` and ``train_classifier``); ``adv-dae`` (this
     project's, after HGD, Liao et al. 2018: the DAE also learns to map PGD examples of the
-    classifier in ``out_dir`` back to their clean training images; see ``adversarial_pairs``).
+    classifier in ``out_dir`` back to their clean training images; see ``adversarial_pairs``);
+    ``adv-mix`` (adv-dae plus full-ε FGSM examples of further training images).
     ``all`` trains the parts in ``train_order(recipe)``; ``adv-classifier`` (the adversarial-
     training baseline, ``train_adv_classifier``) is trained only when asked for.
     ``resume`` continues the checkpointed trainings (ResNets, adversarial training) of an
@@ -305,20 +315,29 @@ def _linf_max(ds: Dataset, recipe: str) -> float:
     return LINF_MAX.get(ds.name, 0.0) if recipe == "plus" else 0.0
 
 
+def _adversarial_part(model_fn, ds: Dataset, method: str, start: int, n: int, seed: int, recipe: str, echo,
+                      progress_bar):
+    label = f"dae: {method.upper()} examples of {n} training images ({recipe})"
+    if progress_bar is None:
+        echo(label)
+        return adversarial_pairs(model_fn, ds, n, seed, method=method, start=start)
+    with progress_bar(n, label) as bar:
+        return adversarial_pairs(model_fn, ds, n, seed, progress=lambda done: bar.update(done - bar.pos),
+                                 method=method, start=start)
+
+
 def _train_dae_part(ds: Dataset, out_dir: str, settings: TrainSettings, echo, recipe: str, progress_bar) -> dict:
     sigma_max, linf_max = SIGMA_MAX.get(ds.name, 0.1), _linf_max(ds, recipe)
     given = None
-    if recipe == "adv-dae":
+    if recipe in ADVERSARIAL_RECIPES:
         model_fn = store.load_models(out_dir, ds.image_shape, need=("classifier",)).classifier_fn()
-        n_adv = min(ADV_DAE_IMAGES, len(ds.x_train))
-        label = f"dae: PGD examples of {n_adv} training images (adv-dae)"
-        if progress_bar is None:
-            echo(label)
-            given = adversarial_pairs(model_fn, ds, n_adv, settings.seed + 1)
-        else:
-            with progress_bar(n_adv, label) as bar:
-                given = adversarial_pairs(model_fn, ds, n_adv, settings.seed + 1,
-                                          progress=lambda done: bar.update(done - bar.pos))
+        n_pgd = min(ADV_DAE_IMAGES, len(ds.x_train))
+        parts = [("pgd", 0, n_pgd)]
+        if recipe == "adv-mix":
+            parts.append(("fgsm", n_pgd, min(ADV_MIX_FGSM_IMAGES, len(ds.x_train) - n_pgd)))
+        pairs = [_adversarial_part(model_fn, ds, method, start, n, settings.seed + 1, recipe, echo, progress_bar)
+                 for method, start, n in parts if n > 0]
+        given = tuple(np.concatenate([p[i] for p in pairs]) for i in (0, 1))
     dae = train_dae(ds.x_train, ds.x_val, sigma_max, settings, linf_max=linf_max, given=given)
     mu, sigma = clean_error_stats(dae, ds.x_val)
     stats = store.DaeStats(

@@ -95,6 +95,10 @@ def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny
         with open(os.path.join(out, name), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert result["records"] == records
+    # the time of every set of attacked images, once per target: the classifier and the adv model
+    timed = {(a["target"], a["column"]) for a in saved["attack_seconds"]}
+    assert ("classifier", "pgd") in timed and ("adv-classifier", "cw-l2") in timed
+    assert all(a["seconds"] >= 0 for a in saved["attack_seconds"])
 
     # a second run takes every attack and every cell from the cache: no attack runs again
     def no_attacks(*a, **k):

@@ -119,6 +119,14 @@ def test_adv_dae_recipe_trains_on_pgd_examples_of_the_classifier(tiny_npz, tmp_p
     both = str(tmp_path / "all")
     train.train(ds, "all", both, s, echo=lambda m: None, recipe="adv-dae")
     assert store.load_stats(both).training["adversarial_images"] == 32
+    # adv-mix adds one-step FGSM examples of the next training images: exactly ε from the clean image
+    monkeypatch.setattr(train, "ADV_MIX_FGSM_IMAGES", 16)
+    x_fgsm, x_next = train.adversarial_pairs(clf, ds, 16, seed=1, method="fgsm", start=32)
+    np.testing.assert_array_equal(x_next, ds.x_train[32:48])
+    d = np.abs(x_fgsm - x_next)
+    assert d.max() <= eps + 1e-6 and np.mean(np.isclose(d, eps, atol=1e-5) | (x_fgsm == 0) | (x_fgsm == 1)) > 0.99
+    train.train(ds, "dae", out, s, echo=lambda m: None, recipe="adv-mix")
+    assert store.load_stats(out).training["adversarial_images"] == 48
 
 
 def test_adv_dae_recipe_on_a_dataset_without_an_attack_budget_says_which_recipes_apply(tiny_npz, tmp_path):
@@ -128,5 +136,5 @@ def test_adv_dae_recipe_on_a_dataset_without_an_attack_budget_says_which_recipes
     out = str(tmp_path / "m")
     s = train.TrainSettings(epochs=1, batch_size=64)
     train.train(ds, "classifier", out, s, echo=lambda m: None, recipe="adv-dae")
-    with pytest.raises(ApudaeError, match="needs an attack budget.*--recipe paper or plus"):
+    with pytest.raises(ApudaeError, match="need an attack budget.*--recipe paper or plus"):
         train.train(ds, "dae", out, s, echo=lambda m: None, recipe="adv-dae")

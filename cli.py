@@ -157,7 +157,7 @@ def main():
                    "experiments; see README.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs (default: those of the shipped models; mnist: classifier 6, DAE 5, "
-                   "adv-classifier 3; cifar10: classifier 45, DAE 5).")
+                   "adv-classifier 3; cifar10: classifier 45, DAE 5, adv-classifier 8).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: saved_models/<dataset>).")

@@ -13,6 +13,8 @@ def data_dir():
 
 
 needs_mnist = pytest.mark.skipif(data_dir() is None, reason="no offline mnist.npz (set APUDAE_DATA_DIR)")
+needs_cifar10 = pytest.mark.skipif(data_dir() is None or not os.path.isfile(os.path.join(data_dir(), "cifar10.npz")),
+                                   reason="no offline cifar10.npz (set APUDAE_DATA_DIR)")
 
 
 @pytest.fixture

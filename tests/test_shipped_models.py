@@ -1,4 +1,4 @@
-"""The models shipped in saved_models/mnist (and mnist-paper) meet their stated bars."""
+"""The models shipped in saved_models/mnist (and mnist-paper) and saved_models/cifar10 meet their stated bars."""
 
 import json
 import os
@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from apudae_tf import data, models, store
-from conftest import data_dir, needs_mnist
+from conftest import data_dir, needs_cifar10, needs_mnist
 
 MNIST = store.default_model_dir("mnist")  # the defaults: the adv-dae DAE
 MNIST_PAPER = os.path.join(os.path.dirname(MNIST), "mnist-paper")  # the paper's recipe (spec §1)
+CIFAR10 = store.default_model_dir("cifar10")
 
 
 @needs_mnist
@@ -52,3 +53,22 @@ def test_shipped_adversarially_trained_classifier_is_accurate_and_resists_pgd():
     x_adv = attacks.run_attack("pgd", fn, x, y, attacks.AttackSettings(eps=0.3, steps=10, step=0.075))
     assert np.abs(x_adv - x).max() <= 0.3 + 1e-6
     assert np.mean(np.argmax(fn(x_adv).numpy(), 1) == y) >= 0.8
+
+
+@needs_cifar10
+def test_shipped_cifar10_classifier_scores_at_least_090_on_the_whole_test_set():
+    clf = keras.models.load_model(os.path.join(CIFAR10, store.CLASSIFIER))  # plain Keras, no custom objects
+    ds = data.load_dataset("cifar10", data_dir())
+    assert ds.x_test.shape == (10000, 32, 32, 3)
+    logits = clf.predict(ds.x_test, batch_size=500, verbose=0)
+    assert np.mean(np.argmax(logits, 1) == ds.y_test) >= 0.90
+
+
+@needs_cifar10
+def test_shipped_cifar10_dae_stats_were_measured_on_the_clean_validation_split():
+    dae = keras.models.load_model(os.path.join(CIFAR10, store.DAE))
+    stats = json.load(open(os.path.join(CIFAR10, store.DAE_STATS)))
+    assert stats["dataset"] == "cifar10" and stats["image_shape"] == [32, 32, 3] and stats["sigma_max"] == 0.1
+    ds = data.load_dataset("cifar10", data_dir())
+    r = models.predict_in_batches(lambda b: models.reconstruction_error(dae, b), ds.x_val)
+    assert abs(r.mean() - stats["mu"]) < 1e-3 * stats["mu"] and abs(r.std() - stats["sigma"]) < 1e-2 * stats["sigma"]

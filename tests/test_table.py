@@ -244,3 +244,21 @@ def test_two_reports_sharing_a_cache_folder_keep_each_others_cells(tmp_path):
     adaptive_run.put_cell("b", {"accuracy": 0.25})
     table_run.put_cell("c", {"accuracy": 0.75})
     assert set(table.Cache(folder).cells) == {"a", "b", "c"}
+
+
+def test_report_names_every_apudae_cell_below_the_paper_and_only_those():
+    from apudae_tf import evaluate
+
+    def rec(defence, attack, acc, paper, ci):
+        return {"defence": defence, "attack": attack, "accuracy": acc, "paper": paper, "ci95": ci}
+
+    result = {"records": [rec("APuDAE D", "fgsm", 0.915, 0.964, [0.909, 0.920]),
+                          rec("APuDAE D", "pgd", 0.948, 0.951, [0.944, 0.952]),
+                          rec("APuDAE D", "cw", 0.991, 0.953, [0.989, 0.993]),
+                          rec("No defence", "pgd", 0.0, 0.129, [0.0, 0.001])]}
+    text = "\n".join(evaluate._below_paper(result))
+    assert "APuDAE D × fgsm: 0.915 vs 0.964" in text and "× cw" not in text and "No defence" not in text
+    assert "APuDAE D × pgd: 0.948 vs 0.951 (the paper's value is inside our 95% interval)" in text
+    assert "fgsm: 0.915 vs 0.964 (the paper" not in text
+    result["records"] = result["records"][2:]
+    assert evaluate._below_paper(result) == []

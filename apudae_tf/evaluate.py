@@ -272,10 +272,14 @@ def _gan_defence(m: Models, gan, fn, files: dict, attacker=None):
                          table.purify_fn(gan, fn), settings, purifier=attacker)
 
 
+# the column whose blind examples the figures show: MNIST's PGD, else CIFAR-10's BIM (the paper's)
+FIGURE_ATTACKS = (("pgd", "PGD"), ("bim", "BIM"))
+
+
 def table_figures(m: Models, ds: Dataset, variant: str, x_adv: np.ndarray, out_dir: str, threshold: float,
-                  n: int = 1000) -> dict:
-    """fig3_r_hist.png (r(x) of clean and PGD inputs, before and after purification with ``variant``)
-    and examples.png (clean / PGD / purified images with the classifier's labels)."""
+                  n: int = 1000, attack: str = "PGD") -> dict:
+    """fig3_r_hist.png (r(x) of clean and ``attack`` inputs, before and after purification with
+    ``variant``) and examples.png (clean / attacked / purified images with the classifier's labels)."""
     import os
 
     from apudae_tf import plots
@@ -291,8 +295,8 @@ def table_figures(m: Models, ds: Dataset, variant: str, x_adv: np.ndarray, out_d
 
     hist = os.path.join(out_dir, "fig3_r_hist.png")
     plots.r_histograms(hist, [
-        (f"before purification ({len(x)} test images)", {"clean": r(x), "PGD": r(x_adv)}),
-        (f"after purification (variant {variant})", {"clean": r(x_pur), "PGD": r(adv_pur)}),
+        (f"before purification ({len(x)} test images)", {"clean": r(x), attack: r(x_adv)}),
+        (f"after purification (variant {variant})", {"clean": r(x_pur), attack: r(adv_pur)}),
     ], m.stats.mu, threshold)
     fn = m.classifier_fn()
 
@@ -302,9 +306,9 @@ def table_figures(m: Models, ds: Dataset, variant: str, x_adv: np.ndarray, out_d
 
     k = 10
     grid = os.path.join(out_dir, "examples.png")
-    plots.image_grid(grid, [("clean", x[:k], labels(x[:k])), ("PGD", x_adv[:k], labels(x_adv[:k])),
+    plots.image_grid(grid, [("clean", x[:k], labels(x[:k])), (attack, x_adv[:k], labels(x_adv[:k])),
                             (f"purified ({variant})", adv_pur[:k], labels(adv_pur[:k]))])
-    return {"histograms": hist, "examples": grid, "figure_images": int(len(x))}
+    return {"histograms": hist, "examples": grid, "figure_images": int(len(x)), "attack": attack}
 
 
 def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=None, seed: int = 0,
@@ -327,10 +331,11 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
                    "cost_ms_per_image": table.cost_per_image(result["records"], defences)})
     if gan is not None:
         result["defense_gan"] = _gan_facts(m.folder, gan)
-    if figures and ("classifier", "pgd", 0.0) in examples:
+    shown = next(((k, label) for k, label in FIGURE_ATTACKS if ("classifier", k, 0.0) in examples), None)
+    if figures and shown:
         variant = facts["chosen_variant"] or "direct"
-        result["figures"] = table_figures(m, ds, variant, examples[("classifier", "pgd", 0.0)], out_dir,
-                                          facts["magnet_threshold"])
+        result["figures"] = table_figures(m, ds, variant, examples[("classifier", shown[0], 0.0)], out_dir,
+                                          facts["magnet_threshold"], attack=shown[1])
     store.write_json(os.path.join(out_dir, "table.json"), result)
     store.write_bytes(os.path.join(out_dir, "table.md"), table.markdown(result, table_notes(result)).encode())
     return result
@@ -462,7 +467,7 @@ def table_notes(result: dict) -> list[str]:
     if result.get("figures"):
         f = result["figures"]
         lines += ["", f"Figures (first {f['figure_images']} test images, variant {result['chosen_variant']}): "
-                  "![r(x) histograms](fig3_r_hist.png) ![clean, PGD and purified images](examples.png)"]
+                  f"![r(x) histograms](fig3_r_hist.png) ![clean, {f.get('attack', 'PGD')} and purified images](examples.png)"]
     return lines
 
 

@@ -93,8 +93,12 @@ def test_cifar10_table_runs_every_variant_and_attack_on_colour_images(tiny_cifar
     variants = evaluate.parse_variants("cifar10", "all")
     assert variants[:4] == ["direct", "A:n=12", "A:n=15", "A:n=18"] and len(variants) == 10
     out = str(tmp_path / "report")
-    result = evaluate.table_report(m, ds, 3, variants, out, adv=None, command="test", steps=1, figures=False)
+    result = evaluate.table_report(m, ds, 3, variants, out, adv=None, command="test", steps=1)
     records = result["records"]
+    # CIFAR-10 has no "pgd" column: the figures show the paper's BIM examples
+    assert result["figures"]["attack"] == "BIM"
+    for name in ("fig3_r_hist.png", "examples.png"):
+        assert open(os.path.join(out, name), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert {r["attack"] for r in records} == set(table.COLUMNS["cifar10"])
     rows = {r["defence"] for r in records}
     assert {"APuDAE A (n=12)", "APuDAE A (n=18)", "APuDAE G", "APuDAE direct"} <= rows

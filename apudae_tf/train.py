@@ -31,6 +31,8 @@ ADV_DAE_IMAGES = 30000
 # of the paper (results/mnist/val_attacks.json).
 ADV_MIX_FGSM_IMAGES = 15000
 ADVERSARIAL_RECIPES = ("adv-dae", "adv-mix")
+# the attacks that make those pairs: (steps, step = ε / this, random start)
+ADV_PAIR_ATTACKS = {"pgd": (20, 12, True), "fgsm": (1, 1, False)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,9 +140,8 @@ def adversarial_pairs(model_fn, ds: Dataset, n: int, seed: int, progress=None, m
         raise ApudaeError(f"the {'/'.join(ADVERSARIAL_RECIPES)} recipes need an attack budget, known only for "
                           f"{', '.join(attacks.PRESETS)}; use --recipe paper or plus for {ds.name}")
     eps = attacks.preset(ds.name).eps
-    steps = {"pgd": 20, "fgsm": 1}[method]
-    settings = attacks.AttackSettings(eps=eps, steps=steps, step=eps / 12 if method == "pgd" else eps,
-                                      rand_init=method == "pgd", seed=seed)
+    steps, step_divisor, rand_init = ADV_PAIR_ATTACKS[method]
+    settings = attacks.AttackSettings(eps=eps, steps=steps, step=eps / step_divisor, rand_init=rand_init, seed=seed)
     return attacks.run_attack(method, model_fn, x, y, settings, batch_size=1000, progress=progress), x
 
 

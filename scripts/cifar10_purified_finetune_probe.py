@@ -29,6 +29,8 @@ clf = keras.models.load_model(os.path.join(src, store.CLASSIFIER))
 dae = keras.models.load_model(os.path.join(src, store.DAE))
 opt = keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True)
 ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
 @tf.function
 def step(x, y, seed):
     d = models.denoise(dae, x)
@@ -41,6 +43,8 @@ def step(x, y, seed):
         loss = ce(y, clf(x_in, training=True))
     opt.apply_gradients(zip(tape.gradient(loss, clf.trainable_variables), clf.trainable_variables))
     return loss
+
+
 rng = np.random.default_rng(0)
 for e in range(3):
     order = rng.permutation(len(ds.x_train))

@@ -118,6 +118,15 @@ def models_for(batch, model_dir, dataset, need=("classifier", "dae")):
 EOT_DEFAULT = 8  # samples of the defence's randomness per gradient for F and G
 RANDOM_VARIANTS = ("F", "G")
 
+
+def _variant_list(text: str) -> list[str]:
+    """A comma-separated list of purification variants, checked."""
+    chosen = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in names.PURIFY_VARIANTS]
+    if unknown or not chosen:
+        raise ApudaeError(f"unknown variant(s) {', '.join(unknown) or '(none)'}; use {', '.join(names.PURIFY_VARIANTS)}")
+    return chosen
+
 models_option = click.option("--models", "model_dir", type=click.Path(file_okay=False), default=None,
                              help="Model folder (default: saved_models/<dataset>).")
 
@@ -137,11 +146,22 @@ def main():
 
 @main.command()
 @click.argument("dataset")
-@click.option("--what", type=click.Choice(["classifier", "dae", "all", "adv-classifier", "gan"]), default="all",
+@click.option("--what", type=click.Choice(["classifier", "dae", "all", "adv-classifier", "gan", "adapted-classifier"]),
+              default="all",
               show_default=True,
               help="Which model(s) to train. all = classifier and DAE. adv-classifier = the adversarial-training "
-                   "baseline (Madry PGD-10 at the attack's eps, fine-tuned from OUT/classifier.keras when it exists; "
-                   "checkpoints every epoch). gan = Defense-GAN's WGAN-GP generator (OUT/generator.keras).")
+                   "baseline (mnist: Madry PGD-10 at the attack's eps, fine-tuned from OUT/classifier.keras when it "
+                   "exists; cifar10: fast FGSM-RS training from scratch, Wong et al. 2020; checkpoints every epoch). gan = Defense-GAN's WGAN-GP generator (OUT/generator.keras). "
+                   "adapted-classifier = BASE's classifier fine-tuned on the outputs of BASE's purifier (--adapt-to) "
+                   "of clean training images, written with copies of BASE's DAE to OUT (which must differ from "
+                   "BASE); run `tune` on OUT afterwards.")
+@click.option("--base", "base_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="--what adapted-classifier: the model folder whose classifier and purifier are adapted "
+                   "(default: saved_models/<dataset>).")
+@click.option("--adapt-to", default="A,C", show_default=True,
+              help="--what adapted-classifier: the purification variants (comma-separated) whose outputs the "
+                   "classifier learns; each uses BASE's tuned settings, or V:n=K:alpha=A overrides them (e.g. "
+                   "B:n=20:alpha=2/255).")
 @click.option("--arch", type=click.Choice(names.CLASSIFIER_ARCHS), default=None,
               help="Classifier architecture (default: cnn for mnist, resnet20 for cifar10). resnet20 has 0.27M "
                    "weights and suits 2 CPU cores; resnet18 (11M) is the paper's CIFAR-10 model, for users with more "
@@ -157,14 +177,14 @@ def main():
                    "experiments; see README.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs (default: those of the shipped models; mnist: classifier 6, DAE 5, "
-                   "adv-classifier 3; cifar10: classifier 45, DAE 5, adv-classifier 8).")
+                   "adv-classifier 3, adapted-classifier 4; cifar10: classifier 45, DAE 5, adv-classifier 15).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: saved_models/<dataset>).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and noise.")
 @data_dir_option
 @friendly_errors
-def train(dataset, what, recipe, arch, resume, epochs, batch_size, out_dir, seed, data_dir):
+def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch_size, out_dir, seed, data_dir):
     """Train the classifier and/or the DAE on DATASET.
 
     Writes OUT/classifier.keras, OUT/dae.keras and OUT/dae_stats.json (the
@@ -175,6 +195,9 @@ def train(dataset, what, recipe, arch, resume, epochs, batch_size, out_dir, seed
     from apudae_tf import data, store
     from apudae_tf import train as training
 
+    adapt_to = [v.strip() for v in adapt_to.split(",") if v.strip()]
+    if what == "adapted-classifier":
+        _variant_list(",".join(v.partition(":")[0] for v in adapt_to))
     ds = data.load_dataset(dataset, data_dir)
     out_dir = out_dir or store.default_model_dir(ds.name)
     todo = training.train_order(recipe) if what == "all" else [what]
@@ -185,7 +208,8 @@ def train(dataset, what, recipe, arch, resume, epochs, batch_size, out_dir, seed
         click.echo(f"training the {part} on {ds.name} ({len(ds.x_train)} images, {n_epochs} epochs) -> {out_dir}",
                    err=True)
         summary.update(training.train(ds, part, out_dir, settings, echo=lambda m: click.echo(m, err=True),
-                                      recipe=recipe, progress_bar=progress_bar, resume=resume))
+                                      recipe=recipe, progress_bar=progress_bar, resume=resume, base_dir=base_dir,
+                                      adapt_to=adapt_to))
     click.echo(json.dumps(summary, indent=2))
 
 
@@ -414,10 +438,7 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_path, model_dir, data_
     if defense_gan:
         _tune_gan(ds, m, folder, n_val, seed, out_path)
         return
-    chosen_variants = [v.strip() for v in variants.split(",") if v.strip()]
-    unknown = [v for v in chosen_variants if v not in names.PURIFY_VARIANTS]
-    if unknown:
-        raise ApudaeError(f"unknown variant(s) {', '.join(unknown)}; use {', '.join(names.PURIFY_VARIANTS)}")
+    chosen_variants = _variant_list(variants)
 
     def show(variant, row):
         s = row["settings"]

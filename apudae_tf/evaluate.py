@@ -155,6 +155,20 @@ def tune_gan(m: Models, ds: Dataset, generator, n_val: int, attack_settings, res
 # -- the paper's table (spec §6) with its baselines ------------------------------------------
 
 
+def _adapted_to(folder: str) -> list[str]:
+    """The purifier tokens the folder's classifier was adapted to (``train --what adapted-classifier``), or []."""
+    import json
+    import os
+
+    from apudae_tf.store import CLASSIFIER_INFO
+
+    path = os.path.join(folder, CLASSIFIER_INFO)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return list((json.load(f).get("recipe") or {}).get("adapted_to") or [])
+
+
 def _tuned(folder: str) -> dict:
     import json
     import os
@@ -204,19 +218,24 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None) -> tupl
 
     fn = m.classifier_fn()
     targets = {"classifier": fn}
-    files = {"classifier": table._file_digest(os.path.join(m.folder, store.CLASSIFIER)),
-             "dae": table._file_digest(os.path.join(m.folder, store.DAE))}
+    files = {"classifier": store.file_digest(os.path.join(m.folder, store.CLASSIFIER)),
+             "dae": store.file_digest(os.path.join(m.folder, store.DAE))}
     recipe = (m.stats.training or {}).get("recipe", "paper")
     tag = "" if recipe == "paper" else f" ({recipe} DAE)"
+    adapted = _adapted_to(m.folder)
+    if adapted:
+        tag += " + adapted classifier"
     tuned = _tuned(m.folder)
     chosen = table.chosen_variant(tuned)
-    defences = [table.Defence("No defence", "no defence", "classifier", table.classify_fn(fn), {})]
-    facts = {"models": _shown(m.folder), "dae_recipe": recipe, "chosen_variant": chosen, "tuned": tuned}
+    defences = [table.Defence("No defence" + (" (adapted classifier)" if adapted else ""), "no defence", "classifier",
+                              table.classify_fn(fn), {})]
+    facts = {"models": _shown(m.folder), "dae_recipe": recipe, "chosen_variant": chosen, "tuned": tuned,
+             "classifier_adapted_to": adapted}
     if adv is not None:
         adv_model, adv_info = adv
         adv_fn = models.inference_fn(adv_model)
         targets["adv-classifier"] = adv_fn
-        files["adv-classifier"] = table._file_digest(os.path.join(m.folder, store.ADV_CLASSIFIER))
+        files["adv-classifier"] = store.file_digest(os.path.join(m.folder, store.ADV_CLASSIFIER))
         facts["adv_classifier"] = adv_info
         defences.append(table.Defence(f"Adversarial training ({adv_info.get('short_name', 'Madry PGD')})",
                                       "adversarial training", "adv-classifier",
@@ -263,7 +282,7 @@ def _gan_defence(m: Models, gan, fn, files: dict, attacker=None):
 
     from apudae_tf import defensegan, table
 
-    files["generator"] = table._file_digest(os.path.join(m.folder, defensegan.GAN_FILE))
+    files["generator"] = store.file_digest(os.path.join(m.folder, defensegan.GAN_FILE))
     gs = gan.settings
     settings = {**dataclasses.asdict(gs), "generator": files["generator"]}
     if attacker is not None:
@@ -324,6 +343,7 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
     result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
                                    progress_bar=progress_bar)
     result.update({"command": command, "models": _shown(m.folder), "dae_recipe": facts["dae_recipe"],
+                   "classifier_adapted_to": facts["classifier_adapted_to"],
                    "chosen_variant": facts["chosen_variant"], "magnet_threshold": facts["magnet_threshold"],
                    "adv_classifier": facts.get("adv_classifier"),
                    "purify_settings_chosen_on": facts["tuned"].get("chosen_on"),
@@ -382,6 +402,13 @@ def _cost(result: dict) -> str:
             f"(the last run: {run:.1f} min)")
 
 
+def _optimizer_text(training: dict) -> str:
+    if training.get("optimizer") == "SGD one-cycle":
+        return (f"SGD with a one-cycle rate peaking at {training['peak_lr']:g} (momentum {training['momentum']:g}, "
+                f"weight decay {training['weight_decay']:g}, crop + flip)")
+    return f"Adam {training['learning_rate']:g}"
+
+
 def _below_paper(result: dict) -> list[str]:
     """The APuDAE cells under the paper's number, said in the report rather than left to the eye."""
     short = [r for r in result["records"] if r["defence"].startswith("APuDAE") and r.get("paper") is not None
@@ -403,6 +430,16 @@ def _shown(folder: str) -> str:
     return folder if rel.startswith("..") else rel
 
 
+def _models_text(result: dict) -> str:
+    text = f"models from `{_shown(result['models'])}` (DAE recipe: {result['dae_recipe']})"
+    adapted = result.get("classifier_adapted_to")
+    if adapted:
+        text += (f"; its classifier was fine-tuned on the purifier's outputs ({', '.join(adapted)}) of clean training "
+                 "images (`apudae-tf train ... --what adapted-classifier`), and every attack is made on that "
+                 "classifier")
+    return text
+
+
 def table_notes(result: dict) -> list[str]:
     """The prose under table.md's table: how every number was made."""
     from apudae_tf import attacks, table
@@ -413,7 +450,7 @@ def table_notes(result: dict) -> list[str]:
     cw_l2_steps = used.get("cw-l2", {}).get("steps", attacks.CW_L2_STEPS)
     lines = [
         f"Made by `{result['command']}` on the first {result['n']} {result['dataset']} test images; "
-        f"{_cost(result)}; models from `{_shown(result['models'])}` (DAE recipe: {result['dae_recipe']}).",
+        f"{_cost(result)}; {_models_text(result)}.",
         "",
         "**Attacks** (ε = %g): FGSM; R-FGSM (random step ε/2, then FGSM with ε/2); PGD = %d steps of %g with a "
         "random start (Madry); CW = the same PGD on the Carlini–Wagner margin loss, κ = %g; CW-L2 = cleverhans' "
@@ -438,7 +475,7 @@ def table_notes(result: dict) -> list[str]:
         last = ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items() if k != "epoch") if history else ""
         lines += ["", f"**Adversarial training**: {a['method']}, the classifier's architecture: {at['steps']} "
                   f"step(s) of {at['step']:g} (ε {at['eps']:g}, random start) on every training batch{ramp}; "
-                  f"{a['training']['epochs']} epochs, Adam {a['training']['learning_rate']:g}, "
+                  f"{a['training']['epochs']} epochs, {_optimizer_text(a['training'])}, "
                   + (f"fine-tuned from the folder's `{a['init']}` " if a["init"] != "random" else "from random weights ")
                   + f"(`apudae-tf train {result['dataset']} --what adv-classifier --epochs {a['training']['epochs']}`)."
                   + (f" After the last epoch, on 1000 validation images: {last}." if last else "")]
@@ -503,6 +540,7 @@ def adaptive_report(m: Models, ds: Dataset, n: int, n_full: int, out_dir: str, a
                                    progress_bar=progress_bar, paper=table.PAPER_ADAPTIVE.get(ds.name, {}))
     result["records"] = table.worst_over_lambda(result["records"])
     result.update({"command": command, "models": _shown(m.folder), "dae_recipe": facts["dae_recipe"],
+                   "classifier_adapted_to": facts["classifier_adapted_to"],
                    "chosen_variant": facts["chosen_variant"], "eot": eot, "n_full": min(n, n_full),
                    "lambdas": list(lambdas)})
     if gan is not None:
@@ -545,8 +583,7 @@ def adaptive_notes(result: dict) -> list[str]:
 
     s = result["attacks"]["pgd"]
     lines = [
-        f"Made by `{result['command']}`: {_cost(result)}; models from `{_shown(result['models'])}` "
-        f"(DAE recipe: {result['dae_recipe']}).",
+        f"Made by `{result['command']}`: {_cost(result)}; {_models_text(result)}.",
         "",
         f"Every column is PGD with ε = {s['eps']:g}, {s['steps']} steps of {s['step']:g} from a random start; what "
         "differs is the gradient. **pgd**: blind, on the classifier alone (the reference). **bpda** (counter A, "

@@ -8,6 +8,7 @@ live in ``saved_models/<dataset>`` at the repository root.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -65,6 +66,12 @@ class DaeStats:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ApudaeError(f"{where} is not a valid DAE statistics file (bad or missing {e})") from None
+
+
+def file_digest(path: str) -> str:
+    """The first 16 hex digits of a file's SHA-256: what keys cached results to the model that made them."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def atomic_write(path: str, write) -> None:

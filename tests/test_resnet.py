@@ -109,3 +109,90 @@ def test_cifar10_table_runs_every_variant_and_attack_on_colour_images(tiny_cifar
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["n"] == 3 for r in records)
     with pytest.raises(ApudaeError, match="unknown variant 'A:n=x'"):
         evaluate.parse_variants("cifar10", "A:n=x")
+
+
+def _tiny_cifar(n=32):
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 32, 32, 3), dtype=np.float32)
+    y = (np.arange(n) % 10).astype(np.int64)
+    return Dataset("cifar10", x, y, x[:16], y[:16], x[:16], y[:16], source="test")
+
+
+def test_cifar10_fast_adversarial_training_starts_from_scratch_with_the_one_cycle_rate(tiny_cifar_models, monkeypatch):
+    monkeypatch.setattr(train, "_fit_verbose", lambda: 0)
+    ds = _tiny_cifar()
+    # a clean classifier in the folder is not the starting point (Wong et al. train from scratch)
+    before = store.load_model(os.path.join(tiny_cifar_models, store.CLASSIFIER)).get_weights()[0]
+    train.train_adv_classifier(ds, tiny_cifar_models, train.TrainSettings(epochs=1, batch_size=16, arch="resnet20"),
+                               echo=lambda m: None)
+    info = json.load(open(os.path.join(tiny_cifar_models, store.ADV_CLASSIFIER_INFO)))
+    assert info["init"] == "random" and info["eps_ramp_epochs"] == 0
+    assert info["training"]["optimizer"] == "SGD one-cycle" and info["training"]["peak_lr"] == train.RESNET_PEAK_LR
+    assert info["attack"]["steps"] == 1 and info["attack"]["step"] == pytest.approx(info["attack"]["eps"])
+    assert info["attack"]["eps"] == pytest.approx(8 / 255) and info["attack"]["rand_init"]
+    adv = store.load_model(os.path.join(tiny_cifar_models, store.ADV_CLASSIFIER))
+    assert adv.get_weights()[0].shape == before.shape and not np.allclose(adv.get_weights()[0], before)
+
+
+def test_adapted_classifier_learns_purified_images_into_its_own_folder_and_reuses_them(tiny_cifar_models, tmp_path,
+                                                                                       monkeypatch):
+    from apudae_tf import purify
+
+    monkeypatch.setattr(train, "_fit_verbose", lambda: 0)
+    ds = _tiny_cifar()
+    settings = train.TrainSettings(epochs=1, batch_size=16)
+    with pytest.raises(ApudaeError, match="its own --out folder"):
+        train.train_adapted_classifier(ds, tiny_cifar_models, tiny_cifar_models, ["B"], settings)
+    out = str(tmp_path / "adapted")
+    purified = []
+    real = purify.Purifier.purify_array
+
+    def counting(self, x, *a, **k):
+        purified.append(len(x))
+        return real(self, x, *a, **k)
+
+    monkeypatch.setattr(purify.Purifier, "purify_array", counting)
+    said = []
+    with pytest.raises(ApudaeError, match="bad --adapt-to item 'm=3'"):
+        train.train_adapted_classifier(ds, tiny_cifar_models, out, ["B:m=3"], settings)
+    tokens = ["B:n=2:alpha=2/255", "direct"]
+    summary = train.train_adapted_classifier(ds, tiny_cifar_models, out, tokens, settings, echo=said.append)
+    # each variant purifies the 32 training images once, then the 16 validation images
+    assert purified == [32, 32, 16, 16]
+    cached = np.load(os.path.join(out, train.ADAPT_CACHE, "train_purified_B_n2_alpha2-255.npy"), allow_pickle=False)
+    assert cached.shape == ds.x_train.shape and not np.allclose(cached, ds.x_train)
+    info = json.load(open(os.path.join(out, store.CLASSIFIER_INFO)))
+    assert info["recipe"]["adapted_to"] == tokens
+    assert train.adapt_purifier("cifar10", store.load_models(tiny_cifar_models), tokens[0]).settings.alpha == 2 / 255
+    assert info["recipe"]["base_digest"] == store.file_digest(os.path.join(tiny_cifar_models, store.CLASSIFIER))
+    assert set(info["history"][0]) == {"epoch", "val_clean", "val_B:n=2:alpha=2/255", "val_direct"}
+    for name in (store.CLASSIFIER, store.DAE, store.DAE_STATS):
+        assert os.path.isfile(os.path.join(out, name))
+    base = store.load_model(os.path.join(tiny_cifar_models, store.CLASSIFIER)).get_weights()[0]
+    assert not np.allclose(store.load_model(os.path.join(out, store.CLASSIFIER)).get_weights()[0], base)
+    assert 0.0 <= summary["adapted_classifier_test_accuracy"] <= 1.0 and any("epoch 1/1" in s for s in said)
+    # its reports name the rows and say what the classifier learnt
+    from apudae_tf import evaluate
+
+    defences, _, _, facts = evaluate.table_defences(store.load_models(out), ds, ["direct"])
+    assert {"No defence (adapted classifier)", "APuDAE direct + adapted classifier"} <= {d.name for d in defences}
+    assert "fine-tuned on the purifier's outputs (B:n=2:alpha=2/255, direct)" in evaluate._models_text(
+        {"models": out, "dae_recipe": "paper", "classifier_adapted_to": facts["classifier_adapted_to"]})
+    # a second run takes the purified training images from the cache
+    purified.clear()
+    train.train_adapted_classifier(ds, tiny_cifar_models, out, tokens, settings, echo=lambda m: None)
+    assert purified == [16, 16]
+    # a cache from other images is refused, not silently used
+    np.save(os.path.join(out, train.ADAPT_CACHE, "train_purified_direct.npy"), cached[:8], allow_pickle=False)
+    with pytest.raises(ApudaeError, match="does not match the training images"):
+        train.train_adapted_classifier(ds, tiny_cifar_models, out, ["direct"], settings, echo=lambda m: None)
+
+
+def test_train_adapted_classifier_cli_refuses_an_unknown_variant_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    r = CliRunner().invoke(cli.main, ["train", "cifar10", "--what", "adapted-classifier", "--adapt-to", "B,Z",
+                                      "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "unknown variant(s) Z" in r.output and "Traceback" not in r.output

@@ -113,7 +113,7 @@ def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny
         evaluate.table_report(m, ds, 6, ["direct"], out, adv=None, cw_l2_n=3, command="test", steps=2)
 
     # a retrained DAE misses the cache for every row that uses it, and only for those
-    dae_digest = table._file_digest(os.path.join(tiny_models, store.DAE))
+    dae_digest = store.file_digest(os.path.join(tiny_models, store.DAE))
     assert next(r for r in records if r["defence"] == "APuDAE B")["settings"]["defence"]["dae"] == dae_digest
     m.dae.get_layer("enc1_conv").kernel.assign(m.dae.get_layer("enc1_conv").kernel * 1.01)
     store.save_model(m.dae, os.path.join(tiny_models, store.DAE))

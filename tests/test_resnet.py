@@ -126,7 +126,8 @@ def test_cifar10_fast_adversarial_training_starts_from_scratch_with_the_one_cycl
     train.train_adv_classifier(ds, tiny_cifar_models, train.TrainSettings(epochs=1, batch_size=16, arch="resnet20"),
                                echo=lambda m: None)
     info = json.load(open(os.path.join(tiny_cifar_models, store.ADV_CLASSIFIER_INFO)))
-    assert info["init"] == "random" and info["eps_ramp_epochs"] == 0
+    assert info["init"] == "random" and info["eps_ramp_epochs"] == 0 and "N-FGSM" in info["method"]
+    assert info["training"]["noise"] == train.FAST_AT_NOISE == 2.0 and info["training"]["projected"] is False
     assert info["training"]["optimizer"] == "SGD one-cycle" and info["training"]["peak_lr"] == train.RESNET_PEAK_LR
     assert info["attack"]["steps"] == 1 and info["attack"]["step"] == pytest.approx(info["attack"]["eps"])
     assert info["attack"]["eps"] == pytest.approx(8 / 255) and info["attack"]["rand_init"]
@@ -196,3 +197,22 @@ def test_train_adapted_classifier_cli_refuses_an_unknown_variant_in_one_line(tmp
     r = CliRunner().invoke(cli.main, ["train", "cifar10", "--what", "adapted-classifier", "--adapt-to", "B,Z",
                                       "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path)])
     assert r.exit_code == 2 and "unknown variant(s) Z" in r.output and "Traceback" not in r.output
+
+
+def test_n_fgsm_steps_eps_from_wide_noise_and_is_not_projected_back_to_eps():
+    import tensorflow as tf
+
+    from conftest import half_images, linear_classifier
+
+    model = linear_classifier()
+    x, y = half_images(64)
+    eps = 8 / 255
+    loss = lambda b: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=model(b))  # noqa: E731
+    x_adv = train.n_fgsm(loss, tf.constant(x), eps, tf.constant(3)).numpy()
+    d = np.abs(x_adv - x)
+    assert d.max() <= 3 * eps + 1e-6 and d.max() > 2 * eps  # beyond the eval ball: noise 2ε plus the step ε
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    again = train.n_fgsm(loss, tf.constant(x), eps, tf.constant(3)).numpy()
+    assert np.array_equal(x_adv, again)  # seeded
+    # the step climbs the loss
+    assert float(tf.reduce_mean(loss(tf.constant(x_adv)))) > float(tf.reduce_mean(loss(tf.constant(x))))

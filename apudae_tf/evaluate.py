@@ -7,7 +7,7 @@ import numpy as np
 from apudae_tf import models
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
-from apudae_tf.store import Models
+from apudae_tf.store import Models, shown_path
 
 
 def model_facts(m: Models, ds: Dataset) -> dict:
@@ -17,7 +17,7 @@ def model_facts(m: Models, ds: Dataset) -> dict:
     r_val = models.reconstruction_errors(m.dae, ds.x_val)
     return {
         "dataset": ds.name,
-        "models": _shown(m.folder),
+        "models": shown_path(m.folder),
         "data_source": ds.source,
         "classifier_test_accuracy": float(np.mean(np.argmax(logits, 1) == ds.y_test)),
         "n_test": int(len(ds.y_test)),
@@ -229,7 +229,7 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None) -> tupl
     chosen = table.chosen_variant(tuned)
     defences = [table.Defence("No defence" + (" (adapted classifier)" if adapted else ""), "no defence", "classifier",
                               table.classify_fn(fn), {})]
-    facts = {"models": _shown(m.folder), "dae_recipe": recipe, "chosen_variant": chosen, "tuned": tuned,
+    facts = {"models": shown_path(m.folder), "dae_recipe": recipe, "chosen_variant": chosen, "tuned": tuned,
              "classifier_adapted_to": adapted}
     if adv is not None:
         adv_model, adv_info = adv
@@ -342,7 +342,7 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
     columns = table.table_columns(ds.name, n, seed, table.CW_L2_N if cw_l2_n is None else cw_l2_n, steps)
     result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
                                    progress_bar=progress_bar)
-    result.update({"command": command, "models": _shown(m.folder), "dae_recipe": facts["dae_recipe"],
+    result.update({"command": command, "models": shown_path(m.folder), "dae_recipe": facts["dae_recipe"],
                    "classifier_adapted_to": facts["classifier_adapted_to"],
                    "chosen_variant": facts["chosen_variant"], "magnet_threshold": facts["magnet_threshold"],
                    "adv_classifier": facts.get("adv_classifier"),
@@ -422,16 +422,8 @@ def _below_paper(result: dict) -> list[str]:
                 "never weakened): README, the section on this table, and the val_attacks*.json diagnostics here."]
 
 
-def _shown(folder: str) -> str:
-    """A model folder as a reader can re-use it: relative to the working directory when inside it."""
-    import os
-
-    rel = os.path.relpath(folder)
-    return folder if rel.startswith("..") else rel
-
-
 def _models_text(result: dict) -> str:
-    text = f"models from `{_shown(result['models'])}` (DAE recipe: {result['dae_recipe']})"
+    text = f"models from `{shown_path(result['models'])}` (DAE recipe: {result['dae_recipe']})"
     adapted = result.get("classifier_adapted_to")
     if adapted:
         text += (f"; its classifier was fine-tuned on the purifier's outputs ({', '.join(adapted)}) of clean training "
@@ -539,7 +531,7 @@ def adaptive_report(m: Models, ds: Dataset, n: int, n_full: int, out_dir: str, a
     result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
                                    progress_bar=progress_bar, paper=table.PAPER_ADAPTIVE.get(ds.name, {}))
     result["records"] = table.worst_over_lambda(result["records"])
-    result.update({"command": command, "models": _shown(m.folder), "dae_recipe": facts["dae_recipe"],
+    result.update({"command": command, "models": shown_path(m.folder), "dae_recipe": facts["dae_recipe"],
                    "classifier_adapted_to": facts["classifier_adapted_to"],
                    "chosen_variant": facts["chosen_variant"], "eot": eot, "n_full": min(n, n_full),
                    "lambdas": list(lambdas)})

@@ -68,6 +68,12 @@ class DaeStats:
             raise ApudaeError(f"{where} is not a valid DAE statistics file (bad or missing {e})") from None
 
 
+def shown_path(path: str) -> str:
+    """A path as a reader can re-use it: relative to the working directory when inside it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def file_digest(path: str) -> str:
     """The first 16 hex digits of a file's SHA-256: what keys cached results to the model that made them."""
     with open(path, "rb") as f:

@@ -672,11 +672,11 @@ def train_adapted_classifier(ds: Dataset, base_dir: str, out_dir: str, variants:
                                                 for k, v in record.items()))
     store.save_model(model, os.path.join(out_dir, store.CLASSIFIER))
     acc = accuracy(model, ds.x_test, ds.y_test)
-    recipe = {"adapted_to": variants, "base": os.path.join(base_dir, store.CLASSIFIER),
-              "base_digest": store.file_digest(os.path.join(base_dir, store.CLASSIFIER)),
-              "purified_share": ADAPT_PURIFIED_SHARE, "optimizer": "SGD (Nesterov)",
-              "learning_rate": ADAPT_LEARNING_RATE, "momentum": ADAPT_MOMENTUM, "crop_pad": CROP_PAD,
-              **dataclasses.asdict(settings)}
+    base_path = os.path.join(base_dir, store.CLASSIFIER)
+    recipe = {**dataclasses.asdict(settings), "adapted_to": variants, "base": store.shown_path(base_path),
+              "base_digest": store.file_digest(base_path), "purified_share": ADAPT_PURIFIED_SHARE,
+              "optimizer": "SGD (Nesterov)", "learning_rate": ADAPT_LEARNING_RATE, "momentum": ADAPT_MOMENTUM,
+              "crop_pad": CROP_PAD}
     store.write_json(os.path.join(out_dir, store.CLASSIFIER_INFO),
                      {"dataset": ds.name, "recipe": recipe, "history": history, "test_accuracy": acc,
                       "source": ds.source})

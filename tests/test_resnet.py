@@ -163,7 +163,7 @@ def test_adapted_classifier_learns_purified_images_into_its_own_folder_and_reuse
     cached = np.load(os.path.join(out, train.ADAPT_CACHE, "train_purified_B_n2_alpha2-255.npy"), allow_pickle=False)
     assert cached.shape == ds.x_train.shape and not np.allclose(cached, ds.x_train)
     info = json.load(open(os.path.join(out, store.CLASSIFIER_INFO)))
-    assert info["recipe"]["adapted_to"] == tokens
+    assert info["recipe"]["adapted_to"] == tokens and info["recipe"]["learning_rate"] == train.ADAPT_LEARNING_RATE
     assert train.adapt_purifier("cifar10", store.load_models(tiny_cifar_models), tokens[0]).settings.alpha == 2 / 255
     assert info["recipe"]["base_digest"] == store.file_digest(os.path.join(tiny_cifar_models, store.CLASSIFIER))
     assert set(info["history"][0]) == {"epoch", "val_clean", "val_B:n=2:alpha=2/255", "val_direct"}

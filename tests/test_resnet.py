@@ -216,3 +216,23 @@ def test_n_fgsm_steps_eps_from_wide_noise_and_is_not_projected_back_to_eps():
     assert np.array_equal(x_adv, again)  # seeded
     # the step climbs the loss
     assert float(tf.reduce_mean(loss(tf.constant(x_adv)))) > float(tf.reduce_mean(loss(tf.constant(x))))
+
+
+def test_cifar10_adaptive_report_attacks_the_chosen_variant_beside_the_papers_counter_attacks(tiny_cifar_models,
+                                                                                              tmp_path):
+    from apudae_tf import evaluate
+
+    # the paper reports every CIFAR-10 variant; the chosen one must still get the counter attacks
+    store.write_json(os.path.join(tiny_cifar_models, store.PURIFY_SETTINGS),
+                     {"chosen_on": "val", "variants": {
+                         "B": {"settings": {"n": 1, "alpha": 0.01}, "val_clean": 0.5, "val_pgd": 0.1},
+                         "C": {"settings": {"n": 2, "alpha": 0.01}, "val_clean": 0.6, "val_pgd": 0.2}}})
+    ds = _tiny_cifar(8)
+    result = evaluate.adaptive_report(store.load_models(tiny_cifar_models), ds, 3, 2, str(tmp_path / "a"), eot=1,
+                                      lambdas=(1.0,), command="test", steps=1)
+    rows = {r["defence"] for r in result["records"]}
+    assert rows == {"APuDAE direct", "APuDAE C (chosen on val)"}
+    chosen = {r["attack"]: r for r in result["records"] if r["defence"] == "APuDAE C (chosen on val)"}
+    assert set(chosen) == {"pgd", "bpda", "weighted", "adaptive", "bpda-eot"}
+    assert chosen["bpda"]["paper"] == 0.680 and chosen["weighted"]["paper"] == 0.507
+    assert chosen["adaptive"]["settings"]["defence"]["n"] == 2

@@ -280,7 +280,7 @@ def _gan_defence(m: Models, gan, fn, files: dict, attacker=None):
     import dataclasses
     import os
 
-    from apudae_tf import defensegan, table
+    from apudae_tf import defensegan, store, table
 
     files["generator"] = store.file_digest(os.path.join(m.folder, defensegan.GAN_FILE))
     gs = gan.settings

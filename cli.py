@@ -179,12 +179,16 @@ def main():
               help="Training epochs (default: those of the shipped models; mnist: classifier 6, DAE 5, "
                    "adv-classifier 3, adapted-classifier 4; cifar10: classifier 45, DAE 5, adv-classifier 15).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--dae-filters", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Channels of the DAE's layers (Table 1: 64). Wider is an experiment, reported under its own "
+                   "name.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: saved_models/<dataset>).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and noise.")
 @data_dir_option
 @friendly_errors
-def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch_size, out_dir, seed, data_dir):
+def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch_size, dae_filters, out_dir, seed,
+          data_dir):
     """Train the classifier and/or the DAE on DATASET.
 
     Writes OUT/classifier.keras, OUT/dae.keras and OUT/dae_stats.json (the
@@ -204,7 +208,8 @@ def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch
     summary = {}
     for part in todo:
         n_epochs = epochs or training.default_epochs(ds.name, part)
-        settings = training.TrainSettings(epochs=n_epochs, batch_size=batch_size, seed=seed, arch=arch)
+        settings = training.TrainSettings(epochs=n_epochs, batch_size=batch_size, seed=seed, arch=arch,
+                                          dae_filters=dae_filters)
         click.echo(f"training the {part} on {ds.name} ({len(ds.x_train)} images, {n_epochs} epochs) -> {out_dir}",
                    err=True)
         summary.update(training.train(ds, part, out_dir, settings, echo=lambda m: click.echo(m, err=True),

@@ -42,6 +42,7 @@ class TrainSettings:
     learning_rate: float = 1e-3
     seed: int = 0
     arch: str | None = None  # the classifier's (names.CLASSIFIER_ARCHS); None = the dataset's default
+    dae_filters: int = models.DAE_FILTERS  # the DAE's channels (Table 1: 64); wider is an experiment
 
 
 def _fit_verbose() -> int:
@@ -356,7 +357,8 @@ def _train_dae_part(ds: Dataset, out_dir: str, settings: TrainSettings, echo, re
         pairs = [_adversarial_part(model_fn, ds, method, start, n, settings.seed + 1, recipe, echo, progress_bar)
                  for method, start, n in parts if n > 0]
         given = tuple(np.concatenate([p[i] for p in pairs]) for i in (0, 1))
-    dae = train_dae(ds.x_train, ds.x_val, sigma_max, settings, linf_max=linf_max, given=given)
+    dae = train_dae(ds.x_train, ds.x_val, sigma_max, settings, filters=settings.dae_filters, linf_max=linf_max,
+                    given=given)
     mu, sigma = clean_error_stats(dae, ds.x_val)
     stats = store.DaeStats(
         mu=mu,
@@ -364,7 +366,7 @@ def _train_dae_part(ds: Dataset, out_dir: str, settings: TrainSettings, echo, re
         sigma_max=sigma_max,
         image_shape=ds.image_shape,
         dataset=ds.name,
-        training={**dataclasses.asdict(settings), "filters": models.DAE_FILTERS, "dropout": models.DAE_DROPOUT,
+        training={**dataclasses.asdict(settings), "filters": settings.dae_filters, "dropout": models.DAE_DROPOUT,
                   "recipe": recipe, "linf_max": linf_max, "adversarial_images": 0 if given is None else len(given[0]),
                   "stats_split": "val", "source": ds.source},
     )

@@ -138,3 +138,14 @@ def test_adv_dae_recipe_on_a_dataset_without_an_attack_budget_says_which_recipes
     train.train(ds, "classifier", out, s, echo=lambda m: None, recipe="adv-dae")
     with pytest.raises(ApudaeError, match="need an attack budget.*--recipe paper or plus"):
         train.train(ds, "dae", out, s, echo=lambda m: None, recipe="adv-dae")
+
+
+def test_a_wider_dae_is_built_trained_and_recorded_with_its_width(tiny_npz, tmp_path):
+    from apudae_tf import data, store
+
+    ds = data.load_dataset(f"npz:{tiny_npz}")
+    out = str(tmp_path / "w")
+    train.train(ds, "dae", out, train.TrainSettings(epochs=1, batch_size=64, dae_filters=16), echo=lambda m: None)
+    assert store.load_stats(out).training["filters"] == 16
+    dae = store.load_model(os.path.join(out, store.DAE))
+    assert dae.get_layer("enc1_conv").kernel.shape[-1] == 16 and dae.output_shape[1:] == (28, 28, 1)

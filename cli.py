@@ -151,7 +151,8 @@ def main():
               show_default=True,
               help="Which model(s) to train. all = classifier and DAE. adv-classifier = the adversarial-training "
                    "baseline (mnist: Madry PGD-10 at the attack's eps, fine-tuned from OUT/classifier.keras when it "
-                   "exists; cifar10: fast FGSM-RS training from scratch, Wong et al. 2020; checkpoints every epoch). gan = Defense-GAN's WGAN-GP generator (OUT/generator.keras). "
+                   "exists; cifar10: fast N-FGSM training from scratch on Wong et al.'s schedule; checkpoints "
+                   "every epoch). gan = Defense-GAN's WGAN-GP generator (OUT/generator.keras). "
                    "adapted-classifier = BASE's classifier fine-tuned on the outputs of BASE's purifier (--adapt-to) "
                    "of clean training images, written with copies of BASE's DAE to OUT (which must differ from "
                    "BASE); run `tune` on OUT afterwards.")
@@ -194,7 +195,9 @@ def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch
     Writes OUT/classifier.keras, OUT/dae.keras and OUT/dae_stats.json (the
     mean and std of the DAE's reconstruction error r(x) on the clean
     validation split, spec §2); --what adv-classifier writes
-    OUT/adv_classifier.keras and OUT/adv_classifier.json.
+    OUT/adv_classifier.keras and OUT/adv_classifier.json; --what
+    adapted-classifier writes OUT/classifier.keras and OUT/classifier.json
+    beside copies of BASE's DAE.
     """
     from apudae_tf import data, store
     from apudae_tf import train as training

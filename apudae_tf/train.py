@@ -446,7 +446,7 @@ def n_fgsm(loss_fn, x, eps, seed):
 
 
 def is_fast(dataset: str, steps: int | None = None) -> bool:
-    """Whether a dataset's adversarial training is fast FGSM-RS training (else PGD)."""
+    """Whether a dataset's adversarial training is fast N-FGSM training (else PGD)."""
     return steps is None and dataset in FAST_AT_DATASETS
 
 

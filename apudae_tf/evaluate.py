@@ -204,11 +204,13 @@ def parse_variants(dataset: str, text: str) -> list[str]:
     return out
 
 
-def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None) -> tuple[list, dict, dict, dict]:
+def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None, paper=None) -> tuple[list, dict, dict, dict]:
     """The rows of the table: (defences, targets, target files, facts for the report).
 
     ``variants`` are APuDAE variants (``"chosen"`` = the best iterative variant on validation);
     ``adv`` = (adversarially trained classifier, its adv_classifier.json), or None to leave its row out.
+    ``paper`` = the paper's rows the defences are compared with (default: its main table); where it
+    has an "apudae" row (its best variant), the chosen variant is compared with that row.
     """
     import dataclasses
     import os
@@ -249,7 +251,7 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None) -> tupl
         table.Defence(f"MagNet{tag}, refused = defended", "magnet", "classifier", magnet, mset, True),
         table.Defence(f"MagNet{tag}, refused = error", None, "classifier", magnet, mset, False),
     ]
-    paper = table.PAPER.get(ds.name, {})
+    paper = table.PAPER.get(ds.name, {}) if paper is None else paper
     for token in dict.fromkeys(chosen if v == "chosen" else v for v in variants):
         if token is None:
             continue
@@ -502,7 +504,6 @@ def table_notes(result: dict) -> list[str]:
 
 # -- attacks that see the defence (spec §5) and the detection view ---------------------------
 
-ADAPTIVE_ROWS = ("adversarial training", "apudae direct", "apudae")
 # Defense-GAN's BPDA+EOT purifies once per attack step; with L = 10 restarts that is ~40 full
 # searches per image. The attacker may run the same search with fewer restarts forward (each
 # step then draws fresh ones, the EOT over the defence's randomness); the score is always the
@@ -521,20 +522,17 @@ def adaptive_report(m: Models, ds: Dataset, n: int, n_full: int, out_dir: str, a
 
     from apudae_tf import attacks, defensegan, plots, store, table
 
-    defences, targets, files, facts = table_defences(m, ds, ["direct", "chosen"], adv)
-    # where the paper reports every variant (CIFAR-10) the chosen one's row is named for its variant;
-    # the paper's counter attacks are on its best variant, the "apudae" row
-    chosen = [d for d in defences if d.paper_row not in ADAPTIVE_ROWS and facts["chosen_variant"]
-              and d.settings.get("variant") == facts["chosen_variant"]]
-    defences = ([d for d in defences if d.paper_row in ADAPTIVE_ROWS]
-                + [dataclasses.replace(d, paper_row="apudae") for d in chosen[:1]])
+    paper = table.PAPER_ADAPTIVE.get(ds.name, {})
+    defences, targets, files, facts = table_defences(m, ds, ["direct", "chosen"], adv, paper=paper)
+    # the attacks of spec §5 need a purifier to see; adversarial training keeps its white-box row
+    defences = [d for d in defences if d.purifier is not None or d.target == "adv-classifier"]
     if gan is not None:
         attacker = defensegan.DefenseGan(gan.generator, dataclasses.replace(gan.settings, restarts=gan_attack_restarts))
         defences.append(_gan_defence(m, gan, m.classifier_fn(), files, attacker))
     lambdas = table.LAMBDAS if lambdas is None else tuple(lambdas)
     columns = table.adaptive_columns(ds.name, n, n_full, seed, eot, lambdas, steps)
     result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
-                                   progress_bar=progress_bar, paper=table.PAPER_ADAPTIVE.get(ds.name, {}))
+                                   progress_bar=progress_bar, paper=paper)
     result["records"] = table.worst_over_lambda(result["records"])
     result.update({"command": command, "models": shown_path(m.folder), "dae_recipe": facts["dae_recipe"],
                    "classifier_adapted_to": facts["classifier_adapted_to"],

@@ -155,31 +155,29 @@ def tune_gan(m: Models, ds: Dataset, generator, n_val: int, attack_settings, res
 # -- the paper's table (spec §6) with its baselines ------------------------------------------
 
 
-def _adapted_to(folder: str) -> list[str]:
-    """The purifier tokens the folder's classifier was adapted to (``train --what adapted-classifier``), or []."""
+def _folder_json(folder: str, name: str) -> dict:
+    """A model folder's optional json file, or {} when the folder has none."""
     import json
     import os
 
-    from apudae_tf.store import CLASSIFIER_INFO
-
-    path = os.path.join(folder, CLASSIFIER_INFO)
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return list((json.load(f).get("recipe") or {}).get("adapted_to") or [])
-
-
-def _tuned(folder: str) -> dict:
-    import json
-    import os
-
-    from apudae_tf.store import PURIFY_SETTINGS
-
-    path = os.path.join(folder, PURIFY_SETTINGS)
+    path = os.path.join(folder, name)
     if not os.path.isfile(path):
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+def _adapted_to(folder: str) -> list[str]:
+    """The purifier tokens the folder's classifier was adapted to (``train --what adapted-classifier``), or []."""
+    from apudae_tf.store import CLASSIFIER_INFO
+
+    return list((_folder_json(folder, CLASSIFIER_INFO).get("recipe") or {}).get("adapted_to") or [])
+
+
+def _tuned(folder: str) -> dict:
+    from apudae_tf.store import PURIFY_SETTINGS
+
+    return _folder_json(folder, PURIFY_SETTINGS)
 
 
 # the paper's CIFAR-10 table has variant A at three step counts

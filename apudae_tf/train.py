@@ -236,6 +236,21 @@ def _one_cycle_sgd(model, ds: Dataset, settings: TrainSettings):
     return schedule, optimizer
 
 
+def cross_entropy_step(model, optimizer):
+    """A compiled training step ``(x, y) -> loss``: one optimizer update on the mean cross-entropy of
+    the model's logits (BatchNorm in training mode)."""
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = ce(y, model(x, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    return train_step
+
+
 def train_resnet(ds: Dataset, out_dir: str, settings: TrainSettings, echo=print, resume: bool = False) -> dict:
     """A ResNet classifier (``settings.arch``) trained from scratch with SGD + Nesterov momentum, weight
     decay (not on BatchNorm or biases), a one-cycle rate and crop + flip augmentation. Checkpoints
@@ -247,14 +262,7 @@ def train_resnet(ds: Dataset, out_dir: str, settings: TrainSettings, echo=print,
     recipe = {**dataclasses.asdict(settings), **ONE_CYCLE_RECIPE}
     ckpt = EpochCheckpoint(os.path.join(out_dir, CLASSIFIER_CHECKPOINTS), model, optimizer, recipe, "classifier")
     start = ckpt.restore(resume, echo)
-    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function
-    def train_step(x, y):
-        with tf.GradientTape() as tape:
-            loss = ce(y, model(x, training=True))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-        return loss
+    train_step = cross_entropy_step(model, optimizer)
 
     def step(idx, k):
         x = crop_flip(ds.x_train[idx], np.random.default_rng([settings.seed, k]))
@@ -642,14 +650,7 @@ def train_adapted_classifier(ds: Dataset, base_dir: str, out_dir: str, variants:
     purified = _purified_training_images(ds, base, variants, os.path.join(out_dir, ADAPT_CACHE), echo)
     model = base.classifier
     optimizer = keras.optimizers.SGD(ADAPT_LEARNING_RATE, momentum=ADAPT_MOMENTUM, nesterov=True)
-    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function
-    def train_step(x, y):
-        with tf.GradientTape() as tape:
-            loss = ce(y, model(x, training=True))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-        return loss
+    train_step = cross_entropy_step(model, optimizer)
 
     x_val, y_val = ds.x_val[:ADAPT_VAL_IMAGES], ds.y_val[:ADAPT_VAL_IMAGES]
     val_purified = {v: adapt_purifier(ds.name, base, v).purify_array(x_val) for v in variants}

@@ -246,20 +246,29 @@ def info(dataset, model_dir, as_json, data_dir):
 
 @main.command()
 @click.option("--dataset", required=True, help="mnist, cifar10 or npz:PATH.")
-@click.option("--method", type=click.Choice(names.ATTACK_METHODS + names.ADAPTIVE_METHODS), default="pgd",
-              show_default=True, help="Attack (spec §4); cw is PGD on the CW margin loss, cw-l2 the L2 CW attack; "
-                                      "none writes the clean images; bpda, weighted, adaptive and bpda-eot see "
-                                      "the defence (spec §5).")
+@click.option("--method", type=click.Choice(names.ATTACK_METHODS + names.ADAPTIVE_METHODS + names.ENSEMBLE_METHODS),
+              default="pgd", show_default=True,
+              help="Attack (spec §4); cw is PGD on the CW margin loss, cw-l2 the L2 CW attack; none writes the clean "
+                   "images; bpda, weighted, adaptive and bpda-eot see the defence (spec §5); apgd-ce, apgd-dlr, "
+                   "apgd-t and square are AutoAttack's (Croce & Hein 2020): white box on the classifier, or through "
+                   "the purifier with --variant.")
 @click.option("--eps", type=float, default=None, help="L∞ budget (default: 0.3 MNIST, 8/255 CIFAR-10).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Iterations (default: 40 MNIST, 7 CIFAR-10; Adam steps for cw-l2, default 100).")
+              help="Iterations (default: 40 MNIST, 7 CIFAR-10; Adam steps for cw-l2, default 100; APGD 100; "
+                   "queries for square, default 5000).")
 @click.option("--step", "step_size", type=float, default=None, help="Step size (default: 0.01 MNIST, 2/255 CIFAR-10).")
 @click.option("--n", "n_images", type=click.IntRange(min=1), default=None, help="Attack the first N images.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--variant", type=click.Choice(names.PURIFY_VARIANTS), default="F", show_default=True,
-              help="The purification variant the adaptive attacks (bpda-eot, adaptive) see.")
+@click.option("--variant", type=click.Choice(names.PURIFY_VARIANTS), default=None,
+              help="The purification variant the attack sees: for bpda-eot and adaptive (default F), and for "
+                   "apgd-ce, apgd-dlr, apgd-t and square, which then attack classifier ∘ purifier through its exact "
+                   "gradient (Square: its outputs only). Settings from the model folder, as for `purify`.")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="APGD's random starts per image.")
+@click.option("--targets", type=click.IntRange(min=1), default=9, show_default=True,
+              help="apgd-t: target classes, the highest ranked after the true one.")
 @click.option("--lam", type=float, default=1.0, show_default=True, help="Counter B's weight on r(x) (weighted).")
 @click.option("--eot", type=click.IntRange(min=1), default=None,
               help="Samples of the defence's randomness per gradient (default: 8 for F and G, else 1).")
@@ -269,7 +278,7 @@ def info(dataset, model_dir, as_json, data_dir):
 @data_dir_option
 @friendly_errors
 def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_size, output, model_dir, data_dir,
-           variant, lam, eot):
+           variant, restarts, targets, lam, eot):
     """Attack the classifier; write the adversarial images as pipeline npz.
 
     none, random, fgsm, r-fgsm, pgd, cw, cw-l2: white box on the classifier,
@@ -287,12 +296,15 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
     ds = data.load_dataset(dataset, data_dir)
     x, y = ds.split(split)
     x, y = x[:n_images], y[:n_images]
-    adaptive = method in names.ADAPTIVE_METHODS
+    adaptive = method in names.ADAPTIVE_METHODS or (method in names.ENSEMBLE_METHODS and variant is not None)
+    if method in names.ADAPTIVE_METHODS and variant is None:
+        variant = "F"
     folder = model_dir or store.default_model_dir(ds.name)
     m = store.load_models(folder, ds.image_shape, need=("classifier", "dae") if adaptive else ("classifier",))
     if eot is None:
-        eot = EOT_DEFAULT if method in ("adaptive", "bpda-eot") and variant in RANDOM_VARIANTS else 1
+        eot = EOT_DEFAULT if adaptive and method not in ("bpda", "weighted") and variant in RANDOM_VARIANTS else 1
     settings = attacks.settings_for(method, ds.name, eps, steps, step_size, seed, lam, eot)
+    settings = dataclasses.replace(settings, restarts=restarts, targets=targets)
     model_fn = m.classifier_fn()
     defence, seen = None, None
     if adaptive:
@@ -390,11 +402,9 @@ def classify(dataset, input_path, predictions, as_json, model_dir):
 @click.option("--out", "base", type=click.Path(file_okay=False), required=True,
               help="Model base path; the SavedModel goes to OUT/VERSION/ (TF Serving's layout).")
 @click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--chunk", type=click.IntRange(min=1), default=None,
-              help="Images purified together inside the model (requests are padded to whole chunks; default 32).")
 @models_option
 @friendly_errors
-def export(dataset, variant, base, version, chunk, model_dir):
+def export(dataset, variant, base, version, model_dir):
     """Export purifier + classifier as a TF Serving SavedModel.
 
     Signatures: serving_default (images [N,H,W,C] float32 in [0,1] ->
@@ -409,8 +419,7 @@ def export(dataset, variant, base, version, chunk, model_dir):
     m = store.load_models(model_folder(dataset, model_dir))
     settings = purification.default_settings(m.stats.dataset, variant, m.folder)
     p = purification.Purifier(m.dae, m.stats, variant, settings)
-    path = exporting.export(m.classifier, p, base, version,
-                            chunk or exporting.SERVING_CHUNK, meta={"dataset": m.stats.dataset, "models": m.folder})
+    path = exporting.export(m.classifier, p, base, version, meta={"dataset": m.stats.dataset, "models": m.folder})
     click.echo(f"exported {variant} for {m.stats.dataset} to {path}", err=True)
     click.echo(path)
 
@@ -523,19 +532,31 @@ def _load_generator(folder, dataset, command):
               help="With --adaptive: restarts of the latent search that BPDA+EOT runs forward on Defense-GAN at each "
                    "attack step (fewer than L keeps the attack affordable; the score uses the full defence).")
 @click.option("--adaptive", is_flag=True,
-              help="Instead of the table: attacks that see the defence (counter A, counter B over a lambda grid, "
-                   "full adaptive, BPDA+EOT) on adversarial training, APuDAE direct and the chosen variant (and "
-                   "Defense-GAN with --defense-gan: BPDA+EOT only), plus the ROC of r(x) as a detector. Writes OUT/adaptive.json, adaptive.md, roc.json, roc.png.")
-@click.option("--n-full", type=click.IntRange(min=1), default=200, show_default=True,
-              help="With --adaptive: images for the full adaptive and BPDA+EOT columns (each step purifies EOT times).")
+              help="Instead of the table: attacks that see the defence, on adversarial training (white box), APuDAE "
+                   "direct, the chosen variant, the chosen variant in front of the adversarially trained classifier "
+                   "(and Defense-GAN with --defense-gan). Columns: clean, blind PGD, counter A, counter B over a "
+                   "lambda grid, then APGD-CE, APGD-T and Square as a cascade (each on the images still standing) "
+                   "through the defence's own gradient, and the per-image worst case: the number to quote. Also the "
+                   "ROC of r(x) as a detector. Writes OUT/adaptive.json, adaptive.md, roc.json, roc.png.")
+@click.option("--apgd-steps", type=click.IntRange(min=1), default=100, show_default=True,
+              help="With --adaptive: APGD iterations per run (AutoAttack: 100).")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --adaptive: APGD's random starts per image (AutoAttack's standard evaluation: 1).")
+@click.option("--apgd-targets", type=click.IntRange(min=1), default=3, show_default=True,
+              help="With --adaptive: APGD-T's target classes, the highest ranked after the true one (AutoAttack's "
+                   "standard evaluation: 9; each target costs a full APGD run through the purifier).")
+@click.option("--square-queries", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="With --adaptive: Square attack queries per image (AutoAttack's standard evaluation: 5000; each "
+                   "query through an iterative purifier costs a purification).")
 @click.option("--eot", type=click.IntRange(min=1), default=8, show_default=True,
-              help="With --adaptive: draws of the defence's randomness per gradient.")
+              help="With --adaptive: draws of a random defence's randomness per gradient (EOT; F, G, Defense-GAN).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
 @models_option
 @data_dir_option
 @friendly_errors
 def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, defense_gan, gan_restarts, gan_steps,
-             gan_attack_restarts, adaptive, n_full, eot, seed, model_dir, data_dir):
+             gan_attack_restarts, adaptive, apgd_steps, restarts, apgd_targets, square_queries, eot, seed, model_dir,
+             data_dir):
     """Rebuild the paper's table for DATASET (spec §6): defences x attacks.
 
     Rows: no defence, adversarial training (MODELS/adv_classifier.keras, from
@@ -576,7 +597,9 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, def
     command = "apudae-tf evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     echo = functools.partial(click.echo, err=True)
     if adaptive:
-        result = ev.adaptive_report(m, ds, n, n_full, out_dir, adv=adv, seed=seed, eot=eot, command=command,
+        budget = table.Budget(apgd_steps=apgd_steps, restarts=restarts, targets=apgd_targets,
+                              square_queries=square_queries, eot=eot)
+        result = ev.adaptive_report(m, ds, n, out_dir, adv=adv, seed=seed, budget=budget, command=command,
                                     echo=echo, progress_bar=progress_bar, gan=gan,
                                     gan_attack_restarts=gan_attack_restarts)
         report = "adaptive"

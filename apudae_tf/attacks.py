@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -22,7 +24,7 @@ from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient
 from apudae_tf import models, names
 from apudae_tf.errors import ApudaeError
 
-METHODS = names.ATTACK_METHODS + names.ADAPTIVE_METHODS
+METHODS = names.ATTACK_METHODS + names.ADAPTIVE_METHODS + names.ENSEMBLE_METHODS
 CW_KAPPA = 2.0  # spec §4: the margin loss is clipped at -κ
 
 
@@ -37,6 +39,8 @@ class AttackSettings:
     seed: int = 0
     lam: float = 0.0  # counter B's weight on r(x) (eq. 15)
     eot: int = 1  # samples of the defence's randomness per gradient (the adaptive attacks)
+    restarts: int = 1  # APGD's random starts
+    targets: int = 9  # APGD-T's target classes
 
 
 # The paper's protocols (spec §4): Madry's PGD-40 on MNIST, BIM 7×2/255 on CIFAR-10.
@@ -46,6 +50,8 @@ PRESETS = {
 }
 CW_L2_STEPS = 100  # Adam iterations per binary-search step; cleverhans' 1000 is far too slow on 2 CPU cores
 CW_L2_SEARCH = 5
+# AutoAttack's standard budgets (Croce & Hein 2020): APGD 100 iterations, Square 5000 queries
+DEFAULT_STEPS = {"apgd-ce": 100, "apgd-dlr": 100, "apgd-t": 100, "square": 5000}
 
 
 def preset(dataset: str, eps=None, steps=None, step=None, seed=0) -> AttackSettings:
@@ -68,6 +74,9 @@ def settings_for(method: str, dataset: str, eps=None, steps=None, step=None, see
     steps are Adam iterations per binary-search step."""
     if method == "cw-l2":
         return AttackSettings(eps=1.0, steps=steps or CW_L2_STEPS, step=0.0, seed=seed)
+    if method in DEFAULT_STEPS:  # step sizes are the attack's own (APGD: 2ε, halving; Square: ±ε squares)
+        base = preset(dataset, eps, seed=seed)
+        return dataclasses.replace(base, steps=int(steps or DEFAULT_STEPS[method]), step=base.eps, eot=int(eot))
     return dataclasses.replace(preset(dataset, eps, steps, step, seed), lam=float(lam), eot=int(eot))
 
 
@@ -257,8 +266,323 @@ def cw_l2(model_fn, x, y, s: AttackSettings):
     return tf.convert_to_tensor(attack.attack(np.asarray(x, np.float32)))
 
 
+# -- the defence as a model the attacks can differentiate ------------------------------------
+
+
+class DefendedModel:
+    """classifier ∘ purifier as one ``x -> logits`` callable, the thing the attacks of spec §5 attack.
+
+    ``gradient="exact"``: the purification's own function (``Purifier.function``) is differentiated
+    under the attack's tape, second order through the loop (the full adaptive attack). ``"bpda"``:
+    the real purifier forward and the identity backward (Athalye et al. 2018), written as
+    x + stop_gradient(P(x) − x). ``forward(x)`` is always the real purifier, for score-based attacks.
+
+    A random purifier (F, G, Defense-GAN) draws fresh randomness on every call, from a generator
+    seeded by ``seed`` and advanced inside the traced graph: calling the model K times and averaging
+    is EOT over K draws, reproducibly. The draws are 64-bit seeds, so they do not repeat the small
+    seeds (``settings.seed + batch``) with which ``purify`` scores the result.
+    """
+
+    def __init__(self, purifier, model_fn, gradient: str = "exact", seed: int = 0):
+        if gradient not in ("exact", "bpda"):
+            raise ValueError(f"unknown gradient {gradient!r}")
+        self.purifier, self.model_fn, self.gradient = purifier, model_fn, gradient
+        self.is_random = bool(purifier.is_random)
+        self._draws = tf.random.Generator.from_seed(seed) if self.is_random else None
+
+    def _seed(self):
+        return self._draws.uniform_full_int([], tf.int64) if self._draws is not None else None
+
+    def __call__(self, x):
+        seed = self._seed()
+        if self.gradient == "exact":
+            return self.model_fn(self.purifier.function(x, seed))
+        return self.model_fn(x + tf.stop_gradient(self.purifier.purify(x, seed) - x))
+
+    def forward(self, x):
+        return self.model_fn(self.purifier.purify(x, self._seed()))
+
+
+# one compiled gradient per (model, loss, image shape): tracing the purification costs seconds
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def loss_gradient(model_fn, loss, image_shape):
+    """A compiled ``(x, y, target) -> (per-image loss, logits, ∇_x Σ loss)`` for any batch size;
+    ``loss(logits, y, target)`` is per image. One draw of a random model per call."""
+    per_model = _COMPILED.setdefault(model_fn, {})
+    key = (loss, tuple(image_shape))
+    if key not in per_model:
+        labels = tf.TensorSpec([None], tf.int64)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32), labels, labels])
+        def fn(x, y, target):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                logits = model_fn(x)
+                value = loss(logits, y, target)
+                total = tf.reduce_sum(value)
+            return value, logits, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        per_model[key] = fn
+    return per_model[key]
+
+
+def eot_gradient(model_fn, loss, x, y, target, eot: int = 1):
+    """Loss, logits and input gradient averaged over ``eot`` calls of ``model_fn`` (EOT: Athalye et al.
+    2018); one call is exact for a deterministic model. numpy in, numpy out."""
+    fn = loss_gradient(model_fn, loss, x.shape[1:])
+    args = tf.constant(x, tf.float32), tf.constant(y, tf.int64), tf.constant(target, tf.int64)
+    total = None
+    for _ in range(eot):
+        out = [t.numpy() for t in fn(*args)]
+        total = out if total is None else [a + b for a, b in zip(total, out)]
+    return [t / eot for t in total]
+
+
+# -- losses ----------------------------------------------------------------------------------
+
+
+def ce_loss(logits, y, target=None):
+    """Cross-entropy L(f(x), y), per image."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+
+
+def _sorted_and_true(logits, y):
+    z = tf.sort(logits, axis=-1, direction="DESCENDING")
+    z_y = tf.gather(logits, y, batch_dims=1)
+    others = tf.where(tf.one_hot(y, tf.shape(logits)[-1]) > 0, tf.constant(-np.inf, logits.dtype), logits)
+    return z, z_y, tf.reduce_max(others, -1)
+
+
+def dlr_loss(logits, y, target=None):
+    """Difference of logits ratio (Croce & Hein 2020, eq. 6): −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3),
+    z_π the logits sorted in decreasing order. Invariant to shifting and rescaling the logits, so a
+    model cannot hide behind their scale. Needs 3 classes or more."""
+    z, z_y, z_other = _sorted_and_true(logits, y)
+    return -(z_y - z_other) / (z[:, 0] - z[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits, y, target):
+    """Targeted DLR (Croce & Hein 2020, eq. 7): −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2), target t.
+    Needs 4 classes or more."""
+    z, z_y, _ = _sorted_and_true(logits, y)
+    z_t = tf.gather(logits, target, batch_dims=1)
+    return -(z_y - z_t) / (z[:, 0] - 0.5 * (z[:, 2] + z[:, 3]) + 1e-12)
+
+
+def margin(logits, y):
+    """z_y − max_{j≠y} z_j, per image (numpy): negative exactly when the image is misclassified."""
+    logits = np.asarray(logits)
+    z_y = logits[np.arange(len(y)), y]
+    others = logits.copy()
+    others[np.arange(len(y)), y] = -np.inf
+    return z_y - others.max(1)
+
+
+# -- APGD (Croce & Hein 2020) ----------------------------------------------------------------
+
+APGD_MOMENTUM = 0.75  # α of Algorithm 1
+APGD_RHO = 0.75  # ρ of condition 1
+APGD_TARGETS = 9  # APGD-T's target classes in AutoAttack's standard evaluation
+
+
+def apgd_checkpoints(n_iter: int) -> list[int]:
+    """The iterations w_j = ⌈p_j·N_iter⌉ where APGD may halve its step (Croce & Hein 2020, §3.2):
+    p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06). w_0 = 0 is left out."""
+    p = [0.0, 0.22]
+    while p[-1] < 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({int(math.ceil(q * n_iter - 1e-9)) for q in p[1:] if math.ceil(q * n_iter - 1e-9) < n_iter})
+
+
+def apgd_halve(increases, interval: int, halved_last, f_max, f_max_checked):
+    """Which images halve their step at a checkpoint (Croce & Hein 2020, §3.2): condition 1, fewer than
+    ρ·interval of the steps since the last checkpoint raised the loss; or condition 2, the step was not
+    halved at the last checkpoint and the best loss has not improved since."""
+    return (increases < APGD_RHO * interval) | (~halved_last & (f_max <= f_max_checked))
+
+
+def apgd_run(model_fn, loss, x, y, target, start, eps: float, n_iter: int, eot: int = 1, early_stop: bool = True,
+             trace: dict | None = None):
+    """One run of Auto-PGD, L∞ (Croce & Hein 2020, Algorithm 1), from ``start``; numpy in and out.
+
+    Step size η⁰ = 2ε, halved at a checkpoint w_j when (1) fewer than ρ = 0.75 of the steps since
+    w_{j−1} raised the loss, or (2) the step was not halved at w_{j−1} and the best loss has not
+    improved since; a halving restarts from the best point. Steps carry momentum α = 0.75:
+    z = P(x_k + η·sign(∇f(x_k))), x_{k+1} = P(x_k + α(z − x_k) + (1 − α)(x_k − x_{k−1})).
+    Every quantity is per image. With ``early_stop`` an image leaves the batch once misclassified
+    (AutoAttack's practice; the robust/not-robust outcome is the same) and is returned at the
+    first misclassified point; the others at their highest-loss point. Returns (x_adv, fooled).
+    ``trace``, if given, receives the per-iteration step sizes (for tests).
+    """
+    n = len(x)
+    lo, hi = np.clip(x - eps, 0.0, 1.0), np.clip(x + eps, 0.0, 1.0)
+    checkpoints = apgd_checkpoints(n_iter)
+    eta = np.full(n, 2.0 * eps, np.float32)
+    active = np.arange(n)
+    f, logits, g = eot_gradient(model_fn, loss, start, y, target, eot)
+    x_cur, x_prev, f_cur, g_cur = start.copy(), start.copy(), f, g
+    x_max, f_max, g_max = start.copy(), f.copy(), g.copy()
+    out, fooled = start.copy(), np.argmax(logits, 1) != y
+    increases = np.zeros(n, np.int64)
+    f_max_checked, halved_last = f_max.copy(), np.zeros(n, bool)
+    last_w = 0
+    if trace is not None:
+        trace["eta"], trace["fooled_at"] = [eta.copy()], np.where(fooled, 0, -1)
+    for k in range(n_iter):
+        if early_stop:
+            active = np.flatnonzero(~fooled)
+            if not active.size:
+                break
+        a = active
+        step = eta[a].reshape(-1, *[1] * (x.ndim - 1))
+        z = np.clip(x_cur[a] + step * np.sign(g_cur[a]), lo[a], hi[a])
+        if k == 0:
+            x_new = z
+        else:
+            x_new = x_cur[a] + APGD_MOMENTUM * (z - x_cur[a]) + (1 - APGD_MOMENTUM) * (x_cur[a] - x_prev[a])
+            x_new = np.clip(x_new, lo[a], hi[a])
+        f_new, logits, g_new = eot_gradient(model_fn, loss, x_new, y[a], target[a], eot)
+        now = np.argmax(logits, 1) != y[a]
+        first = now & ~fooled[a]
+        out[a[first]], fooled[a[now]] = x_new[first], True
+        if trace is not None:
+            trace["fooled_at"][a[first]] = k + 1
+        increases[a] += f_new > f_cur[a]
+        x_prev[a], x_cur[a], f_cur[a], g_cur[a] = x_cur[a], x_new, f_new, g_new
+        better = f_new > f_max[a]
+        x_max[a[better]], f_max[a[better]], g_max[a[better]] = x_new[better], f_new[better], g_new[better]
+        if k + 1 in checkpoints:
+            w = k + 1
+            halve = apgd_halve(increases, w - last_w, halved_last, f_max, f_max_checked)
+            eta[halve] /= 2.0
+            x_cur[halve], f_cur[halve], g_cur[halve] = x_max[halve], f_max[halve], g_max[halve]
+            halved_last, f_max_checked, last_w = halve, f_max.copy(), w
+            increases[:] = 0
+        if trace is not None:
+            trace["eta"].append(eta.copy())
+    out[~fooled] = x_max[~fooled]
+    return out, fooled
+
+
+def _class_count(model_fn, x, needed: int, name: str) -> int:
+    """The model's number of classes, checked against what a DLR loss needs."""
+    classes = int(np.asarray(getattr(model_fn, "forward", model_fn)(tf.constant(x[:1]))).shape[-1])
+    if classes < needed:
+        raise ApudaeError(f"{name} needs a classifier with at least {needed} classes (this one has {classes}); "
+                          "use apgd-ce")
+    return classes
+
+
+def _apgd_restarts(model_fn, loss, x, y, target, s: AttackSettings):
+    """``s.restarts`` runs of APGD from random starts in the ε-ball, each on the images no earlier run
+    fooled. Returns (x_adv, fooled)."""
+    x_adv, fooled = x.copy(), np.zeros(len(x), bool)
+    rng = np.random.default_rng(s.seed)
+    for r in range(s.restarts):
+        todo = np.flatnonzero(~fooled)
+        if not todo.size:
+            break
+        start = np.clip(x[todo] + rng.uniform(-s.eps, s.eps, x[todo].shape), 0.0, 1.0).astype(np.float32)
+        adv, now = apgd_run(model_fn, loss, x[todo], y[todo], target[todo], start, s.eps, s.steps, s.eot)
+        keep = now | (r == 0)  # the first run's best point, or any later run's success
+        x_adv[todo[keep]] = adv[keep]
+        fooled[todo] = now
+    return x_adv, fooled
+
+
+def apgd_ce(model_fn, x, y, s: AttackSettings):
+    """APGD on the cross-entropy loss (Croce & Hein 2020): ``s.steps`` iterations, ``s.restarts``
+    random starts, the gradient averaged over ``s.eot`` draws of a random model."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
+    return _apgd_restarts(model_fn, ce_loss, x, y, y, s)[0]
+
+
+def apgd_dlr(model_fn, x, y, s: AttackSettings):
+    """APGD on the DLR loss (Croce & Hein 2020), untargeted."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
+    _class_count(model_fn, x, 3, "apgd-dlr")
+    return _apgd_restarts(model_fn, dlr_loss, x, y, y, s)[0]
+
+
+def apgd_t(model_fn, x, y, s: AttackSettings):
+    """APGD-T (Croce & Hein 2020): APGD on the targeted DLR loss, once per target class among the
+    ``s.targets`` classes the model ranks highest after the true one (on the clean image), each on
+    the images no earlier target has fooled. Success is any wrong class (the untargeted criterion)."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
+    classes = _class_count(model_fn, x, 4, "apgd-t")
+    logits = models.predict_in_batches(getattr(model_fn, "forward", model_fn), x)
+    ranked = np.argsort(-logits, axis=1, kind="stable")
+    ranked = np.stack([r[r != c] for r, c in zip(ranked, y)])  # the other classes, best first
+    x_adv, fooled = x.copy(), np.zeros(len(x), bool)
+    for k in range(min(s.targets, classes - 1)):
+        todo = np.flatnonzero(~fooled)
+        if not todo.size:
+            break
+        adv, now = _apgd_restarts(model_fn, dlr_targeted_loss, x[todo], y[todo], ranked[todo, k],
+                                  dataclasses.replace(s, seed=s.seed + 1000 * (k + 1)))
+        x_adv[todo[now]], fooled[todo[now]] = adv[now], True
+    return x_adv
+
+
+# -- Square attack (Andriushchenko et al. 2020) ----------------------------------------------
+
+SQUARE_P_INIT = 0.8  # AutoAttack's value for L∞ (the Square paper's schedule of p below)
+
+
+def square_p(p_init: float, i: int, n_queries: int) -> float:
+    """The fraction of pixels a square covers at query i: p_init halved at queries 10, 50, 200,
+    500, 1000, 2000, 4000, 6000 and 8000 of a 10,000-query run, rescaled to ``n_queries``."""
+    i = int(i / n_queries * 10000)
+    for k, bound in enumerate((10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)):
+        if i <= bound:
+            return p_init / 2**k
+    return p_init / 2**9
+
+
+def square(model_fn, x, y, s: AttackSettings):
+    """Square attack, L∞, untargeted, margin loss (Andriushchenko et al. 2020, Algorithm 1): random
+    search over squares of ±ε, score-based and gradient-free, so gradient masking cannot stop it.
+    ``s.steps`` queries per image; an image stops being queried once misclassified. Uses only
+    ``model_fn.forward`` (the real defence) when the model has one. numpy in and out."""
+    forward = getattr(model_fn, "forward", model_fn)
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
+    n, h, w, c = x.shape
+    rng = np.random.default_rng(s.seed)
+
+    def margins(images, labels):
+        return margin(np.asarray(forward(tf.constant(images))), labels)
+
+    # start: vertical stripes of ±ε, one sign per column and channel
+    x_best = np.clip(x + s.eps * rng.choice([-1.0, 1.0], size=(n, 1, w, c)), 0.0, 1.0).astype(np.float32)
+    m_best = margins(x_best, y)
+    for i in range(1, s.steps):
+        todo = np.flatnonzero(m_best > 0)
+        if not todo.size:
+            break
+        side = int(round(math.sqrt(square_p(SQUARE_P_INIT, i, s.steps) * h * w)))
+        side = min(max(side, 1), h - 1, w - 1)
+        top = rng.integers(0, h - side + 1, len(todo))[:, None]
+        left = rng.integers(0, w - side + 1, len(todo))[:, None]
+        rows = (np.arange(h)[None] >= top) & (np.arange(h)[None] < top + side)
+        cols = (np.arange(w)[None] >= left) & (np.arange(w)[None] < left + side)
+        window = (rows[:, :, None] & cols[:, None, :])[..., None]
+        delta = x_best[todo] - x[todo]
+        for _ in range(10):  # a square that would change nothing is drawn again
+            signs = s.eps * rng.choice([-1.0, 1.0], size=(len(todo), 1, 1, c))
+            candidate = np.clip(x[todo] + np.where(window, signs, delta), 0.0, 1.0).astype(np.float32)
+            same = np.all(np.where(window, candidate == x_best[todo], True), axis=(1, 2, 3))
+            if not same.any():
+                break
+        m_new = margins(candidate, y[todo])
+        better = m_new < m_best[todo]
+        x_best[todo[better]], m_best[todo[better]] = candidate[better], m_new[better]
+    return x_best
+
+
 # -- attacks that know the defence (spec §5) -------------------------------------------------
-# ``defence`` is the Purifier being attacked; its classifier is ``model_fn``.
+# ``defence`` is the purifier being attacked; its classifier is ``model_fn``.
 
 
 def counter_a(model_fn, x, y, s: AttackSettings, defence):
@@ -273,42 +597,35 @@ def counter_b(model_fn, x, y, s: AttackSettings, defence):
     return pgd_on(lambda b: ce(b) - s.lam * defence.r(b), x, s)
 
 
-def _eot_seeds(s: AttackSettings, k: int):
-    """Fresh draws of the defence's randomness for step k: seeds no purification of the attack repeats."""
-    return [s.seed * 1_000_003 + k * s.eot + j for j in range(s.eot)]
+def _pgd_through(model, x, y, s: AttackSettings):
+    """PGD on L(model(x), y) with the gradient averaged over ``s.eot`` calls of the model (EOT)."""
+    y = np.asarray(y, np.int64)
+
+    def grad_fn(x_adv, k):
+        return tf.constant(eot_gradient(model, ce_loss, np.asarray(x_adv), y, y, s.eot)[2])
+
+    return pgd_on(None, x, s, grad_fn)
 
 
 def full_adaptive(model_fn, x, y, s: AttackSettings, defence):
-    """PGD with the exact gradient of L(f(P(x)), y) through the unrolled purification loop
-    (``Purifier.unrolled``, second-order tapes), averaged over ``s.eot`` draws of its randomness (EOT)."""
-    y = tf.convert_to_tensor(y)
-
-    @tf.function(reduce_retracing=True)
-    def grad(x_adv, seed):
-        return input_gradient(cross_entropy(lambda b: model_fn(defence.unrolled(b, seed)), y), x_adv)
-
-    def grad_fn(x_adv, k):
-        return tf.add_n([grad(x_adv, tf.constant(seed, tf.int64)) for seed in _eot_seeds(s, k)]) / s.eot
-
-    return pgd_on(None, x, s, grad_fn)
+    """PGD with the exact gradient of L(f(P(x)), y) through the purification loop (second-order tapes),
+    averaged over ``s.eot`` draws of its randomness (EOT)."""
+    return _pgd_through(DefendedModel(defence, model_fn, "exact", s.seed), x, y, s)
 
 
 def bpda_eot(model_fn, x, y, s: AttackSettings, defence):
     """BPDA + EOT (Athalye et al. 2018): run the real purifier forward, take the backward pass as the
     identity, i.e. the gradient is ∇L(f(·), y) at P(x), averaged over ``s.eot`` draws of P's randomness."""
-    ce = cross_entropy(model_fn, y)
-
-    def grad_fn(x_adv, k):
-        grads = [input_gradient(ce, defence.purify(x_adv, seed=seed)) for seed in _eot_seeds(s, k)]
-        return tf.add_n(grads) / s.eot
-
-    return pgd_on(None, x, s, grad_fn)
+    return _pgd_through(DefendedModel(defence, model_fn, "bpda", s.seed), x, y, s)
 
 
 DEFENCE_ATTACKS = {"bpda": counter_a, "weighted": counter_b, "adaptive": full_adaptive, "bpda-eot": bpda_eot}
 # the counter attacks see only the DAE (D and r), not the variant's loop: their examples are the
 # same for every purification variant of one DAE
 DAE_ONLY_ATTACKS = ("bpda", "weighted")
+# AutoAttack-grade attacks on any model_fn: white box on a classifier, or on classifier ∘ purifier
+# through the defence's own gradient (exact, or BPDA for a purifier that has none: ``defence.gradient``)
+ENSEMBLE_ATTACKS = {"apgd-ce": apgd_ce, "apgd-dlr": apgd_dlr, "apgd-t": apgd_t, "square": square}
 
 ATTACKS = {"none": no_attack, "random": random_noise, "fgsm": fgsm, "r-fgsm": r_fgsm, "pgd": pgd, "cw": cw_linf, "cw-l2": cw_l2}
 
@@ -322,6 +639,10 @@ def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size
         if defence is None:
             raise ApudaeError(f"the {method} attack needs the defence it attacks (a purification variant)")
         fn = functools.partial(DEFENCE_ATTACKS[method], defence=defence)
+    elif method in ENSEMBLE_ATTACKS:
+        if defence is not None:  # one model object for every batch: its compiled gradient is traced once
+            model_fn = DefendedModel(defence, model_fn, getattr(defence, "gradient", "exact"), settings.seed)
+        fn = ENSEMBLE_ATTACKS[method]
     elif method in ATTACKS:
         fn = ATTACKS[method]
     else:

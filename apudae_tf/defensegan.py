@@ -136,7 +136,8 @@ class DefenseGan:
     variant = "defense-gan"
     model_key = "generator"  # the model file whose digest keys its attacks' examples
     is_random = True
-    attacks = ("bpda-eot",)
+    attacks = ("bpda-eot", "apgd-ce", "apgd-dlr", "apgd-t", "square")
+    gradient = "bpda"  # the gradient attacks see: the search forward, the identity backward
 
     def __init__(self, generator, settings: SearchSettings = SearchSettings()):
         self.generator, self.settings = generator, settings.check()
@@ -151,11 +152,12 @@ class DefenseGan:
         return self._search(self.generator, x, z0, tf.constant(s.restarts), tf.constant(s.steps),
                             tf.constant(s.lr, tf.float32), tf.constant(s.momentum, tf.float32))
 
-    def purify_array(self, x: np.ndarray, batch_size: int = 500, progress=None) -> np.ndarray:
+    def purify_array(self, x: np.ndarray, batch_size: int = 500, progress=None, seed: int | None = None) -> np.ndarray:
+        seed = self.settings.seed if seed is None else seed
         out = []
         for i in range(0, len(x), batch_size):
             # batch i gets its own draws, the same whatever the batch size before it
-            out.append(np.asarray(self.purify(x[i : i + batch_size], seed=self.settings.seed + i)))
+            out.append(np.asarray(self.purify(x[i : i + batch_size], seed=seed + i)))
             if progress:
                 progress(min(i + batch_size, len(x)))
         return np.concatenate(out) if out else np.zeros_like(x)

@@ -228,9 +228,9 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None, paper=N
     tuned = _tuned(m.folder)
     chosen = table.chosen_variant(tuned)
     defences = [table.Defence("No defence" + (" (adapted classifier)" if adapted else ""), "no defence", "classifier",
-                              table.classify_fn(fn), {})]
+                              table.classify_fn(fn), {}, kind="undefended")]
     facts = {"models": shown_path(m.folder), "dae_recipe": recipe, "chosen_variant": chosen, "tuned": tuned,
-             "classifier_adapted_to": adapted}
+             "classifier_adapted_to": adapted, "tag": tag}
     if adv is not None:
         adv_model, adv_info = adv
         adv_fn = models.inference_fn(adv_model)
@@ -239,15 +239,16 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None, paper=N
         facts["adv_classifier"] = adv_info
         defences.append(table.Defence(f"Adversarial training ({adv_info.get('short_name', 'Madry PGD')})",
                                       "adversarial training", "adv-classifier",
-                                      table.classify_fn(adv_fn), {"training": adv_info.get("attack")}))
+                                      table.classify_fn(adv_fn), {"training": adv_info.get("attack")},
+                                      kind="adversarial training"))
     threshold = table.magnet_threshold(m.dae, ds.x_val)
     facts["magnet_threshold"] = threshold
     magnet = table.magnet_fn(m.dae, fn, threshold)
     # the DAE's digest is part of every DAE row's settings, so a retrained DAE misses the cache
     mset = {"threshold": threshold, "fpr_on_clean_val": table.MAGNET_FPR, "reformer": "DAE output", "dae": files["dae"]}
     defences += [
-        table.Defence(f"MagNet{tag}, refused = defended", "magnet", "classifier", magnet, mset, True),
-        table.Defence(f"MagNet{tag}, refused = error", None, "classifier", magnet, mset, False),
+        table.Defence(f"MagNet{tag}, refused = defended", "magnet", "classifier", magnet, mset, True, kind="magnet"),
+        table.Defence(f"MagNet{tag}, refused = error", None, "classifier", magnet, mset, False, kind="magnet"),
     ]
     paper = table.PAPER.get(ds.name, {}) if paper is None else paper
     for token in dict.fromkeys(chosen if v == "chosen" else v for v in variants):
@@ -266,8 +267,8 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None, paper=N
             name, row = f"APuDAE {label}{tag} (chosen on val)", "apudae"
         else:
             name = f"APuDAE {label}{tag}" + (" (chosen on val)" if token == chosen else "")
-        defences.append(table.Defence(name, row if row in paper else None, "classifier", table.purify_fn(p, fn),
-                                      {"variant": v, **dataclasses.asdict(s), "dae": files["dae"]}, purifier=p))
+        defences.append(table.purifier_row(name, row if row in paper else None, "classifier", p, fn,
+                                           {"variant": v, **dataclasses.asdict(s), "dae": files["dae"]}))
     if gan is not None:
         defences.append(_gan_defence(m, gan, fn, files))
     return defences, targets, files, facts
@@ -288,7 +289,8 @@ def _gan_defence(m: Models, gan, fn, files: dict, attacker=None):
     if attacker is not None:
         settings["attacker_forward"] = dataclasses.asdict(attacker.settings)
     return table.Defence(f"Defense-GAN (L={gs.restarts}, R={gs.steps})", "defense-gan", "classifier",
-                         table.purify_fn(gan, fn), settings, purifier=attacker)
+                         table.purify_fn(gan, fn), settings, purifier=attacker, kind="defense-gan",
+                         predict_fresh=table.purify_fn(gan, fn, fresh=True) if attacker is not None else None)
 
 
 # the column whose blind examples the figures show: MNIST's PGD, else CIFAR-10's BIM (the paper's)
@@ -354,7 +356,7 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
     shown = next(((k, label) for k, label in FIGURE_ATTACKS if ("classifier", k, 0.0) in examples), None)
     if figures and shown:
         variant = facts["chosen_variant"] or "direct"
-        result["figures"] = table_figures(m, ds, variant, examples[("classifier", shown[0], 0.0)], out_dir,
+        result["figures"] = table_figures(m, ds, variant, examples[("classifier", shown[0], 0.0)][0], out_dir,
                                           facts["magnet_threshold"], attack=shown[1])
     store.write_json(os.path.join(out_dir, "table.json"), result)
     store.write_bytes(os.path.join(out_dir, "table.md"), table.markdown(result, table_notes(result)).encode())
@@ -411,7 +413,7 @@ def _optimizer_text(training: dict) -> str:
 
 def _below_paper(result: dict) -> list[str]:
     """The APuDAE cells under the paper's number, said in the report rather than left to the eye."""
-    short = [r for r in result["records"] if r["defence"].startswith("APuDAE") and r.get("paper") is not None
+    short = [r for r in result["records"] if r.get("kind") == "purifier" and r.get("paper") is not None
              and r["accuracy"] < r["paper"]]
     if not short:
         return []
@@ -438,7 +440,7 @@ def table_notes(result: dict) -> list[str]:
 
     used = result["attacks"]
     s = attacks.AttackSettings(**{k: v for k, v in used.get("pgd", used[next(iter(used))]).items()
-                                  if k not in ("n", "method")})
+                                  if k not in ("n", "method", "cascade")})
     cw_l2_steps = used.get("cw-l2", {}).get("steps", attacks.CW_L2_STEPS)
     lines = [
         f"Made by `{result['command']}` on the first {result['n']} {result['dataset']} test images; "
@@ -502,40 +504,55 @@ def table_notes(result: dict) -> list[str]:
 
 # -- attacks that see the defence (spec §5) and the detection view ---------------------------
 
-# Defense-GAN's BPDA+EOT purifies once per attack step; with L = 10 restarts that is ~40 full
-# searches per image. The attacker may run the same search with fewer restarts forward (each
-# step then draws fresh ones, the EOT over the defence's randomness); the score is always the
+# Defense-GAN's gradient attacks run its search forward at every step; with L = 10 restarts that is
+# ~100 full searches per image. The attacker may run the same search with fewer restarts forward
+# (each call then draws fresh ones, the EOT over the defence's randomness); the score is always the
 # full defence's.
 GAN_ATTACK_RESTARTS = 1
+# the adaptive report's column headers
+ADAPTIVE_LABELS = {"clean": "clean", "pgd": "blind PGD", "bpda": "counter A", "weighted": "counter B (worst λ)",
+                   "apgd-ce": "+ APGD-CE", "apgd-t": "+ APGD-T", "square": "+ Square", "worst": "**worst case**"}
 
 
-def adaptive_report(m: Models, ds: Dataset, n: int, n_full: int, out_dir: str, adv=None, seed: int = 0,
-                    eot: int = 8, lambdas=None, command: str = "", echo=None, progress_bar=None,
-                    steps: int | None = None, gan=None, gan_attack_restarts: int = GAN_ATTACK_RESTARTS) -> dict:
-    """adaptive.json / adaptive.md (rows: adversarial training, APuDAE direct, the chosen variant and,
-    with ``gan``, Defense-GAN; columns: blind PGD, counter A, counter B (worst λ), full adaptive,
-    BPDA+EOT) and the detection view: roc.json / roc.png, r(x) as a detector of each attack's examples."""
+def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed: int = 0, budget=None,
+                    lambdas=None, command: str = "", echo=None, progress_bar=None, steps: int | None = None,
+                    gan=None, gan_attack_restarts: int = GAN_ATTACK_RESTARTS, variants=("direct", "chosen")) -> dict:
+    """adaptive.json / adaptive.md and the detection view (roc.json / roc.png, r(x) as a detector).
+
+    Rows: adversarial training (white box), the APuDAE ``variants`` (default: direct and the variant
+    chosen on validation), the chosen variant in front of the adversarially trained classifier, and,
+    with ``gan``, Defense-GAN. Columns: clean, blind PGD, counter A, counter B over λ, then the
+    AutoAttack-grade cascade (APGD-CE, APGD-T, Square) through each row's own gradient, and the
+    per-image worst case over all of them, the number to quote for the defence."""
     import dataclasses
     import os
 
     from apudae_tf import attacks, defensegan, plots, store, table
 
+    budget = budget or table.Budget()
     paper = table.PAPER_ADAPTIVE.get(ds.name, {})
-    defences, targets, files, facts = table_defences(m, ds, ["direct", "chosen"], adv, paper=paper)
-    # the attacks of spec §5 need a purifier to see; adversarial training keeps its white-box row
-    defences = [d for d in defences if d.purifier is not None or d.target == "adv-classifier"]
+    defences, targets, files, facts = table_defences(m, ds, list(variants), adv, paper=paper)
+    defences = [d for d in defences if d.kind in ("adversarial training", "purifier")]
+    chosen = next((d for d in defences if d.kind == "purifier" and d.settings["variant"] == facts["chosen_variant"]),
+                  None)
+    if adv is not None and chosen is not None:
+        # does purification add anything to adversarial training once the attacker sees both?
+        defences.append(table.purifier_row(
+            f"APuDAE {facts['chosen_variant']}{facts['tag']} + adversarially trained classifier", None,
+            "adv-classifier", chosen.purifier, targets["adv-classifier"], {**chosen.settings, "classifier": "adv"}))
     if gan is not None:
         attacker = defensegan.DefenseGan(gan.generator, dataclasses.replace(gan.settings, restarts=gan_attack_restarts))
         defences.append(_gan_defence(m, gan, m.classifier_fn(), files, attacker))
     lambdas = table.LAMBDAS if lambdas is None else tuple(lambdas)
-    columns = table.adaptive_columns(ds.name, n, n_full, seed, eot, lambdas, steps)
+    columns = table.adaptive_columns(ds.name, n, seed, lambdas, steps, budget)
     result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
-                                   progress_bar=progress_bar, paper=paper)
+                                   progress_bar=progress_bar, paper=paper, per_image=True)
     result["records"] = table.worst_over_lambda(result["records"])
     result.update({"command": command, "models": shown_path(m.folder), "dae_recipe": facts["dae_recipe"],
                    "classifier_adapted_to": facts["classifier_adapted_to"],
-                   "chosen_variant": facts["chosen_variant"], "eot": eot, "n_full": min(n, n_full),
-                   "lambdas": list(lambdas)})
+                   "chosen_variant": facts["chosen_variant"], "budget": dataclasses.asdict(budget),
+                   "lambdas": list(lambdas), "labels": ADAPTIVE_LABELS,
+                   "seconds_per_image": _seconds_per_image(result["attack_seconds"])})
     if gan is not None:
         result["defense_gan_attacker_restarts"] = gan_attack_restarts
 
@@ -546,12 +563,15 @@ def adaptive_report(m: Models, ds: Dataset, n: int, n_full: int, out_dir: str, a
     r_clean = r(ds.x_test[:n])
     curves = {}
     for d in defences:
-        if d.purifier is None:
+        if d.kind != "purifier" or d.target != "classifier":
             continue
         for c in columns:
-            if not table.applies(d, c):
+            if c.method == "none" or not table.applies(d, c):
                 continue
             name, _, purifier = table.attacked_model(d, c)
+            adv_x, idx = examples[(name, c.key, c.settings.lam)]
+            if not len(idx):
+                continue
             if c.key == "weighted":
                 label = f"counter B, λ={c.settings.lam:g}"
             elif purifier is None:
@@ -559,42 +579,74 @@ def adaptive_report(m: Models, ds: Dataset, n: int, n_full: int, out_dir: str, a
             elif c.method in attacks.DAE_ONLY_ATTACKS:
                 label = "counter A (bpda)"  # made once per DAE, whatever the variant
             else:
-                label = f"{c.key} on {purifier.variant}"
-            curves[label] = table.roc(r_clean[: c.n], r(examples[(name, c.key, c.settings.lam)]))
+                label = f"{c.key} on {purifier.variant} ({len(idx)} images still standing)"
+            curves[label] = table.roc(r_clean[idx], r(adv_x))
     store.write_json(os.path.join(out_dir, "roc.json"), {"dataset": ds.name, "detector": "r(x) > t",
                                                           "clean_n": int(n), "curves": curves})
     plots.roc_curves(os.path.join(out_dir, "roc.png"), curves)
     result["detection_auc"] = {k: v["auc"] for k, v in curves.items()}
     store.write_json(os.path.join(out_dir, "adaptive.json"), result)
     store.write_bytes(os.path.join(out_dir, "adaptive.md"),
-                      table.markdown(result, adaptive_notes(result)).encode())
+                      table.markdown(result, adaptive_notes(result), ADAPTIVE_LABELS).encode())
     return result
 
 
-def adaptive_notes(result: dict) -> list[str]:
-    from apudae_tf import table
+def _seconds_per_image(attack_seconds: list[dict]) -> dict:
+    """Attack time per attacked image, by target and attack (cells from the cache keep the time of the run
+    that made them)."""
+    out = {}
+    for a in attack_seconds:
+        if a["n"] and a["attack"] != "none":
+            out.setdefault(a["target"], {})[a["column"] if a["column"] != "weighted" else "weighted (each λ)"] = \
+                round(a["seconds"] / a["n"], 4)
+    return out
 
+
+def adaptive_notes(result: dict) -> list[str]:
+    b = result["budget"]
     s = result["attacks"]["pgd"]
+    worst = [r for r in result["records"] if r["attack"] == "worst"]
     lines = [
         f"Made by `{result['command']}`: {_cost(result)}; {_models_text(result)}.",
         "",
-        f"Every column is PGD with ε = {s['eps']:g}, {s['steps']} steps of {s['step']:g} from a random start; what "
-        "differs is the gradient. **pgd**: blind, on the classifier alone (the reference). **bpda** (counter A, "
-        "eq. 14): through D, the purifier approximated by the DAE. **weighted** (counter B, eq. 15): "
-        "L(f(x), y) − λ·r(x), the worst λ of " + ", ".join(f"{v:g}" for v in result["lambdas"]) + " (the sweep is in "
-        "adaptive.json). **adaptive**: the exact gradient through the whole unrolled purification "
-        f"(second-order tapes), averaged over {result['eot']} draws of the defence's randomness (EOT) for the random "
-        "variants F and G; a deterministic variant gets one draw, which is exact (each cell's settings say which). "
-        "**bpda-eot**: the real purifier forward, the identity backward, with the same draws (Athalye et al. 2018). "
-        f"The last two run on the first {result['n_full']} images.",
-        "The adversarial-training row has no purifier to attack: each of its cells is white-box PGD on its model.",
+        "**The number to quote for each defence is its worst case**: an image counts as robust only if the "
+        "defence classifies it correctly clean and after every attack of its row: "
+        + "; ".join(f"{r['defence']} **{r['accuracy']:.3f}** [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" for r in worst)
+        + ". Every adversarial image is scored through the real defence (`purify`, then the classifier), never "
+        "through the differentiable function the attacks use.",
+        "",
+        f"**Columns.** ε = {s['eps']:g} throughout. **blind PGD**: {s['steps']} steps of {s['step']:g} from a random "
+        "start, white box on the row's classifier alone (the paper's protocol; for adversarial training it is the "
+        "white-box attack). **counter A** (eq. 14): the same PGD through the DAE, L(f(D(x)), y). **counter B** "
+        "(eq. 15): L(f(x), y) − λ·r(x), the worst λ of " + ", ".join(f"{v:g}" for v in result["lambdas"])
+        + " (the sweep is in adaptive.json). Then the AutoAttack-grade ensemble (Croce & Hein 2020), a **cascade**: "
+        "each attack runs only on the images that every column to its left left standing, so its cell is the "
+        "row's robust accuracy so far: "
+        f"**APGD-CE** ({b['apgd_steps']} iterations, {b['restarts']} random start(s), step 2ε halved at the "
+        "checkpoints, momentum 0.75), **APGD-T** (the targeted DLR loss, once per target among the "
+        f"{b['targets']} classes ranked highest after the true one, {b['apgd_steps']} iterations each), "
+        f"**Square** (Andriushchenko et al. 2020: {b['square_queries']} queries, p_init 0.8, margin loss; scores "
+        "only, no gradient: the check on gradient masking).",
+        "",
+        "**What each attack sees.** Adversarial training: white box on its model. An APuDAE row: APGD differentiates "
+        "the purification itself (`Purifier.function`: the exact gradient through every step of the loop and the "
+        f"DAE gradients inside it, second-order tapes), averaged over {b['eot']} draws of the defence's randomness "
+        "(EOT) for the random variants F and G; a deterministic variant needs one draw, which is exact. Square "
+        "queries the real purifier. A random defence is scored twice, with the draws `apudae-tf purify` uses and "
+        "with fresh ones no attack has seen; an image is robust only if it is right both times (both accuracies are "
+        "in adaptive.json). The row 'adversarially trained classifier' puts the chosen purifier in front of the "
+        "adversarially trained classifier and attacks the whole pipeline.",
     ]
     if "defense_gan_attacker_restarts" in result:
-        lines += ["", f"**Defense-GAN** is attacked by BPDA+EOT only (the counter attacks target a DAE; the exact "
-                  "gradient through its unrolled search is beyond a CPU budget). Each attack step runs the same latent "
-                  f"search forward with {result['defense_gan_attacker_restarts']} fresh random restart(s) instead of "
-                  "L (Defense-GAN's forward costs ~40 searches per image): a cheaper forward for the attacker, the "
-                  "full defence for the score."]
+        lines += ["", f"**Defense-GAN** has no counter A or B (they target a DAE). Its gradient attacks use BPDA "
+                  "(the latent search forward, the identity backward, Athalye et al. 2018) with EOT: each attack step "
+                  f"runs the search with {result['defense_gan_attacker_restarts']} fresh random restart(s) instead "
+                  "of L, a cheaper forward for the attacker; the score is always the full defence's."]
+    per = result.get("seconds_per_image") or {}
+    if per:
+        lines += ["", "**Attack time per attacked image** (seconds, 2 CPU cores; cells from the cache keep the time "
+                  "of the run that made them): " + "; ".join(
+                      f"{t}: " + ", ".join(f"{k} {v:.3g}" for k, v in cols.items()) for t, cols in per.items()) + "."]
     lines += [
         "",
         "**Detection** (roc.png, roc.json): the AUC of r(x) as a detector of each attack's examples against the "

@@ -8,14 +8,11 @@
 * ``classify_only``: the same inputs → logits, probabilities, classes and r(x),
   without purification.
 
-The purification inside is ``Purifier.purify`` itself, traced into the graph:
-no second copy of the loop. Its input variable and Adam slots have a fixed
-batch shape (tf.function must not create variables per request), so a request
-is padded to a multiple of ``chunk`` images and purified chunk by chunk. Each
-image's result does not depend on its neighbours (per-image losses, element-wise
-Adam), so padding changes nothing. Random variants (F, G) are stateless: chunk
-``i`` uses seed ``settings.seed + i``, exactly as ``Purifier.purify_array`` does
-for batches of ``chunk`` images, so a request's answer is reproducible.
+The purification inside is ``Purifier.purify`` itself, traced into the graph
+for a batch of any size: no second copy of the loop, no padding. Random variants
+(F, G) are stateless: a request is purified with seed ``settings.seed``, exactly
+as ``Purifier.purify_array`` purifies its first batch, so a request's answer is
+reproducible (and an attacker who can query the server sees a fixed function).
 """
 
 from __future__ import annotations
@@ -32,18 +29,15 @@ from apudae_tf import models
 from apudae_tf.errors import ApudaeError
 from apudae_tf.purify import Purifier
 
-SERVING_CHUNK = 32  # images per purification chunk inside the SavedModel
-
 
 class ServedDefence(tf.Module):
     """The classifier behind the purifier, with the two serving signatures."""
 
-    def __init__(self, classifier, purifier: Purifier, chunk: int = SERVING_CHUNK):
+    def __init__(self, classifier, purifier: Purifier):
         super().__init__(name="apudae")
         self.classifier, self.dae = classifier, purifier.dae  # attributes, so their weights are saved
         self.purifier = purifier
         self.image_shape = tuple(purifier.stats.image_shape)
-        self.chunk = int(chunk)
         spec = tf.TensorSpec([None, None, None, None], tf.float32, name="images")
         self.serve = tf.function(self._serve, input_signature=[spec])
         self.classify_only = tf.function(self._classify_only, input_signature=[spec])
@@ -70,20 +64,9 @@ class ServedDefence(tf.Module):
             "classes": tf.argmax(logits, axis=1, output_type=tf.int64),
         }
 
-    def _purify(self, images):
-        """Pad to whole chunks, purify each chunk with the library's Purifier, drop the padding."""
-        n = tf.shape(images)[0]
-        padded = tf.pad(images, [[0, (-n) % self.chunk], [0, 0], [0, 0], [0, 0]])
-        chunks = tf.reshape(padded, [-1, self.chunk, *self.image_shape])
-        out = tf.TensorArray(tf.float32, size=tf.shape(chunks)[0], element_shape=[self.chunk, *self.image_shape])
-        for i in tf.range(tf.shape(chunks)[0]):
-            seed = tf.cast(self.purifier.settings.seed, tf.int64) + tf.cast(i, tf.int64)
-            out = out.write(i, self.purifier.purify(chunks[i], seed=seed))
-        return tf.reshape(out.stack(), [-1, *self.image_shape])[:n]
-
     def _serve(self, images):
         images = self._checked(images)
-        purified = self._purify(images)
+        purified = self.purifier.purify(images)
         return {
             "purified": purified,
             "r_before": models.reconstruction_error(self.dae, images),
@@ -96,8 +79,7 @@ class ServedDefence(tf.Module):
         return {"r": models.reconstruction_error(self.dae, images), **self._outputs(images)}
 
 
-def export(classifier, purifier: Purifier, base: str, version: int = 1,
-           chunk: int = SERVING_CHUNK, meta: dict | None = None) -> str:
+def export(classifier, purifier: Purifier, base: str, version: int = 1, meta: dict | None = None) -> str:
     """Write BASE/VERSION/ (saved_model.pb, variables/, assets.extra/apudae.json); returns that path.
 
     Written into a temporary folder beside it and renamed, so a half-written
@@ -105,24 +87,20 @@ def export(classifier, purifier: Purifier, base: str, version: int = 1,
     """
     if version < 1:
         raise ApudaeError(f"--version must be a positive integer, got {version}")
-    if chunk < 1:
-        raise ApudaeError(f"the serving chunk must be a positive number of images, got {chunk}")
     target = os.path.join(base, str(version))
     if os.path.exists(target):
         raise ApudaeError(f"{target} exists; pick another --version or remove it")
-    module = ServedDefence(classifier, purifier, chunk)
-    # trace both signatures now so the purifier creates its chunk-shaped variables before saving
+    module = ServedDefence(classifier, purifier)
     signatures = {
         "serving_default": module.serve.get_concrete_function(),
         "classify_only": module.classify_only.get_concrete_function(),
     }
-    module.purifier_variables = list(purifier.variables)  # tracked, so the SavedModel holds them
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{version}.tmp", dir=base)
     try:
         tf.saved_model.save(module, tmp, signatures=signatures)
         info = {"variant": purifier.variant, "settings": dataclasses.asdict(purifier.settings),
-                "image_shape": list(module.image_shape), "chunk": chunk, "dae_mu": purifier.stats.mu,
+                "image_shape": list(module.image_shape), "dae_mu": purifier.stats.mu,
                 "dae_sigma": purifier.stats.sigma, **(meta or {})}
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         with open(os.path.join(tmp, "assets.extra", "apudae.json"), "w") as f:

@@ -7,6 +7,9 @@ Kept free of TensorFlow so that ``apudae-tf --help`` and option parsing stay fas
 ATTACK_METHODS = ("none", "random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2")
 # attacks that see the purifier (spec §5): counter A, counter B, full adaptive, BPDA + EOT
 ADAPTIVE_METHODS = ("bpda", "weighted", "adaptive", "bpda-eot")
+# AutoAttack-grade attacks (Croce & Hein 2020; Andriushchenko et al. 2020): on the classifier alone,
+# or through a purification variant when one is named
+ENSEMBLE_METHODS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
 PURIFY_VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
 TRAIN_RECIPES = ("paper", "plus", "adv-dae", "adv-mix")
 # classifier architectures; the first of each dataset's list is its default

@@ -1,7 +1,7 @@
 """The purification engine (spec §3): one loop, variants as small pieces.
 
-Every iterative variant runs the same ``tf.function`` loop over an input
-variable ``x`` (spec §3, "x_0 = x_in, n iterations, return clip(x_n, 0, 1)"):
+Every iterative variant runs the same ``tf.while_loop`` (spec §3, "x_0 = x_in, n iterations,
+return clip(x_n, 0, 1)"):
 
     x ← T(x_in)                                    transform   (G)
     repeat n times:
@@ -14,7 +14,12 @@ A ``Variant`` names its loss, step rule, learning-rate rule, noise rule and
 transform; nothing else differs between variants. Per-image quantities stay
 per image: the batch loss is a sum of per-image losses, the DAE runs in
 inference mode, and Adam is element-wise, so each image's update depends on
-that image alone.
+that image alone (F's and G's noise is drawn for the whole batch from one seed,
+so it depends on the image's place in the batch).
+
+Adam is Keras' update written as tensors (not an optimizer with variables), so
+the loop is a pure function of its input: compiled once for every batch size,
+traced into the SavedModel, and differentiable by the attacks of spec §5.
 
 Choice (recorded): x is clipped to [0, 1] after every step for all variants
 (the spec clips each step for A and at the end for B–G); it keeps the DAE's
@@ -137,9 +142,6 @@ def random_transform(x, rho, theta_max_deg, seed):
     )
 
 
-# one compiled warp for every Purifier: a per-instance tf.function retraced for each new purifier
-_compiled_transform = tf.function(random_transform)
-
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -163,22 +165,37 @@ VARIANT_PIECES = {
 
 # -- the loop --------------------------------------------------------------------------------
 
-# tf.keras.optimizers.Adam's defaults, which the loop uses; ``Purifier.unrolled`` writes the same update out
+# tf.keras.optimizers.Adam's defaults and its update, written as tensors (Keras 3's Adam.update_step:
+# m += (g − m)(1 − β1); v += (g² − v)(1 − β2); x −= m·α_t / (√v + ε̂), α_t = α·√(1 − β2^t)/(1 − β1^t))
 ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-7
 
 
+def _sqrt_with_finite_gradient(v):
+    """√v, bitwise, whose derivative is 0 instead of ∞ at v = 0: E–G leave images below μ with a zero
+    gradient, so their Adam second moment stays 0, and an attack differentiating the loop would
+    otherwise meet ∞·0."""
+    positive = v > 0
+    return tf.where(positive, tf.sqrt(tf.where(positive, v, tf.ones_like(v))), tf.zeros_like(v))
+
+
 class Purifier:
-    """Purify batches with one variant; compiled once per batch shape.
+    """Purify batches with one variant.
 
-    With ``jit_compile=True`` the loop is XLA-compiled; F and G then draw different (still
-    seeded, reproducible) noise, since XLA's stateless RNG kernels differ from TF's.
+    ``function(x, seed)`` is the purification: one ``tf.while_loop`` over the pieces of the
+    variant, a plain differentiable TensorFlow function of x. ``purify`` is that function compiled
+    once for any batch size (batch dimension ``None``; the settings are tensors, so changing them
+    does not retrace either); the SavedModel export traces it into its graph; the attacks that see
+    the defence (spec §5) differentiate it under an outer tape (second order through the loop's own
+    gradients). There is no second copy of the maths.
 
-    ``purify(x)`` is the library's single purification entry point (the CLI, the SavedModel export and
-    ``evaluate.tune`` call it); later consumers must call it too, not copy the loop.
+    With ``jit_compile=True`` the loop is XLA-compiled; F and G then draw different (still seeded,
+    reproducible) noise, since XLA's stateless RNG kernels differ from TF's.
     """
 
     model_key = "dae"  # the model file whose digest keys its attacks' examples
-    attacks = ("bpda", "weighted", "adaptive", "bpda-eot")  # every attack of spec §5 applies
+    # every attack of spec §5 applies, and the AutoAttack-grade ones through ``function``'s exact gradient
+    attacks = ("bpda", "weighted", "adaptive", "bpda-eot", "apgd-ce", "apgd-dlr", "apgd-t", "square")
+    gradient = "exact"
 
     def __init__(self, dae, stats: DaeStats, variant: str, settings: PurifySettings | None = None,
                  jit_compile: bool = False):
@@ -190,11 +207,13 @@ class Purifier:
         self._mu = tf.constant(stats.mu, tf.float32)
         self._sigma = tf.constant(max(stats.sigma, 1e-12), tf.float32)
         self.jit_compile = jit_compile
-        self._compiled = {}  # batch shape -> compiled loop
-        self.variables = []  # every input variable and Adam slot made so far (an export tracks them)
-        self._direct = tf.function(functools.partial(models.denoise, dae))
-        # G's warp runs before the (possibly XLA-compiled) loop: ImageProjectiveTransformV3 has no XLA kernel
-        self._transform = _compiled_transform
+        shape = tuple(int(d) for d in dae.input_shape[1:])
+        scalar = tf.TensorSpec([], tf.float32)
+        signature = [tf.TensorSpec([None, *shape], tf.float32), tf.TensorSpec([], tf.int64),
+                     tf.TensorSpec([], tf.int32), scalar, scalar, scalar, scalar]
+        # G's warp (ImageProjectiveTransformV3) has no XLA kernel: under XLA only the loop is compiled
+        loop = tf.function(self._loop, jit_compile=True) if jit_compile else self._loop
+        self._compiled = tf.function(functools.partial(self._graph, loop=loop), input_signature=signature)
 
     def r(self, x):
         return models.reconstruction_error(self.dae, x)
@@ -204,111 +223,74 @@ class Purifier:
         """F and G draw noise (and G a transform) per call; the others are deterministic."""
         return self.pieces is not None and (self.pieces.noise or self.pieces.transform)
 
-    def _compiled_for(self, shape):
-        """The loop compiled for one batch shape, with its input variable and Adam made outside it
-        (tf.function must not create variables on retraces); later batches of that shape reuse it."""
-        key = tuple(int(d) for d in shape)
-        if key not in self._compiled:
-            x = tf.Variable(tf.zeros(key), trainable=True, name="x_purified")
-            self.variables.append(x)
-            opt, state = None, []
-            if not self.pieces.sign_step:  # A steps by sign(g) and needs no optimizer
-                opt = tf.keras.optimizers.Adam(learning_rate=self.settings.alpha, beta_1=ADAM_BETA_1,
-                                               beta_2=ADAM_BETA_2, epsilon=ADAM_EPSILON)
-                opt.build([x])
-                state = [opt.iterations] + [v for v in opt.variables if v.path.endswith(("_momentum", "_velocity"))]
-                self.variables += opt.variables
-            graph = functools.partial(self._loop, x, opt, state)
-            self._compiled[key] = tf.function(graph, jit_compile=self.jit_compile)
-        return self._compiled[key]
+    def _settings_tensors(self):
+        s = self.settings
+        return (tf.constant(s.n, tf.int32), tf.constant(s.alpha, tf.float32), tf.constant(s.eps_r, tf.float32),
+                tf.constant(s.rho, tf.float32), tf.constant(s.theta_max, tf.float32))
 
-    def _loop(self, x, opt, opt_state, x_in, n, alpha, eps_r, seed):
-        p, mu, sigma = self.pieces, self._mu, self._sigma
-        x.assign(x_in)
-        for v in opt_state:  # fresh Adam moments and step count for each batch
-            v.assign(tf.zeros_like(v))
-        if opt is not None:
-            opt.learning_rate.assign(alpha)
+    def _seed(self, seed):
+        return tf.cast(self.settings.seed if seed is None else seed, tf.int64)
+
+    def function(self, x, seed=None):
+        """The purification of a batch (spec §3) as a differentiable function of ``x``.
+
+        Float32, or float64 for a finite-difference check (the DAE built in float64)."""
+        x = tf.cast(x, self.dae.compute_dtype)
+        return self._graph(x, self._seed(seed), *self._settings_tensors())
+
+    def _graph(self, x, seed, n, alpha, eps_r, rho, theta_max, loop=None):
+        if self.pieces is None:
+            return models.denoise(self.dae, x)
+        if self.pieces.transform:
+            x = random_transform(x, rho, theta_max, seed)
+        return (loop or self._loop)(x, seed, n, alpha, eps_r)
+
+    def _loop(self, x, seed, n, alpha, eps_r):
+        """x_0 = x, then n steps of noise (F, G), the loss's gradient, the step rule and the clip."""
+        p = self.pieces
+        mu, sigma = tf.cast(self._mu, x.dtype), tf.cast(self._sigma, x.dtype)
+        alpha, eps_r = tf.cast(alpha, x.dtype), tf.cast(eps_r, x.dtype)
+        b1, b2 = tf.constant(ADAM_BETA_1, x.dtype), tf.constant(ADAM_BETA_2, x.dtype)
         lr_scale = tf.reshape(p.lr_rule(self.r(x), mu, sigma), [-1, 1, 1, 1])
-        for k in tf.range(tf.cast(n, tf.int64)):
+
+        def step(k, x, m, v):
             if p.noise:
                 eta = tf.reshape(noise_amplitude(self.r(x), mu, sigma, eps_r), [-1, 1, 1, 1])
-                u = tf.random.stateless_uniform(tf.shape(x), tf.stack([seed, k]), -1.0, 1.0)
-                x.assign(tf.clip_by_value(x + eta * u, 0.0, 1.0))
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(p.loss(self.r(x), mu, sigma))
-            g = tape.gradient(loss, x)
-            if p.sign_step:
-                x.assign(x - alpha * tf.sign(g))
-            else:
-                before = tf.identity(x)
-                opt.apply_gradients([(g, x)])
-                x.assign(before + lr_scale * (x - before))  # C: per-image learning rate α·Φ(·)
-            x.assign(tf.clip_by_value(x, 0.0, 1.0))
-        return tf.identity(x)
-
-    def purify(self, x, seed=None):
-        """Purify a float32 NHWC batch in [0, 1]; returns a tensor of the same shape.
-
-        Also callable while tracing (the SavedModel export does), given a static batch shape;
-        ``seed`` may then be a tensor."""
-        s = self.settings
-        x = tf.convert_to_tensor(x, tf.float32)
-        if self.pieces is None:
-            return self._direct(x)
-        seed = tf.cast(s.seed if seed is None else seed, tf.int64)
-        if self.pieces.transform:
-            x = self._transform(x, tf.constant(s.rho, tf.float32), tf.constant(s.theta_max, tf.float32), seed)
-        return self._compiled_for(x.shape)(
-            x, tf.constant(s.n, tf.int32), tf.constant(s.alpha, tf.float32), tf.constant(s.eps_r, tf.float32),
-            seed,
-        )
-
-    def unrolled(self, x, seed=None):
-        """``purify(x, seed)`` as a differentiable function of x, for the adaptive attacks (spec §5).
-
-        The same pieces in the same order as ``_loop``, with Adam's moments held as tensors instead
-        of optimizer slots (Keras' Adam update, written out), so an outer tape sees ∂x_n/∂x_in
-        through all n steps and their inner gradients (second order). A test pins its output to
-        ``purify``'s. Not for serving: it keeps every step's activations.
-        """
-        p, s = self.pieces, self.settings
-        x = tf.cast(x, self.dae.compute_dtype)  # float32, or float64 for a finite-difference check
-        mu, sigma = tf.cast(self._mu, x.dtype), tf.cast(self._sigma, x.dtype)
-        if p is None:
-            return models.denoise(self.dae, x)
-        seed = tf.cast(s.seed if seed is None else seed, tf.int64)
-        if p.transform:
-            x = random_transform(x, tf.constant(s.rho, tf.float32), tf.constant(s.theta_max, tf.float32), seed)
-        lr_scale = tf.reshape(p.lr_rule(self.r(x), mu, sigma), [-1, 1, 1, 1])
-        b1, b2, adam_eps = ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON
-        m = v = tf.zeros_like(x)
-        for k in range(s.n):
-            if p.noise:
-                eta = tf.reshape(noise_amplitude(self.r(x), mu, sigma, s.eps_r), [-1, 1, 1, 1])
-                u = tf.random.stateless_uniform(tf.shape(x), tf.stack([seed, tf.constant(k, tf.int64)]), -1.0, 1.0,
-                                                dtype=x.dtype)
+                u = tf.random.stateless_uniform(tf.shape(x), tf.stack([seed, k]), -1.0, 1.0, dtype=x.dtype)
                 x = tf.clip_by_value(x + eta * u, 0.0, 1.0)
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 loss = tf.reduce_sum(p.loss(self.r(x), mu, sigma))
             g = tape.gradient(loss, x)
             if p.sign_step:
-                x = x - s.alpha * tf.sign(g)
+                x = x - alpha * tf.sign(g)
             else:
-                m = m + (g - m) * (1.0 - b1)
-                v = v + (tf.square(g) - v) * (1.0 - b2)
-                lr_t = s.alpha * math.sqrt(1.0 - b2 ** (k + 1)) / (1.0 - b1 ** (k + 1))
-                # + 1e-30 keeps sqrt's derivative finite where g = 0 (E–G's images below μ); forward unchanged
-                x = x - lr_scale * lr_t * m / (tf.sqrt(v + 1e-30) + adam_eps)
-            x = tf.clip_by_value(x, 0.0, 1.0)
+                m = m + (g - m) * (1.0 - ADAM_BETA_1)
+                v = v + (tf.square(g) - v) * (1.0 - ADAM_BETA_2)
+                t = tf.cast(k + 1, x.dtype)
+                lr_t = alpha * tf.sqrt(1.0 - tf.pow(b2, t)) / (1.0 - tf.pow(b1, t))
+                update = (m * lr_t) / (_sqrt_with_finite_gradient(v) + ADAM_EPSILON)
+                x = x - (lr_scale * update if p.lr_rule is not lr_constant else update)  # C: lr α·Φ(·)
+            return k + 1, tf.clip_by_value(x, 0.0, 1.0), m, v
+
+        zeros = tf.zeros_like(x)
+        _, x, _, _ = tf.while_loop(lambda k, *_: k < tf.cast(n, tf.int64), step,
+                                   (tf.constant(0, tf.int64), x, zeros, zeros))
         return x
 
-    def purify_array(self, x: np.ndarray, batch_size: int = 500, progress=None) -> np.ndarray:
-        """Purify a numpy array in batches; batch i uses seed ``settings.seed + i`` (reproducible)."""
+    def purify(self, x, seed=None):
+        """Purify a float32 NHWC batch in [0, 1] (any batch size, one trace); returns a tensor.
+
+        Also callable while tracing (the SavedModel export does); ``seed`` may then be a tensor."""
+        return self._compiled(tf.convert_to_tensor(x, tf.float32), self._seed(seed), *self._settings_tensors())
+
+    def purify_array(self, x: np.ndarray, batch_size: int = 500, progress=None, seed: int | None = None) -> np.ndarray:
+        """Purify a numpy array in batches; batch i uses seed ``seed + i`` (default: ``settings.seed + i``),
+        so the result is reproducible."""
+        seed = self.settings.seed if seed is None else seed
         out = []
         for j, i in enumerate(range(0, len(x), batch_size)):
-            out.append(self.purify(x[i : i + batch_size], seed=self.settings.seed + j).numpy())
+            out.append(self.purify(x[i : i + batch_size], seed=seed + j).numpy())
             if progress:
                 progress(min(i + batch_size, len(x)))
         return np.concatenate(out) if out else np.zeros_like(x)

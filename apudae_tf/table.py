@@ -72,9 +72,16 @@ MAGNET_FPR = 0.01  # the detector's false-positive rate on clean validation imag
 REJECTED = -1  # the label a detecting defence gives an input it refuses
 
 
+# what a row is; reports select rows by kind, never by their display name
+KINDS = ("undefended", "adversarial training", "magnet", "purifier", "defense-gan")
+
+
 @dataclasses.dataclass
 class Defence:
-    """A row: ``predict`` maps images to labels (``REJECTED`` for a refused input)."""
+    """A row: ``predict`` maps images to labels (``REJECTED`` for a refused input).
+
+    A random defence (F, G, Defense-GAN) also has ``predict_fresh``, the same defence with draws
+    no attack has used; the adaptive report scores such a row both ways."""
 
     name: str
     paper_row: str | None  # the key of PAPER this row is compared with, if any
@@ -83,6 +90,8 @@ class Defence:
     settings: dict
     rejected_counts_as_defended: bool = False
     purifier: object = None  # what the attacks of spec §5 attack, for purifying rows
+    kind: str = "purifier"
+    predict_fresh: object = None
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -95,13 +104,23 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def score(pred: np.ndarray, y: np.ndarray, attack: str, rejected_counts_as_defended: bool) -> int:
-    """Correct answers. A refused adversarial input counts as defended only under MagNet's rule,
-    and a refused clean input is always an error (a false alarm)."""
+def score(pred: np.ndarray, y: np.ndarray, attack: str, rejected_counts_as_defended: bool) -> np.ndarray:
+    """Which answers are correct, per image. A refused adversarial input counts as defended only
+    under MagNet's rule, and a refused clean input is always an error (a false alarm)."""
     ok = pred == y
     if rejected_counts_as_defended and attack != "clean":
         ok |= pred == REJECTED
-    return int(ok.sum())
+    return ok
+
+
+def pack(mask: np.ndarray) -> str:
+    """A per-image boolean as hex (bit i = image i, numpy's packbits order), for json records."""
+    return np.packbits(np.asarray(mask, bool)).tobytes().hex()
+
+
+def unpack(text: str, n: int) -> np.ndarray:
+    """The inverse of ``pack`` for ``n`` images."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:n].astype(bool)
 
 
 def _digest(*parts) -> str:
@@ -164,12 +183,15 @@ class Cache:
 @dataclasses.dataclass(frozen=True)
 class Column:
     """One attack column: the record's key, the attack that makes its examples, its settings and
-    how many of the test images it scores."""
+    how many of the test images it scores. A ``cascade`` column attacks, in each row, only the images
+    every earlier column of that row left standing (AutoAttack's practice); the others count as
+    broken already, so its accuracy is the row's worst case so far."""
 
     key: str
     method: str
     settings: attacks.AttackSettings
     n: int
+    cascade: bool = False
 
 
 def table_columns(dataset: str, n: int, seed: int = 0, cw_l2_n: int = CW_L2_N, steps: int | None = None,
@@ -197,6 +219,8 @@ def attacked_model(d: Defence, c: Column):
         if c.method in attacks.DAE_ONLY_ATTACKS:  # one set of examples serves every variant's row
             return f"{d.target}+dae", c.method, d.purifier
         return f"{d.target}+{d.name}", c.method, d.purifier
+    if c.method in attacks.ENSEMBLE_ATTACKS and d.purifier is not None:  # through the defence
+        return f"{d.target}+{d.name}", c.method, d.purifier
     return d.target, c.method, None
 
 
@@ -206,35 +230,47 @@ def applies(d: Defence, c: Column) -> bool:
     return purifier is None or method in purifier.attacks
 
 
+def _attack_settings(d: Defence, c: Column, method: str, purifier) -> attacks.AttackSettings:
+    """The column's settings as used on row ``d``: one draw where the attacked model is deterministic."""
+    if purifier is None and method != c.method:
+        # a row with nothing to adapt to gets plain PGD in every adaptive column: one set of
+        # examples, whatever the column's λ or EOT
+        return dataclasses.replace(c.settings, lam=0.0, eot=1)
+    if purifier is None or not purifier.is_random or method in attacks.DAE_ONLY_ATTACKS:
+        return dataclasses.replace(c.settings, eot=1)  # one draw of a deterministic model is exact
+    return c.settings
+
+
 def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dict, columns: list[Column],
-          out_dir: str | None, echo=None, progress_bar=None, batch_size: int = 500, paper=None) -> tuple[dict, dict]:
+          out_dir: str | None, echo=None, progress_bar=None, batch_size: int = 500, paper=None,
+          per_image: bool = False) -> tuple[dict, dict]:
     """Score every defence on every column (the first ``column.n`` test images).
 
     ``targets`` maps a target name to its ``x -> logits`` function; ``target_files`` maps it to
     the model file's digest, which keys the cache. ``paper`` (default: ``PAPER``) holds the paper's
-    numbers by row and column. Returns ``({"records": [...], ...}, examples)``, examples[(target,
-    column key, λ)] being the attacked images.
+    numbers by row and column. With ``per_image`` (the adaptive report) every record also holds
+    which images were robust (``robust``, see ``pack``), a random defence is scored with its fixed
+    draws and with fresh ones (robust = right under both), and each row gets a ``worst`` record: an
+    image counts only if it survived every column. Returns ``({"records": [...], ...}, examples)``,
+    examples[(target, column key, λ)] being (the attacked images, their indices in the test split).
     """
     echo = echo or (lambda m: None)
     paper = PAPER.get(ds.name, {}) if paper is None else paper
     cache = Cache(os.path.join(out_dir, "cache") if out_dir else None)
     records, started, kept, attack_seconds = [], time.time(), {}, {}
+    standing = {}  # row -> images that survived every column so far
     total, done = sum(applies(d, c) for c in columns for d in defences), 0
     for c in columns:
-        x, y, s = ds.x_test[: c.n], ds.y_test[: c.n], c.settings
         for d in defences:
             if not applies(d, c):
                 continue  # e.g. the DAE's counter attacks on Defense-GAN: the cell stays empty
             done += 1
             name, method, purifier = attacked_model(d, c)
-            if purifier is None and method != c.method:
-                # a row with nothing to adapt to gets plain PGD in every adaptive column: one set of
-                # examples, whatever the column's λ or EOT
-                s = dataclasses.replace(c.settings, lam=0.0, eot=1)
-            elif purifier is not None and (not purifier.is_random or method in attacks.DAE_ONLY_ATTACKS):
-                s = dataclasses.replace(c.settings, eot=1)  # one draw of a deterministic defence is exact
-            else:
-                s = c.settings
+            s = _attack_settings(d, c, method, purifier)
+            idx = np.arange(c.n)
+            if c.cascade and d.name in standing:
+                idx = np.flatnonzero(standing[d.name][: c.n])
+            x, y = ds.x_test[idx], ds.y_test[idx]
             if purifier is None:
                 seen = None
             elif method in attacks.DAE_ONLY_ATTACKS:
@@ -242,16 +278,18 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
             else:
                 seen = {"variant": purifier.variant, **dataclasses.asdict(purifier.settings),
                         purifier.model_key: target_files[purifier.model_key]}
-            ekey = f"{name}-{method}-n{c.n}-" + _digest(dataclasses.asdict(s), target_files[d.target], seen, ds.source)
+            subset = _digest(idx.tolist()) if c.cascade else None
+            ekey = f"{name}-{method}-n{c.n}-" + _digest(dataclasses.asdict(s), target_files[d.target], seen, ds.source,
+                                                         *([subset] if subset else []))
             if (name, ekey) not in kept:
-                got, spent = (x, 0.0) if method == "none" else cache.examples(ekey)
-                if got is None or len(got) != c.n:
+                got, spent = (x, 0.0) if method == "none" or not len(idx) else cache.examples(ekey)
+                if got is None or len(got) != len(idx):
                     t0 = time.time()
-                    label = f"{method} on {name} ({c.n} images)"
+                    label = f"{method} on {name} ({len(idx)} images)"
                     run = functools.partial(attacks.run_attack, method, targets[d.target], x, y, s,
                                             batch_size=batch_size, defence=purifier)
                     if progress_bar:
-                        with progress_bar(c.n, label) as bar:
+                        with progress_bar(len(idx), label) as bar:
                             got = run(progress=lambda k: bar.update(k - bar.pos))
                     else:
                         got = run()
@@ -259,31 +297,32 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
                     echo(f"{label}: {spent:.0f} s")
                     cache.put_examples(ekey, got, {"dataset": ds.name, "attack": method, "target": name,
                                                    "settings": dataclasses.asdict(s), "defence": seen,
-                                                   "seconds": spent})
+                                                   "seconds": spent, "indices": idx.tolist()})
                 kept[(name, ekey)] = got
-                attack_seconds[(name, ekey)] = {"target": name, "attack": method, "column": c.key, "n": c.n,
+                attack_seconds[(name, ekey)] = {"target": name, "attack": method, "column": c.key, "n": int(len(idx)),
                                                 "seconds": round(spent, 2)}
             examples = kept[(name, ekey)]
-            kept[(name, c.key, s.lam)] = examples
+            kept[(name, c.key, s.lam)] = (examples, idx)
             key = _digest(d.name, d.settings, c.key, method, c.n, dataclasses.asdict(s), target_files[d.target],
-                          ds.source)
+                          ds.source, per_image, *([subset] if subset else []))
             rec = cache.cell(key)
             if rec is None:
-                t0 = time.time()
-                k = score(d.predict(examples), y, c.key, d.rejected_counts_as_defended)
-                lo, hi = wilson(k, c.n)
-                attack = {"method": method, **({} if method == "none" else dataclasses.asdict(s)), "target": d.target,
-                          "saw_defence": d.target != "classifier" or purifier is not None}
-                rec = {"defence": d.name, "attack": c.key, "accuracy": k / c.n, "n": c.n, "ci95": [lo, hi],
-                       "seconds": round(time.time() - t0, 2), "settings": {"defence": d.settings, "attack": attack}}
-                if d.paper_row and paper.get(d.paper_row, {}).get(c.key) is not None:
-                    rec["paper"] = paper[d.paper_row][c.key]
+                rec = _score_cell(d, c, method, s, purifier, examples, idx, y, per_image, paper)
+                rec["attack_seconds"] = attack_seconds[(name, ekey)]["seconds"]
                 cache.put_cell(key, rec)
                 echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} (n={c.n}, {rec['seconds']:.0f} s)")
             else:
                 echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} (cached)")
+            if per_image:
+                robust = unpack(rec["robust"], c.n)
+                before = standing.get(d.name, robust)
+                m = min(len(before), c.n)
+                standing[d.name] = before[:m] & robust[:m]
             records.append(dict(rec))  # one record per cell, even when columns share a cache entry
-    used = {c.key: {**dataclasses.asdict(c.settings), "method": c.method, "n": c.n} for c in columns}
+    if per_image:
+        records += [_worst_record(d, standing[d.name], records) for d in defences if d.name in standing]
+    used = {c.key: {**dataclasses.asdict(c.settings), "method": c.method, "n": c.n, "cascade": c.cascade}
+            for c in columns}
     # the work the numbers cost, counted once even when a resumed run took part of it from the cache
     compute = sum(a["seconds"] for a in attack_seconds.values()) + sum(r["seconds"] for r in records)
     result = {"dataset": ds.name, "n": max(c.n for c in columns), "split": "test",
@@ -293,14 +332,80 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
     return result, kept
 
 
-def adaptive_columns(dataset: str, n: int, n_full: int, seed: int = 0, eot: int = 8, lambdas=LAMBDAS,
-                     steps: int | None = None) -> list[Column]:
-    """The adaptive report's columns: blind PGD (the reference), counter A, counter B at every λ,
-    full adaptive and BPDA+EOT (the last two on ``n_full`` images: each step purifies ``eot`` times)."""
+def _score_cell(d: Defence, c: Column, method: str, s, purifier, examples, idx, y, per_image: bool,
+                paper: dict) -> dict:
+    """One cell's record: the defence's answers on the column's examples (images ``idx``)."""
+    t0 = time.time()
+    if not len(idx):  # nothing left standing for this column to attack
+        ok = np.zeros(0, bool)
+    else:
+        ok = score(d.predict(examples), y, c.key, d.rejected_counts_as_defended)
+    extra = {}
+    if per_image and d.predict_fresh is not None and len(idx):
+        fresh = score(d.predict_fresh(examples), y, c.key, d.rejected_counts_as_defended)
+        extra = {"accuracy_fixed_draws": float(ok.sum()) / c.n, "accuracy_fresh_draws": float(fresh.sum()) / c.n}
+        ok &= fresh
+    robust = np.zeros(c.n, bool)
+    robust[idx] = ok
+    k = int(robust.sum())
+    lo, hi = wilson(k, c.n)
+    attack = {"method": method, **({} if method == "none" else dataclasses.asdict(s)), "target": d.target,
+              "saw_defence": d.target != "classifier" or purifier is not None}
+    if method in attacks.ENSEMBLE_ATTACKS:
+        attack["gradient"] = "none (scores only)" if method == "square" else (
+            getattr(purifier, "gradient", "exact") if purifier is not None else "white box")
+    rec = {"defence": d.name, "kind": d.kind, "attack": c.key, "accuracy": k / c.n, "n": c.n, "ci95": [lo, hi],
+           "seconds": round(time.time() - t0, 2), "settings": {"defence": d.settings, "attack": attack}, **extra}
+    if c.cascade:
+        rec["attacked"] = int(len(idx))  # the rest had fallen to an earlier column
+    if per_image:
+        rec["robust"] = pack(robust)
+    if d.paper_row and paper.get(d.paper_row, {}).get(c.key) is not None:
+        rec["paper"] = paper[d.paper_row][c.key]
+    return rec
+
+
+def _worst_record(d: Defence, robust: np.ndarray, records: list[dict]) -> dict:
+    """The row's worst case: robust only if the image survived every column of the row."""
+    n = len(robust)
+    k = int(robust.sum())
+    lo, hi = wilson(k, n)
+    columns = [r["attack"] for r in records if r["defence"] == d.name]
+    return {"defence": d.name, "kind": d.kind, "attack": "worst", "accuracy": k / n, "n": n, "ci95": [lo, hi],
+            "seconds": 0.0, "robust": pack(robust), "settings": {"defence": d.settings, "over": columns}}
+
+
+# The AutoAttack-grade part of the adaptive report, run in this order as a cascade (each attack on
+# the images still standing): APGD-CE, APGD-T, then Square as the check on gradient masking.
+ENSEMBLE = ("apgd-ce", "apgd-t", "square")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What the ensemble may spend per image: APGD iterations, random restarts and target classes
+    (APGD-T), Square's queries, and EOT draws per gradient for a random defence."""
+
+    apgd_steps: int = attacks.DEFAULT_STEPS["apgd-ce"]
+    restarts: int = 1
+    targets: int = 3  # AutoAttack's standard: 9; through an iterative purifier each costs a full APGD run
+    square_queries: int = 1000  # AutoAttack's standard: 5000; through a purifier each query is a purification
+    eot: int = 8
+
+
+def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps: int | None = None,
+                     budget: Budget = Budget()) -> list[Column]:
+    """The adaptive report's columns, in order: clean, blind PGD (the reference), counter A, counter B at
+    every λ (all on every image), then the AutoAttack-grade cascade: APGD-CE and APGD-T through the
+    defence's gradient, and Square on its scores, each on the images every earlier column left standing."""
     base = attacks.settings_for("pgd", dataset, steps=steps, seed=seed)
-    return ([Column("pgd", "pgd", base, n), Column("bpda", "bpda", base, n)]
+    clean = attacks.settings_for("none", dataset, seed=seed)
+    apgd = dict(steps=budget.apgd_steps, restarts=budget.restarts, eot=budget.eot)
+    ensemble = {"apgd-ce": apgd, "apgd-t": {**apgd, "targets": budget.targets},
+                "square": {"steps": budget.square_queries}}
+    return ([Column("clean", "none", clean, n), Column("pgd", "pgd", base, n), Column("bpda", "bpda", base, n)]
             + [Column("weighted", "weighted", dataclasses.replace(base, lam=lam), n) for lam in lambdas]
-            + [Column(k, k, dataclasses.replace(base, eot=eot), min(n, n_full)) for k in ("adaptive", "bpda-eot")])
+            + [Column(k, k, dataclasses.replace(attacks.settings_for(k, dataset, seed=seed), **ensemble[k]), n,
+                      cascade=True) for k in ENSEMBLE])
 
 
 def worst_over_lambda(records: list[dict]) -> list[dict]:
@@ -376,11 +481,24 @@ def magnet_fn(dae, model_fn, threshold: float):
     return predict
 
 
-def purify_fn(purifier, model_fn, batch_size=500):
+# a random defence scored "with fresh draws" uses seeds ``settings.seed + FRESH_SEEDS + batch``, which no
+# attack draws (the attacks' draws are 64-bit seeds) and the default scoring (``settings.seed + batch``) skips
+FRESH_SEEDS = 1_000_003
+
+
+def purify_fn(purifier, model_fn, batch_size=500, fresh: bool = False):
+    seed = purifier.settings.seed + (FRESH_SEEDS if fresh else 0)
+
     def predict(x):
-        return np.argmax(models.predict_in_batches(model_fn, purifier.purify_array(x, batch_size)), 1)
+        return np.argmax(models.predict_in_batches(model_fn, purifier.purify_array(x, batch_size, seed=seed)), 1)
 
     return predict
+
+
+def purifier_row(name: str, paper_row, target: str, purifier, model_fn, settings: dict, kind: str = "purifier"):
+    """A row that purifies, then classifies with ``model_fn``; a random purifier also gets its fresh-draws scorer."""
+    return Defence(name, paper_row, target, purify_fn(purifier, model_fn), settings, purifier=purifier, kind=kind,
+                   predict_fresh=purify_fn(purifier, model_fn, fresh=True) if purifier.is_random else None)
 
 
 def cost_per_image(records: list[dict], defences: list[Defence]) -> dict:
@@ -405,12 +523,14 @@ def chosen_variant(tuned: dict) -> str | None:
 # -- the report ------------------------------------------------------------------------------
 
 
-def markdown(result: dict, notes: list[str]) -> str:
-    """table.md: ours, then the paper's value and the difference where the paper has one."""
+def markdown(result: dict, notes: list[str], labels: dict | None = None) -> str:
+    """table.md: ours, then the paper's value and the difference where the paper has one.
+    ``labels`` gives column headers for attack keys (default: the keys)."""
     columns = list(dict.fromkeys(r["attack"] for r in result["records"]))
     rows = list(dict.fromkeys(r["defence"] for r in result["records"]))
     cell = {(r["defence"], r["attack"]): r for r in result["records"]}
-    lines = ["| defence | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    labels = labels or {}
+    lines = ["| defence | " + " | ".join(labels.get(a, a) for a in columns) + " |", "|---|" + "---:|" * len(columns)]
     for d in rows:
         out = []
         for a in columns:

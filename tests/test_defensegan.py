@@ -81,8 +81,8 @@ def test_defense_gan_row_joins_the_table_on_the_same_images_with_its_cost(tiny_m
     assert result["defense_gan"]["chosen_on_val"] is False
 
 
-def test_defense_gan_in_the_adaptive_report_gets_bpda_eot_with_the_attackers_forward(tiny_models, tmp_path):
-    from apudae_tf import evaluate
+def test_defense_gan_in_the_adaptive_report_gets_bpda_with_the_attackers_forward(tiny_models, tmp_path):
+    from apudae_tf import evaluate, table
     from apudae_tf.data import Dataset
 
     store.save_model(defensegan.build_generator((28, 28, 1), width=8), os.path.join(tiny_models, defensegan.GAN_FILE))
@@ -93,18 +93,22 @@ def test_defense_gan_in_the_adaptive_report_gets_bpda_eot_with_the_attackers_for
     y = np.arange(4, dtype=np.int64)
     ds = Dataset("mnist", x, y, x, y, x, y, source="test")
     out = str(tmp_path / "adaptive")
-    result = evaluate.adaptive_report(store.load_models(tiny_models), ds, 4, 2, out, eot=2, lambdas=(1.0,),
+    budget = table.Budget(apgd_steps=2, targets=1, square_queries=2, eot=2)
+    result = evaluate.adaptive_report(store.load_models(tiny_models), ds, 4, out, budget=budget, lambdas=(1.0,),
                                       command="test", steps=1, gan=gan, gan_attack_restarts=2)
     rows = [r for r in result["records"] if r["defence"] == "Defense-GAN (L=3, R=2)"]
-    # the DAE's counter attacks and the unrolled gradient do not apply: those cells stay empty
-    assert [r["attack"] for r in rows] == ["pgd", "bpda-eot"]
-    pgd, bpda = rows
+    # the DAE's counter attacks do not apply: those cells stay empty
+    assert [r["attack"] for r in rows] == ["clean", "pgd", "apgd-ce", "apgd-t", "square", "worst"]
+    pgd, apgd = rows[1], rows[2]
     assert pgd["settings"]["attack"]["saw_defence"] is False
-    assert bpda["settings"]["attack"]["saw_defence"] is True and bpda["n"] == 2
-    assert bpda["settings"]["attack"]["eot"] == 2  # the restarts are random: EOT applies
-    assert bpda["settings"]["defence"]["attacker_forward"]["restarts"] == 2
-    assert bpda["settings"]["defence"]["restarts"] == 3  # scored through the full defence
-    assert "**Defense-GAN** is attacked by BPDA+EOT only" in open(os.path.join(out, "adaptive.md")).read()
+    assert apgd["settings"]["attack"]["saw_defence"] is True and apgd["settings"]["attack"]["gradient"] == "bpda"
+    assert apgd["settings"]["attack"]["eot"] == 2  # the restarts are random: EOT applies
+    assert apgd["settings"]["defence"]["attacker_forward"]["restarts"] == 2
+    assert apgd["settings"]["defence"]["restarts"] == 3  # scored through the full defence
+    # a random defence is scored with its own draws and with fresh ones; robust means right under both
+    assert {"accuracy_fixed_draws", "accuracy_fresh_draws"} <= set(rows[0])
+    assert rows[0]["accuracy"] <= min(rows[0]["accuracy_fixed_draws"], rows[0]["accuracy_fresh_draws"])
+    assert "**Defense-GAN** has no counter A or B" in open(os.path.join(out, "adaptive.md")).read()
 
 
 @needs_mnist

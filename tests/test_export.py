@@ -35,15 +35,19 @@ def _cli_purify(models_dir, variant, x, batch_size=500):
 
 
 @pytest.mark.parametrize("variant", ["B", "F"])
-def test_export_matches_the_library_across_chunk_padding(tiny_models, tmp_path, variant):
-    path = _export(tiny_models, variant, tmp_path / "m", "--chunk", "4")
+def test_export_matches_the_library_for_any_request_size(tiny_models, tmp_path, variant):
+    path = _export(tiny_models, variant, tmp_path / "m")
     assert path.endswith(os.path.join("m", "1")) and os.path.isfile(os.path.join(path, "saved_model.pb"))
     loaded = tf.saved_model.load(path)
-    x = _images(6)  # one full chunk and one padded one
-    out = loaded.signatures["serving_default"](images=tf.constant(x))
     m = store.load_models(tiny_models)
     p = purify.Purifier(m.dae, m.stats, variant, purify.default_settings("mnist", variant, tiny_models))
-    expected = p.purify_array(x, batch_size=4)  # the same chunks and per-chunk seeds
+    for n in (1, 7):  # one trace in the SavedModel serves every request size
+        x = _images(n, seed=n)
+        np.testing.assert_allclose(loaded.signatures["serving_default"](images=tf.constant(x))["purified"].numpy(),
+                                   p.purify_array(x), atol=1e-5)  # a request is purify's first batch
+    x = _images(6)
+    out = loaded.signatures["serving_default"](images=tf.constant(x))
+    expected = p.purify_array(x)
     np.testing.assert_allclose(out["purified"].numpy(), expected, atol=1e-5)
     logits = m.classifier(expected, training=False).numpy()
     np.testing.assert_allclose(out["logits"].numpy(), logits, atol=1e-4)
@@ -102,11 +106,11 @@ def test_shipped_export_classifies_mnist_and_matches_apudae_purify(tmp_path):
     base = tmp_path / "x" / "apudae_mnist"
     sig = tf.saved_model.load(_export(SHIPPED, "F", base)).signatures["serving_default"]
     assert np.mean(sig(images=tf.constant(x))["classes"].numpy() == y) >= 0.95
-    # a deterministic variant gives what `apudae-tf purify` gives, batched as the export's chunks
+    # a deterministic variant gives what `apudae-tf purify` gives when a request is one of its batches
     # (other batchings differ by float rounding, which Adam's normalised steps carry along)
     sig_b = tf.saved_model.load(_export(SHIPPED, "B", base, "--version", "2")).signatures["serving_default"]
     np.testing.assert_allclose(sig_b(images=tf.constant(x[:64]))["purified"].numpy(),
-                               _cli_purify(SHIPPED, "B", x[:64], batch_size=32), atol=1e-5)
+                               _cli_purify(SHIPPED, "B", x[:64], batch_size=64), atol=1e-5)
 
 
 @needs_mnist

@@ -89,15 +89,26 @@ def test_g_transform_is_identity_at_zero_range_and_moves_pixels_otherwise(dae_an
     assert np.abs(moved - x).mean() > 0.01
 
 
-def test_loop_traces_once_for_repeated_batches_of_one_shape(dae_and_x):
+def test_one_trace_serves_every_batch_size_seed_and_setting(dae_and_x):
     dae, x = dae_and_x
     p = purify.Purifier(dae, _stats(1.0), "F", purify.PurifySettings(n=2, alpha=0.01, eps_r=0.01))
-    for seed in range(4):
-        p.purify(x, seed=seed)
+    big = np.concatenate([x] * 84)[:500]
+    for batch, seed in ((x[:1], 0), (x, 1), (np.concatenate([x, x[:1]]), 2), (big, 3)):  # 1, 6, 7, 500 images
+        assert p.purify(batch, seed=seed).shape == batch.shape
     p.settings = purify.PurifySettings(n=3, alpha=0.02, eps_r=0.02)  # new settings are tensors: no retrace
     p.purify(x)
-    (fn,) = p._compiled.values()
-    assert fn.experimental_get_tracing_count() == 1
+    assert p._compiled.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("variant", ["direct", "A", "B", "C", "D", "E", "F", "G"])
+def test_the_compiled_purification_is_the_differentiable_function(dae_and_x, variant):
+    # purify (what the CLI, the tuner and the export run) and function (what the attacks differentiate)
+    # are one piece of code: compiled or not, the same images
+    dae, x = dae_and_x
+    r = _r(dae, x)
+    p = purify.Purifier(dae, _stats(float(np.median(r)), float(r.std())), variant,
+                        purify.PurifySettings(n=4, alpha=0.02, eps_r=0.02))
+    np.testing.assert_allclose(p.purify(x, seed=5).numpy(), p.function(tf.constant(x), seed=5).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", ["B", "C", "E"])

@@ -25,9 +25,14 @@ def test_wilson_interval_holds_the_proportion_and_narrows_with_n():
 def test_refused_inputs_count_as_defended_only_under_magnets_rule_and_never_when_clean():
     pred = np.array([3, table.REJECTED, table.REJECTED, 1])
     y = np.array([3, 2, 2, 0])
-    assert table.score(pred, y, "pgd", rejected_counts_as_defended=True) == 3
-    assert table.score(pred, y, "pgd", rejected_counts_as_defended=False) == 1
-    assert table.score(pred, y, "clean", rejected_counts_as_defended=True) == 1
+    assert table.score(pred, y, "pgd", rejected_counts_as_defended=True).tolist() == [True, True, True, False]
+    assert table.score(pred, y, "pgd", rejected_counts_as_defended=False).tolist() == [True, False, False, False]
+    assert table.score(pred, y, "clean", rejected_counts_as_defended=True).tolist() == [True, False, False, False]
+
+
+def test_per_image_results_survive_the_json_round_trip():
+    mask = np.random.default_rng(0).random(1003) > 0.5
+    assert np.array_equal(table.unpack(table.pack(mask), 1003), mask)
 
 
 def test_magnet_threshold_refuses_one_percent_of_clean_validation_images(tiny_models):
@@ -132,12 +137,13 @@ def test_counter_attacks_make_one_set_of_examples_for_every_variant_of_a_dae(tin
     m = store.load_models(tiny_models)
     defences, targets, files, _ = evaluate.table_defences(m, ds, ["direct", "B"])
     defences = [d for d in defences if d.purifier is not None]
-    columns = [c for c in table.adaptive_columns("mnist", 4, 2, lambdas=(1.0,), steps=1)
-               if c.key in ("bpda", "weighted", "adaptive")]
+    budget = table.Budget(apgd_steps=1, targets=1, square_queries=2)
+    columns = [c for c in table.adaptive_columns("mnist", 4, lambdas=(1.0,), steps=1, budget=budget)
+               if c.key in ("bpda", "weighted", "apgd-ce")]
     out = str(tmp_path / "shared")
     _, kept = table.build(ds, defences, targets, files, columns, out)
     made = sorted(f.split("-")[1] for f in os.listdir(os.path.join(out, "cache")) if f.endswith(".npz"))
-    assert made == ["adaptive", "adaptive", "bpda", "weighted"]  # the full attack differs per variant
+    assert made == ["apgd", "apgd", "bpda", "weighted"]  # the attack through the purifier differs per variant
 
 
 def test_adv_training_checkpoints_and_resumes_after_an_interruption(tmp_path, monkeypatch):
@@ -202,7 +208,7 @@ def test_roc_auc_is_the_probability_that_an_adversarial_input_scores_higher():
     assert c["fpr"][0] == c["tpr"][0] == 0.0 and c["fpr"][-1] == c["tpr"][-1] == 1.0
 
 
-def test_adaptive_report_end_to_end_keeps_counter_bs_worst_lambda(tiny_models, tmp_path):
+def test_adaptive_report_end_to_end_cascades_and_keeps_each_rows_worst_case(tiny_models, tmp_path):
     from apudae_tf import evaluate, store
 
     ds = _tiny_mnist()
@@ -210,31 +216,56 @@ def test_adaptive_report_end_to_end_keeps_counter_bs_worst_lambda(tiny_models, t
     out = str(tmp_path / "adaptive")
     store.save_model(m.classifier, os.path.join(tiny_models, store.ADV_CLASSIFIER))
     store.write_json(os.path.join(tiny_models, store.ADV_CLASSIFIER_INFO), {"method": "test", "attack": {}})
+    store.write_json(os.path.join(tiny_models, store.PURIFY_SETTINGS),
+                     {"variants": {"B": {"settings": {"n": 2}, "val_clean": 0.9, "val_pgd": 0.5}}})
     adv = store.load_adv_classifier(tiny_models)
-    result = evaluate.adaptive_report(m, ds, 4, 2, out, adv=adv, eot=2, lambdas=(0.0, 10.0), command="test", steps=1)
+    budget = table.Budget(apgd_steps=2, targets=2, square_queries=3, eot=2)
+    result = evaluate.adaptive_report(m, ds, 6, out, adv=adv, budget=budget, lambdas=(0.0, 10.0), command="test",
+                                      steps=1)
     saved = json.load(open(os.path.join(out, "adaptive.json")))
-    # the adversarial-training row: one record per column, all the same white-box PGD examples
-    at = [r for r in saved["records"] if r["defence"].startswith("Adversarial training")]
-    assert [r["attack"] for r in at] == ["pgd", "bpda", "weighted", "adaptive", "bpda-eot"]
-    assert len({r["accuracy"] for r in at if r["n"] == 4}) == 1  # the columns on all 4 images
-    assert all(r["settings"]["attack"]["method"] == "pgd" and r["settings"]["attack"]["lam"] == 0.0
-               and r["settings"]["attack"]["eot"] == 1 for r in at)
-    assert [r["attack"] for r in saved["records"] if r["defence"] == "APuDAE direct"] == \
-        ["pgd", "bpda", "weighted", "adaptive", "bpda-eot"]
+    columns = ["clean", "pgd", "bpda", "weighted", "apgd-ce", "apgd-t", "square", "worst"]
+    rows = list(dict.fromkeys(r["defence"] for r in saved["records"]))
+    assert rows == ["Adversarial training (Madry PGD)", "APuDAE direct", "APuDAE B (chosen on val)",
+                    "APuDAE B + adversarially trained classifier"]
+    for row in rows:
+        recs = [r for r in saved["records"] if r["defence"] == row]
+        assert [r["attack"] for r in recs] == columns
+        robust = {r["attack"]: table.unpack(r["robust"], 6) for r in recs}
+        assert all(r["accuracy"] == robust[r["attack"]].mean() for r in recs)
+        # the worst case is the images robust in every column: never above any single column
+        every = np.logical_and.reduce([robust[a] for a in columns[:-1]])
+        assert np.array_equal(robust["worst"], every)
+        assert all(robust["worst"].mean() <= r["accuracy"] for r in recs)
+        # the cascade attacks only what every column to its left left standing
+        standing = np.logical_and.reduce([robust[a] for a in columns[:4]])
+        for a in ("apgd-ce", "apgd-t", "square"):
+            cell = next(r for r in recs if r["attack"] == a)
+            assert cell["attacked"] == standing.sum() and not (robust[a] & ~standing).any()
+            standing &= robust[a]
+    at = [r for r in saved["records"] if r["kind"] == "adversarial training"]
+    # adversarial training has no purifier: its counter columns are its white-box PGD, one draw
+    assert all(r["settings"]["attack"]["method"] == "pgd" and r["settings"]["attack"]["eot"] == 1
+               for r in at if r["attack"] in ("pgd", "bpda", "weighted"))
+    assert next(r for r in at if r["attack"] == "apgd-ce")["settings"]["attack"]["gradient"] == "white box"
+    pipeline = [r for r in saved["records"] if r["defence"].endswith("+ adversarially trained classifier")]
+    assert all(r["settings"]["attack"]["target"] == "adv-classifier" for r in pipeline if r["attack"] != "worst")
+    assert next(r for r in pipeline if r["attack"] == "apgd-ce")["settings"]["attack"]["gradient"] == "exact"
     for r in saved["records"]:
-        assert r["n"] == (2 if r["attack"] in ("adaptive", "bpda-eot") else 4)
-        if r in at:
-            continue
-        assert r["settings"]["attack"]["saw_defence"] is (r["attack"] != "pgd")
-        assert r["settings"]["attack"]["eot"] == 1  # direct is deterministic: one draw is exact
-        if r["attack"] == "weighted":
+        if r["attack"] == "weighted" and r["kind"] == "purifier":
             sweep = r["settings"]["lambda_sweep"]
             assert set(sweep) == {"0.0", "10.0"} and r["accuracy"] == min(sweep.values())
+        if r["attack"] in ("apgd-ce", "apgd-t"):
+            a = r["settings"]["attack"]
+            assert (a["steps"], a["restarts"], a["eot"]) == (2, 1, 1)  # B is deterministic: one draw is exact
+        if r["attack"] == "square":
+            assert r["settings"]["attack"]["steps"] == 3 and r["settings"]["attack"]["gradient"].startswith("none")
     roc = json.load(open(os.path.join(out, "roc.json")))
     assert all(0.0 <= c["auc"] <= 1.0 for c in roc["curves"].values()) and "pgd (blind)" in roc["curves"]
     with open(os.path.join(out, "roc.png"), "rb") as f:
         assert f.read(4) == b"\x89PNG"
-    assert "counter A" in open(os.path.join(out, "adaptive.md")).read() and result["eot"] == 2
+    md = open(os.path.join(out, "adaptive.md")).read()
+    assert "**worst case**" in md and "counter A" in md and "+ APGD-CE" in md
+    assert result["budget"]["square_queries"] == 3
 
 
 def test_two_reports_sharing_a_cache_folder_keep_each_others_cells(tmp_path):
@@ -250,7 +281,8 @@ def test_report_names_every_apudae_cell_below_the_paper_and_only_those():
     from apudae_tf import evaluate
 
     def rec(defence, attack, acc, paper, ci):
-        return {"defence": defence, "attack": attack, "accuracy": acc, "paper": paper, "ci95": ci}
+        kind = "purifier" if defence.startswith("APuDAE") else "undefended"
+        return {"defence": defence, "kind": kind, "attack": attack, "accuracy": acc, "paper": paper, "ci95": ci}
 
     result = {"records": [rec("APuDAE D", "fgsm", 0.915, 0.964, [0.909, 0.920]),
                           rec("APuDAE D", "pgd", 0.948, 0.951, [0.944, 0.952]),

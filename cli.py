@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import os
+import shlex
 import sys
 
 import click
@@ -36,17 +37,43 @@ def _import_tensorflow_quietly():
 
 
 def friendly_errors(fn):
-    """Turn ApudaeError into ``error: ...`` and exit 2."""
+    """Run a command: TensorFlow is imported here, after click has parsed and checked the options (so
+    ``--help`` and bad options answer at once); ApudaeError and OS errors become ``error: ...`` and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _import_tensorflow_quietly()
             return fn(*args, **kwargs)
         except ApudaeError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            fail(str(e))
+        except OSError as e:  # a disk full, a permission refused at write time: one line, never a traceback
+            where = f" {e.filename}" if getattr(e, "filename", None) else ""
+            fail(f"cannot write{where}: {e.strerror or e}")
 
     return wrapper
+
+
+def fail(message: str):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+class Cli(click.Group):
+    """The command group. A usage error (an unknown option, a value out of its range) is one ``error:`` line
+    naming the option, the value and the allowed range, and exit status 2, like every other bad input."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            fail(e.format_message())
+        except click.Abort:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        if standalone_mode:
+            sys.exit(code or 0)
+        return code
 
 
 data_dir_option = click.option(
@@ -55,6 +82,8 @@ data_dir_option = click.option(
     default=None,
     help="Folder holding <dataset>.npz (Keras layout). Defaults to $APUDAE_DATA_DIR, then tensorflow-datasets.",
 )
+force_option = click.option("--force", is_flag=True,
+                            help="Replace what the output location already holds (never needed for a new location).")
 
 
 def progress_bar(length, label):
@@ -72,26 +101,54 @@ def read_batch(path):
     return pipeline.loads(sys.stdin.buffer.read(), "stdin")
 
 
+def check_output(path, option="-o", force=False):
+    """Before any work: an output file can be written, or stdout is a pipe or file, not a terminal."""
+    from apudae_tf import store
+
+    if path and path != "-":
+        store.check_output_file(path, option, force)
+    elif sys.stdout.isatty():
+        raise ApudaeError(f"refusing to write npz data to a terminal: pass {option} FILE or pipe into another command")
+
+
+def write_stdout(data: bytes, what: str):
+    """All of ``data`` to stdout, or an error: a reader that stops early (``| head``) must not leave a
+    silently cut stream and exit status 0. Buffered writes can report a short write without raising, so
+    the bytes go to the file descriptor in a loop that counts them."""
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # an in-memory stream (tests, notebooks): nothing to cut
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    view, done = memoryview(data), 0
+    try:
+        while done < len(data):
+            n = os.write(fd, view[done:])
+            if n <= 0:
+                break
+            done += n
+    except OSError:
+        pass
+    if done < len(data):
+        # point stdout at /dev/null so Python's own flush at exit does not fail a second time
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        except OSError:
+            pass
+        raise ApudaeError(f"the reader closed the pipe after {done} of {len(data)} bytes of {what}: output lost")
+
+
 def write_batch(batch, path):
     from apudae_tf import pipeline
 
     if path and path != "-":
         pipeline.write(batch, path)
         click.echo(f"wrote {len(batch.x)} images to {path}", err=True)
-    elif sys.stdout.isatty():
-        raise ApudaeError("refusing to write npz data to a terminal: pass -o FILE or pipe into another command")
     else:
-        try:
-            sys.stdout.buffer.write(pipeline.dumps(batch))
-            sys.stdout.buffer.flush()
-        except BrokenPipeError:
-            # the reader stopped early (`| head`): one line, not a traceback; point stdout at
-            # /dev/null so Python's own flush at exit does not fail a second time
-            try:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            except (OSError, ValueError):
-                pass
-            raise ApudaeError("the output pipe was closed before all data was written") from None
+        check_output(path)
+        write_stdout(pipeline.dumps(batch), f"{len(batch.x)} images")
 
 
 def model_folder(dataset, model_dir):
@@ -131,7 +188,7 @@ models_option = click.option("--models", "model_dir", type=click.Path(file_okay=
                              help="Model folder (default: saved_models/<dataset>).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="apudae-tf")
 def main():
     """Adversarial purification with denoising autoencoders (APuDAE).
@@ -141,7 +198,6 @@ def main():
     y_train, x_test, y_test; uint8). Offline, point --data-dir or
     APUDAE_DATA_DIR at a folder holding mnist.npz / cifar10.npz.
     """
-    _import_tensorflow_quietly()
 
 
 @main.command()
@@ -184,12 +240,14 @@ def main():
               help="Channels of the DAE's layers (Table 1: 64). Wider is an experiment, reported under its own "
                    "name.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Output folder (default: saved_models/<dataset>).")
+              help="Model folder to write (default: ./apudae-runs/<dataset>/models). A folder that already holds "
+                   "what this training writes is refused unless --force; so is a shipped model folder.")
+@force_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and noise.")
 @data_dir_option
 @friendly_errors
-def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch_size, dae_filters, out_dir, seed,
-          data_dir):
+def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch_size, dae_filters, out_dir, force,
+          seed, data_dir):
     """Train the classifier and/or the DAE on DATASET.
 
     Writes OUT/classifier.keras, OUT/dae.keras and OUT/dae_stats.json (the
@@ -199,14 +257,20 @@ def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch
     adapted-classifier writes OUT/classifier.keras and OUT/classifier.json
     beside copies of BASE's DAE.
     """
+    import contextlib
+
     from apudae_tf import data, store
     from apudae_tf import train as training
 
     adapt_to = [v.strip() for v in adapt_to.split(",") if v.strip()]
     if what == "adapted-classifier":
         _variant_list(",".join(v.partition(":")[0] for v in adapt_to))
+    out_dir = out_dir or store.run_dir(dataset, "models")
+    parts = ["classifier", "dae"] if what == "all" else [what]
+    store.check_output_folder(out_dir, "--out", tuple(f for p in parts for f in store.PART_FILES[p]),
+                              force=force or resume)
+    click.echo(f"writing to {out_dir}", err=True)
     ds = data.load_dataset(dataset, data_dir)
-    out_dir = out_dir or store.default_model_dir(ds.name)
     todo = training.train_order(recipe) if what == "all" else [what]
     summary = {}
     for part in todo:
@@ -215,9 +279,10 @@ def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch
                                           dae_filters=dae_filters)
         click.echo(f"training the {part} on {ds.name} ({len(ds.x_train)} images, {n_epochs} epochs) -> {out_dir}",
                    err=True)
-        summary.update(training.train(ds, part, out_dir, settings, echo=lambda m: click.echo(m, err=True),
-                                      recipe=recipe, progress_bar=progress_bar, resume=resume, base_dir=base_dir,
-                                      adapt_to=adapt_to))
+        with contextlib.redirect_stdout(sys.stderr):  # Keras' progress lines; stdout carries the summary only
+            summary.update(training.train(ds, part, out_dir, settings, echo=lambda m: click.echo(m, err=True),
+                                          recipe=recipe, progress_bar=progress_bar, resume=resume, base_dir=base_dir,
+                                          adapt_to=adapt_to))
     click.echo(json.dumps(summary, indent=2))
 
 
@@ -252,11 +317,13 @@ def info(dataset, model_dir, as_json, data_dir):
                    "images; bpda, weighted, adaptive and bpda-eot see the defence (spec §5); apgd-ce, apgd-dlr, "
                    "apgd-t and square are AutoAttack's (Croce & Hein 2020): white box on the classifier, or through "
                    "the purifier with --variant.")
-@click.option("--eps", type=float, default=None, help="L∞ budget (default: 0.3 MNIST, 8/255 CIFAR-10).")
+@click.option("--eps", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="L∞ budget, in (0, 1] (default: 0.3 MNIST, 8/255 CIFAR-10).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Iterations (default: 40 MNIST, 7 CIFAR-10; Adam steps for cw-l2, default 100; APGD 100; "
                    "queries for square, default 5000).")
-@click.option("--step", "step_size", type=float, default=None, help="Step size (default: 0.01 MNIST, 2/255 CIFAR-10).")
+@click.option("--step", "step_size", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Step size, in (0, 1] (default: 0.01 MNIST, 2/255 CIFAR-10; scaled with --eps).")
 @click.option("--n", "n_images", type=click.IntRange(min=1), default=None, help="Attack the first N images.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -269,7 +336,8 @@ def info(dataset, model_dir, as_json, data_dir):
               help="APGD's random starts per image.")
 @click.option("--targets", type=click.IntRange(min=1), default=9, show_default=True,
               help="apgd-t: target classes, the highest ranked after the true one.")
-@click.option("--lam", type=float, default=1.0, show_default=True, help="Counter B's weight on r(x) (weighted).")
+@click.option("--lam", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Counter B's weight on r(x) (weighted), >= 0.")
 @click.option("--eot", type=click.IntRange(min=1), default=None,
               help="Samples of the defence's randomness per gradient (default: 8 for F and G, else 1).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
@@ -293,7 +361,8 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
 
     from apudae_tf import attacks, data, pipeline, store
 
-    ds = data.load_dataset(dataset, data_dir)
+    check_output(output)
+    ds = data.load_dataset(dataset, data_dir, test_only=split == "test")
     x, y = ds.split(split)
     x, y = x[:n_images], y[:n_images]
     adaptive = method in names.ADAPTIVE_METHODS or (method in names.ENSEMBLE_METHODS and variant is not None)
@@ -326,10 +395,13 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
 @click.option("--variant", type=click.Choice(names.PURIFY_VARIANTS), default="F",
               show_default=True, help="Purification variant (spec §3).")
 @click.option("--n", "n_iter", type=click.IntRange(min=0), default=None, help="Iterations n.")
-@click.option("--alpha", type=float, default=None, help="Step size (A) or Adam learning rate (B-G).")
-@click.option("--eps-r", type=float, default=None, help="Noise scale ε_r (F, G; eq. 12).")
-@click.option("--rho", type=float, default=None, help="Resize range ρ (G; eq. 13).")
-@click.option("--theta-max", type=float, default=None, help="Rotation range θ_max in degrees (G; eq. 13).")
+@click.option("--alpha", type=click.FloatRange(min=0), default=None,
+              help="Step size (A) or Adam learning rate (B-G), >= 0.")
+@click.option("--eps-r", type=click.FloatRange(min=0), default=None, help="Noise scale ε_r (F, G; eq. 12), >= 0.")
+@click.option("--rho", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Resize range ρ (G; eq. 13), in [0, 1).")
+@click.option("--theta-max", type=click.FloatRange(0, 180), default=None,
+              help="Rotation range θ_max in degrees (G; eq. 13), in [0, 180].")
 @click.option("--seed", type=int, default=None, help="Seed of the random variants F and G.")
 @click.option("--dataset", default=None, help="Dataset whose models to use, when the input's meta names none.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
@@ -350,6 +422,7 @@ def purify(variant, n_iter, alpha, eps_r, rho, theta_max, seed, dataset, batch_s
 
     from apudae_tf import purify as purification
 
+    check_output(output)
     batch = read_batch(input_path)
     m = models_for(batch, model_dir, dataset, need=("dae",))
     base = purification.default_settings(m.stats.dataset, variant, m.folder)
@@ -377,6 +450,8 @@ def classify(dataset, input_path, predictions, as_json, model_dir):
 
     from apudae_tf import models, store
 
+    if predictions:
+        store.check_output_file(predictions, "-o")
     batch = read_batch(input_path)
     m = models_for(batch, model_dir, dataset, need=("classifier",))
     logits = models.predict_in_batches(m.classifier_fn(), batch.x)
@@ -416,6 +491,7 @@ def export(dataset, variant, base, version, model_dir):
     from apudae_tf import purify as purification
     from apudae_tf import store
 
+    exporting.check_target(base, version)
     m = store.load_models(model_folder(dataset, model_dir))
     settings = purification.default_settings(m.stats.dataset, variant, m.folder)
     p = purification.Purifier(m.dae, m.stats, variant, settings)
@@ -433,27 +509,46 @@ def export(dataset, variant, base, version, model_dir):
 @click.option("--defense-gan", is_flag=True,
               help="Tune the Defense-GAN baseline instead: sweep its steps R (L = 10) and write the choice to "
                    "MODELS/generator.json; the sweep goes to results/<dataset>/tune_gan.json.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
-              help="Sweep report (default: results/<dataset>/tune.json).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Model folder that receives the choice (default: ./apudae-runs/<dataset>/tuned). When it is not "
+                   "MODELS, MODELS' files are copied into it first, so it is a complete model folder: pass it as "
+                   "--models to purify, attack, evaluate and export. One that already holds a choice is refused "
+                   "unless --force; so is a shipped model folder.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="The whole sweep as JSON (default: OUT/tune.json, or OUT/tune_gan.json with --defense-gan).")
+@force_option
 @models_option
 @data_dir_option
 @friendly_errors
-def tune(dataset, variants, n_val, seed, defense_gan, out_path, model_dir, data_dir):
+def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, force, model_dir, data_dir):
     """Choose purification settings on the validation split (never the test set).
 
     For each variant, sweeps n, alpha (and eps_r for F, G) on N_VAL
     validation images and their PGD versions (the dataset's preset, blind to
     the defence), keeps the setting with the best mean of clean and PGD
-    accuracy, and writes it to MODELS/purify_settings.json, which `purify`
-    then uses by default. The whole sweep goes to results/<dataset>/tune.json.
+    accuracy, and writes it to OUT/purify_settings.json, which `purify
+    --models OUT` then uses by default. The whole sweep goes to the report.
     """
     from apudae_tf import attacks, data, evaluate, store
 
+    chosen_variants = None if defense_gan else _variant_list(variants)
+    folder = model_folder(dataset, model_dir)
+    out_dir = out_dir or store.run_dir(dataset, "tuned")
+    same = os.path.realpath(out_dir) == os.path.realpath(folder)
+    holds = (store.GENERATOR_INFO,) if defense_gan and same else () if defense_gan else (store.PURIFY_SETTINGS,)
+    if not same:  # a new folder is checked before the copy brings the base's settings along
+        store.check_output_folder(out_dir, "--out", holds + (store.CLASSIFIER, store.DAE), force)
+    else:
+        store.check_output_folder(out_dir, "--out", holds, force)
+    report_path = report_path or os.path.join(out_dir, "tune_gan.json" if defense_gan else "tune.json")
+    store.check_output_file(report_path, "--report", force=force)
+    click.echo(f"writing to {out_dir}", err=True)
     ds = data.load_dataset(dataset, data_dir)
-    folder = model_dir or store.default_model_dir(ds.name)
     m = store.load_models(folder, ds.image_shape)
+    if not same:
+        store.copy_model_files(folder, out_dir)
     if defense_gan:
-        _tune_gan(ds, m, folder, n_val, seed, out_path)
+        _tune_gan(ds, m, folder, out_dir, n_val, seed, report_path)
         return
     chosen_variants = _variant_list(variants)
 
@@ -463,12 +558,11 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_path, model_dir, data_
                    f"clean {row['clean']:.3f} pgd {row['pgd']:.3f}", err=True)
 
     report = evaluate.tune(m, ds, chosen_variants, n_val, attacks.preset(ds.name, seed=seed), seed, progress=show)
-    report["command"] = (f"apudae-tf tune {dataset} --variants {','.join(chosen_variants)} --n-val {n_val} "
-                         f"--seed {seed}")
-    out_path = out_path or os.path.join("results", ds.name, "tune.json")
-    store.write_json(out_path, report)
+    report["command"] = "apudae-tf tune " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    report["models"] = store.shown_path(folder)
+    store.write_json(report_path, report)
     chosen = {v: {k: r[k] for k in ("settings", "val_clean", "val_pgd")} for v, r in report["variants"].items()}
-    settings_path = os.path.join(folder, store.PURIFY_SETTINGS)
+    settings_path = os.path.join(out_dir, store.PURIFY_SETTINGS)
     previous = {}
     if os.path.isfile(settings_path):  # keep variants tuned earlier and not re-tuned now
         with open(settings_path) as f:
@@ -479,7 +573,7 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_path, model_dir, data_
         click.echo(f"{v}: {r['settings']}  val clean {r['val_clean']:.3f}, val pgd {r['val_pgd']:.3f}")
 
 
-def _tune_gan(ds, m, folder, n_val, seed, out_path):
+def _tune_gan(ds, m, folder, out_dir, n_val, seed, report_path):
     from apudae_tf import attacks, defensegan, evaluate, store
 
     gen = _load_generator(folder, ds.name, "tune")
@@ -490,9 +584,9 @@ def _tune_gan(ds, m, folder, n_val, seed, out_path):
                    f"pgd {row['pgd']:.3f} ({row['ms_per_image']:.0f} ms/image)", err=True)
 
     report = evaluate.tune_gan(m, ds, gen, n_val, attacks.preset(ds.name, seed=seed), seed=seed, progress=show)
-    report["command"] = f"apudae-tf tune {ds.name} --defense-gan --n-val {n_val} --seed {seed}"
-    store.write_json(out_path or os.path.join("results", ds.name, "tune_gan.json"), report)
-    defensegan.save_search(folder, report)
+    report["command"] = "apudae-tf tune " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    store.write_json(report_path, report)
+    defensegan.save_search(out_dir, report)
     r = report["defense_gan"]
     click.echo(f"Defense-GAN: {r['settings']}  val clean {r['val_clean']:.3f}, val pgd {r['val_pgd']:.3f}")
 
@@ -517,7 +611,10 @@ def _load_generator(folder, dataset, command):
 @click.option("--cw-l2-n", type=click.IntRange(min=0), default=None,
               help="Images in the CW-L2 column, the dearest attack (default: 1000; 0 leaves the column out).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Report folder (default: results/<dataset>). Finished cells are cached in OUT/cache.")
+              help="Report folder (default: ./apudae-runs/<dataset>/evaluate). Finished cells are cached in OUT/cache, "
+                   "so an interrupted run resumes; a folder that already holds the report is refused unless --force "
+                   "(which keeps the cache).")
+@force_option
 @click.option("--no-adv-training", is_flag=True, help="Leave out the adversarial-training row.")
 @click.option("--defense-gan", is_flag=True,
               help="Add the Defense-GAN row (MODELS/generator.keras, from `train --what gan`). Opt-in: its latent "
@@ -554,9 +651,9 @@ def _load_generator(folder, dataset, command):
 @models_option
 @data_dir_option
 @friendly_errors
-def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, defense_gan, gan_restarts, gan_steps,
-             gan_attack_restarts, adaptive, apgd_steps, restarts, apgd_targets, square_queries, eot, seed, model_dir,
-             data_dir):
+def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_training, defense_gan, gan_restarts,
+             gan_steps, gan_attack_restarts, adaptive, apgd_steps, restarts, apgd_targets, square_queries, eot, seed,
+             model_dir, data_dir):
     """Rebuild the paper's table for DATASET (spec §6): defences x attacks.
 
     Rows: no defence, adversarial training (MODELS/adv_classifier.keras, from
@@ -567,10 +664,12 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, def
     Writes OUT/table.json (records), OUT/table.md (the paper's numbers
     beside ours) and PNG figures. An interrupted run resumes from OUT/cache.
     """
-    import shlex
-
     from apudae_tf import data, evaluate as ev, store, table
 
+    report = "adaptive" if adaptive else "table"
+    out_dir = out_dir or store.run_dir(dataset, "evaluate")
+    store.check_output_folder(out_dir, "--out", (f"{report}.json", f"{report}.md"), force)
+    click.echo(f"writing to {out_dir}", err=True)
     ds = data.load_dataset(dataset, data_dir)
     if ds.name not in table.COLUMNS:
         raise ApudaeError(f"no table for dataset {ds.name!r}; evaluate knows {', '.join(table.COLUMNS)}")
@@ -593,7 +692,6 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, def
             tuned, restarts=gan_restarts or tuned.restarts, steps=tuned.steps if gan_steps is None else gan_steps,
             seed=seed))
     n = n_images or len(ds.x_test)
-    out_dir = out_dir or os.path.join("results", ds.name)
     command = "apudae-tf evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     echo = functools.partial(click.echo, err=True)
     if adaptive:
@@ -601,12 +699,10 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, no_adv_training, def
                               square_queries=square_queries, eot=eot)
         result = ev.adaptive_report(m, ds, n, out_dir, adv=adv, seed=seed, budget=budget, command=command,
                                     echo=echo, progress_bar=progress_bar, gan=gan,
-                                    gan_attack_restarts=gan_attack_restarts)
-        report = "adaptive"
+                                    gan_attack_restarts=gan_attack_restarts, variants=chosen)
     else:
         result = ev.table_report(m, ds, n, chosen, out_dir, adv=adv, seed=seed, cw_l2_n=cw_l2_n, command=command,
                                  echo=echo, progress_bar=progress_bar, gan=gan)
-        report = "table"
     with open(os.path.join(out_dir, f"{report}.md")) as f:
         click.echo(f.read().split("\n\n")[0])
     click.echo(f"wrote {out_dir}/{report}.json, {report}.md and figures in {result['seconds'] / 60:.1f} min", err=True)

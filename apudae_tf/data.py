@@ -49,13 +49,17 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
-        return int(max(self.y_train.max(), self.y_test.max())) + 1
+        return int(max(y.max() for y in (self.y_train, self.y_test) if len(y))) + 1
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(x, y)`` of the split called ``train``, ``val`` or ``test``."""
         if name not in ("train", "val", "test"):
             raise ApudaeError(f"unknown split {name!r}; use train, val or test")
-        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+        x, y = getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+        if not len(x):
+            raise ApudaeError(f"{self.name}: no {name} split in {self.source}; point --data-dir or ${DATA_DIR_ENV} at "
+                              f"a folder holding {self.name}.npz")
+        return x, y
 
 
 def to_float_images(x: np.ndarray) -> np.ndarray:
@@ -119,28 +123,68 @@ def _from_arrays(name: str, arrays: dict[str, np.ndarray], source: str) -> Datas
     )
 
 
+EMBEDDED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
+# the tfds download host; checked before a download so that an offline machine fails in seconds
+TFDS_HOST = ("storage.googleapis.com", 443)
+NETWORK_TIMEOUT = 3.0
+
+
+def _online() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(TFDS_HOST, timeout=NETWORK_TIMEOUT).close()
+        return True
+    except OSError:
+        return False
+
+
 def _from_tfds(name: str) -> dict[str, np.ndarray]:
+    import absl.logging
     import tensorflow_datasets as tfds
 
+    absl.logging.set_verbosity(absl.logging.ERROR)  # tfds' notes on its cache folder are not the user's business
     out = {}
     for split in ("train", "test"):
-        x, y = tfds.as_numpy(tfds.load(name, split=split, as_supervised=True, batch_size=-1))
+        try:  # prepared earlier on this machine: no network needed
+            data = tfds.load(name, split=split, as_supervised=True, batch_size=-1, download=False)
+        except Exception:  # tfds raises its own types for a dataset not prepared here
+            if not _online():
+                raise ApudaeError(f"{name}: not in the tensorflow-datasets folder and no network to download it "
+                                  f"({TFDS_HOST[0]} unreachable); offline, point --data-dir or ${DATA_DIR_ENV} at a "
+                                  f"folder holding {name}.npz") from None
+            data = tfds.load(name, split=split, as_supervised=True, batch_size=-1)
+        x, y = tfds.as_numpy(data)
         out[f"x_{split}"], out[f"y_{split}"] = x, y
     return out
+
+
+def _test_only(name: str, arrays: dict[str, np.ndarray], source: str) -> Dataset:
+    """A dataset with its test split alone (train and validation empty), for commands that need no more."""
+    x = to_float_images(arrays["x_test"])
+    empty = np.zeros((0, *x.shape[1:]), np.float32)
+    none = np.zeros(0, np.int64)
+    return Dataset(name, empty, none, empty, none, x, arrays["y_test"].astype(np.int64), source)
 
 
 def resolve_data_dir(data_dir: str | None) -> str | None:
     return data_dir or os.environ.get(DATA_DIR_ENV) or None
 
 
-def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
-    """Load a dataset by name (``mnist``, ``cifar10`` or ``npz:PATH``)."""
+def load_dataset(name: str, data_dir: str | None = None, test_only: bool = False) -> Dataset:
+    """Load a dataset by name (``mnist``, ``cifar10`` or ``npz:PATH``).
+
+    ``test_only``: the caller reads the test split alone; with no data folder configured, MNIST's then
+    comes from the copy inside the package (exact; no network needed), and train and val are empty."""
     if name.startswith("npz:"):
         path = name[4:]
         return _from_arrays(os.path.splitext(os.path.basename(path))[0], read_npz(path), path)
     if name not in BUILTIN:
         raise ApudaeError(f"unknown dataset {name!r}; use one of {', '.join(BUILTIN)} or npz:PATH")
     folder = resolve_data_dir(data_dir)
+    embedded = os.path.join(EMBEDDED, f"{name}_test.npz")
+    if test_only and not folder and os.path.isfile(embedded):
+        return _test_only(name, read_npz(embedded), f"embedded:{name}_test")
     if folder:
         path = os.path.join(folder, f"{name}.npz")
         if not os.path.isfile(path):
@@ -151,6 +195,8 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
         return _from_arrays(name, read_npz(path), path)
     try:
         arrays = _from_tfds(name)
+    except ApudaeError:
+        raise
     except Exception as e:  # tfds raises many types when offline
         raise ApudaeError(
             f"{name}: tensorflow-datasets could not load it ({first_line(e, 120)}); "

@@ -24,8 +24,8 @@ from apudae_tf.checkpoint import EpochCheckpoint
 from apudae_tf.errors import ApudaeError
 
 LATENT_DIM = 128
-GAN_FILE = "generator.keras"
-GAN_INFO = "generator.json"
+GAN_FILE = store.GENERATOR
+GAN_INFO = store.GENERATOR_INFO
 GAN_CHECKPOINTS = ".gan_ckpt"
 N_CRITIC = 5
 GP_WEIGHT = 10.0

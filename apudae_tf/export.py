@@ -79,17 +79,28 @@ class ServedDefence(tf.Module):
         return {"r": models.reconstruction_error(self.dae, images), **self._outputs(images)}
 
 
+def check_target(base: str, version: int) -> str:
+    """Before any work: BASE/VERSION must not exist yet and BASE must be writable; returns BASE/VERSION."""
+    from apudae_tf import store
+
+    if version < 1:
+        raise ApudaeError(f"--version must be a positive integer, got {version}")
+    target = os.path.join(base, str(version))
+    if os.path.exists(target):
+        raise ApudaeError(f"--out {base}: {target} exists; pick another --version or remove it")
+    if os.path.exists(base) and not os.path.isdir(base):
+        raise ApudaeError(f"--out {base}: is a file; name a folder")
+    store.probe_folder(base, "--out", base)
+    return target
+
+
 def export(classifier, purifier: Purifier, base: str, version: int = 1, meta: dict | None = None) -> str:
     """Write BASE/VERSION/ (saved_model.pb, variables/, assets.extra/apudae.json); returns that path.
 
     Written into a temporary folder beside it and renamed, so a half-written
     export never appears under a version number TF Serving would load.
     """
-    if version < 1:
-        raise ApudaeError(f"--version must be a positive integer, got {version}")
-    target = os.path.join(base, str(version))
-    if os.path.exists(target):
-        raise ApudaeError(f"{target} exists; pick another --version or remove it")
+    target = check_target(base, version)
     module = ServedDefence(classifier, purifier)
     signatures = {
         "serving_default": module.serve.get_concrete_function(),

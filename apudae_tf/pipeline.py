@@ -37,6 +37,9 @@ class Batch:
 
 
 def validate(x, y, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8:
+        raise ApudaeError(f"{where}: x must be float32 images in [0, 1], got uint8 (0-255): store "
+                          "x.astype(np.float32) / 255")
     if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
         raise ApudaeError(f"{where}: x must be float32 images in [0, 1], got {getattr(x, 'dtype', type(x))}")
     if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.shape[0] == 0:

@@ -22,6 +22,13 @@ ADV_CLASSIFIER = "adv_classifier.keras"  # the adversarial-training baseline (is
 ADV_CLASSIFIER_INFO = "adv_classifier.json"
 CLASSIFIER_INFO = "classifier.json"  # the ResNets' training recipe and history
 PURIFY_SETTINGS = "purify_settings.json"  # per-variant settings chosen on the validation split
+GENERATOR = "generator.keras"  # Defense-GAN's generator
+GENERATOR_INFO = "generator.json"  # its training record and the latent search chosen on validation
+# what each part of `train` writes into its model folder
+PART_FILES = {"classifier": (CLASSIFIER,), "dae": (DAE, DAE_STATS), "adv-classifier": (ADV_CLASSIFIER, ADV_CLASSIFIER_INFO),
+              "gan": (GENERATOR, GENERATOR_INFO), "adapted-classifier": (CLASSIFIER, CLASSIFIER_INFO, DAE, DAE_STATS)}
+MODEL_FILES = (CLASSIFIER, CLASSIFIER_INFO, DAE, DAE_STATS, ADV_CLASSIFIER, ADV_CLASSIFIER_INFO, GENERATOR, GENERATOR_INFO)
+RUNS = "apudae-runs"  # where commands write when no output is named: ./apudae-runs/<dataset>/<what>
 
 def _saved_models() -> str:
     """saved_models/ inside an installed package, else the repository's own (checkout, editable install)."""
@@ -35,6 +42,13 @@ SAVED_MODELS = _saved_models()
 
 def default_model_dir(dataset: str) -> str:
     return os.path.join(SAVED_MODELS, dataset)
+
+
+def run_dir(dataset: str, what: str) -> str:
+    """The default output of a command that writes: ./apudae-runs/<dataset>/<what>, never the shipped models
+    or the committed results. ``npz:PATH`` datasets are named by their file."""
+    name = os.path.splitext(os.path.basename(dataset[4:]))[0] if dataset.startswith("npz:") else dataset
+    return os.path.join(RUNS, name, what)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +92,74 @@ def file_digest(path: str) -> str:
     """The first 16 hex digits of a file's SHA-256: what keys cached results to the model that made them."""
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def is_shipped(path: str) -> bool:
+    """Whether ``path`` lies inside the shipped model folders, which no command writes to unless told to."""
+    shipped = os.path.realpath(SAVED_MODELS)
+    return os.path.commonpath([os.path.realpath(path), shipped]) == shipped
+
+
+def probe_folder(folder: str, option: str, value: str) -> None:
+    """Prove a file can be created in ``folder`` (``os.access`` says yes to root even where the file system
+    refuses), leaving nothing behind: folders made for the probe are removed again."""
+    made, p = [], os.path.abspath(folder)
+    while not os.path.exists(p):
+        made.append(p)
+        p = os.path.dirname(p)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".apudae-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ApudaeError(f"{option} {value}: cannot write there ({e.strerror or first_line(e)})") from None
+    finally:
+        for d in made:  # deepest first
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+
+def check_output_file(path: str, option: str, force: bool = False) -> None:
+    """Before any work: ``path`` (the value of ``option``) can be written, is not a folder, and is not inside
+    a shipped model folder unless ``force``."""
+    if os.path.isdir(path):
+        raise ApudaeError(f"{option} {path}: is a folder; name a file")
+    if is_shipped(path) and not force:
+        raise ApudaeError(f"{option} {path}: inside the shipped models ({shown_path(SAVED_MODELS)}); choose another "
+                          "place, or pass --force to change the shipped files")
+    probe_folder(os.path.dirname(os.path.abspath(path)), option, path)
+
+
+def check_output_folder(path: str, option: str, holds: tuple[str, ...], force: bool = False) -> None:
+    """Before any work: the folder ``path`` (the value of ``option``) can be written and does not already hold
+    any of the files ``holds`` (what the command would replace) unless ``force``; a shipped model folder is
+    written only with ``force``."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ApudaeError(f"{option} {path}: is a file; name a folder")
+    existing = [f for f in holds if os.path.exists(os.path.join(path, f))]
+    if existing and not force:
+        raise ApudaeError(f"{option} {path}: already holds {', '.join(existing)}; choose another folder, or pass "
+                          "--force to replace them")
+    if is_shipped(path) and not force:
+        raise ApudaeError(f"{option} {path}: a shipped model folder; choose another, or pass --force to change the "
+                          "shipped files")
+    probe_folder(path, option, path)
+
+
+def copy_model_files(src: str, dst: str, names=MODEL_FILES + (PURIFY_SETTINGS,)) -> list[str]:
+    """Copy the model folder ``src``'s files ``names`` (those it has) into ``dst``, each atomically; the
+    names copied."""
+    import shutil
+
+    copied = []
+    for name in names:
+        if os.path.isfile(os.path.join(src, name)):
+            atomic_write(os.path.join(dst, name), lambda tmp, n=name: shutil.copyfile(os.path.join(src, n), tmp))
+            copied.append(name)
+    return copied
 
 
 def atomic_write(path: str, write) -> None:

@@ -635,18 +635,13 @@ def train_adapted_classifier(ds: Dataset, base_dir: str, out_dir: str, variants:
     from a random one of ``variants``, with crop + flip on top. Writes ``out_dir``/classifier.keras
     and classifier.json, and copies the base's DAE, statistics and purify settings beside it, so
     ``out_dir`` is a complete model folder (re-tune it: the classifier changed)."""
-    import shutil
-
     if os.path.realpath(base_dir) == os.path.realpath(out_dir):
         raise ApudaeError("the adapted classifier needs its own --out folder, not the base model folder")
     base = store.load_models(base_dir, ds.image_shape)
     for v in variants:
         adapt_purifier(ds.name, base, v)  # a bad token fails before any work
     keras.utils.set_random_seed(settings.seed)
-    os.makedirs(out_dir, exist_ok=True)
-    for name in (store.DAE, store.DAE_STATS, store.PURIFY_SETTINGS):
-        if os.path.isfile(os.path.join(base_dir, name)):
-            shutil.copy(os.path.join(base_dir, name), os.path.join(out_dir, name))
+    store.copy_model_files(base_dir, out_dir, (store.DAE, store.DAE_STATS, store.PURIFY_SETTINGS))
     purified = _purified_training_images(ds, base, variants, os.path.join(out_dir, ADAPT_CACHE), echo)
     model = base.classifier
     optimizer = keras.optimizers.SGD(ADAPT_LEARNING_RATE, momentum=ADAPT_MOMENTUM, nesterov=True)

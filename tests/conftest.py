@@ -17,6 +17,13 @@ needs_cifar10 = pytest.mark.skipif(data_dir() is None or not os.path.isfile(os.p
                                    reason="no offline cifar10.npz (set APUDAE_DATA_DIR)")
 
 
+@pytest.fixture(autouse=True)
+def _work_in_a_temporary_folder(tmp_path, monkeypatch):
+    """Every test runs in its own folder: a command's default outputs (./apudae-runs) never land in the
+    repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def tiny_npz(tmp_path):
     """A user's own dataset in the documented npz layout: 200 train, 50 test 28x28 images."""

@@ -118,27 +118,3 @@ def test_classify_needs_only_a_classifier(tmp_path):
     assert json.loads(res.stdout)["n"] == 4
     res = _run(["purify", "--models", str(tmp_path)], _npz_bytes(x=x, y=y))
     assert res.exit_code == 2 and "no dae_stats.json" in res.stderr
-
-
-def test_a_reader_that_stops_early_gets_one_line_not_a_traceback(monkeypatch):
-    class ClosedPipe:
-        def isatty(self):
-            return False
-
-        def fileno(self):
-            raise ValueError("no file descriptor")
-
-        @property
-        def buffer(self):
-            return self
-
-        def write(self, data):
-            raise BrokenPipeError(32, "Broken pipe")
-
-        def flush(self):
-            pass
-
-    monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    x, y = _good()
-    with pytest.raises(cli.ApudaeError, match="output pipe was closed"):
-        cli.write_batch(pipeline.Batch(x=x, y=y, meta={}), None)

@@ -1,0 +1,179 @@
+"""The command line as a careful user meets it: no lost data on a pipe, no write over shipped models or
+existing outputs, checks before work, one `error:` line for a bad option, stdout for data only, a fast
+`--help`, and the main job on the MNIST test images inside the package."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from apudae_tf import data, pipeline, store
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = [sys.executable, os.path.join(REPO, "cli.py")]
+COMMANDS = ("train", "info", "attack", "purify", "classify", "export", "tune", "evaluate")
+
+
+def _cli(args, cwd, env=None, **kw):
+    env = {k: v for k, v in os.environ.items() if k != data.DATA_DIR_ENV} | (env or {})
+    return subprocess.run(CLI + list(args), cwd=cwd, env=env, capture_output=True, timeout=600, **kw)
+
+
+def _one_error_line(res) -> str:
+    text = res.stderr.decode() if isinstance(res.stderr, bytes) else res.stderr
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert res.returncode == 2, text
+    assert "Traceback" not in text and lines and lines[-1].startswith("error: "), text
+    assert sum(line.startswith("error") for line in lines) == 1, text
+    return lines[-1]
+
+
+def _stops_early(args, cwd, stdin=None, read=100):
+    """Run a command whose stdout reader takes ``read`` bytes and closes the pipe."""
+    proc = subprocess.Popen(CLI + list(args), cwd=cwd, stdin=subprocess.PIPE if stdin else None,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if stdin:
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+    got = proc.stdout.read(read)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=600)
+    return got, proc.returncode, err.decode()
+
+
+def test_a_reader_that_stops_early_is_an_error_not_a_silent_cut(tiny_models, tiny_npz, tmp_path):
+    # 50 images of 28x28 floats are 157 kB, more than a pipe holds
+    args = ["attack", "--dataset", f"npz:{tiny_npz}", "--models", tiny_models, "--method", "none", "--n", "50",
+            "--eps", "0.1", "--steps", "1"]
+    got, code, err = _stops_early(args, tmp_path)
+    assert len(got) == 100 and code == 2, err
+    assert err.strip().splitlines()[-1].startswith("error: the reader closed the pipe after") and "Traceback" not in err
+    # a middle stage of a pipeline whose own reader stops early: the same
+    x = np.random.default_rng(0).random((50, 28, 28, 1), dtype=np.float32)
+    batch = pipeline.dumps(pipeline.Batch(x=x, y=None, meta={"dataset": "mnist"}))
+    got, code, err = _stops_early(["purify", "--variant", "direct", "--models", tiny_models], tmp_path, stdin=batch,
+                                  read=10)
+    assert code == 2 and "output lost" in err and "Traceback" not in err
+
+
+def test_unwritable_outputs_fail_before_any_work(tiny_models, tiny_npz, tmp_path):
+    cases = [
+        ["attack", "--dataset", f"npz:{tiny_npz}", "--models", tiny_models, "--n", "5", "-o", "/sys/apudae.npz"],
+        ["train", f"npz:{tiny_npz}", "--out", "/sys/apudae"],
+        ["evaluate", "mnist", "--out", "/sys/apudae"],
+        ["tune", "mnist", "--models", tiny_models, "--out", "/sys/apudae"],
+        ["export", "--dataset", "mnist", "--models", tiny_models, "--out", "/sys/apudae"],
+    ]
+    for args in cases:
+        t0 = time.time()
+        res = _cli(args, tmp_path)
+        line = _one_error_line(res)
+        assert "/sys/apudae" in line and "cannot write" in line, line
+        assert b"training" not in res.stderr and b"images" not in res.stderr  # no work was started
+        assert time.time() - t0 < 60
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    res = _cli(["classify", "--models", tiny_models, "-o", "/sys/apudae.npz"], tmp_path,
+               input=pipeline.dumps(pipeline.Batch(x=x, y=None, meta={})))
+    assert "cannot write" in _one_error_line(res)
+    res = _cli(["purify", "--models", tiny_models, "-o", str(tmp_path)], tmp_path,
+               input=pipeline.dumps(pipeline.Batch(x=x, y=None, meta={})))
+    assert "is a directory" in _one_error_line(res)
+
+
+def test_existing_outputs_are_kept_unless_forced(tiny_models, tiny_npz, tmp_path):
+    # a model folder that already holds the DAE (tiny_models does)
+    res = _cli(["train", f"npz:{tiny_npz}", "--what", "dae", "--out", tiny_models], tmp_path)
+    assert "already holds dae.keras" in _one_error_line(res) and "--force" in res.stderr.decode()
+    # a report folder that holds the report
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "table.json").write_text("{}")
+    res = _cli(["evaluate", "mnist", "--models", tiny_models, "--out", str(report)], tmp_path)
+    assert "already holds table.json" in _one_error_line(res)
+    assert (report / "table.json").read_text() == "{}"
+    # tuning in place over an earlier choice
+    (open(os.path.join(tiny_models, store.PURIFY_SETTINGS), "w")).write('{"variants": {}}')
+    res = _cli(["tune", "mnist", "--models", tiny_models, "--out", tiny_models], tmp_path)
+    assert "already holds purify_settings.json" in _one_error_line(res)
+
+
+def test_shipped_models_are_read_only_to_every_command(tmp_path):
+    shipped = store.default_model_dir("mnist")
+    for args in (["train", "mnist", "--what", "dae", "--out", shipped],
+                 ["tune", "mnist", "--out", shipped],
+                 ["attack", "--dataset", "mnist", "--n", "2", "-o", os.path.join(shipped, "x.npz")]):
+        line = _one_error_line(_cli(args, tmp_path))
+        assert "shipped" in line or "already holds" in line, line
+
+
+def test_train_without_out_writes_under_the_working_folder_only(tiny_npz, tmp_path):
+    before = {f: hashlib.sha256(open(os.path.join(store.SAVED_MODELS, "mnist", f), "rb").read()).hexdigest()
+              for f in os.listdir(os.path.join(store.SAVED_MODELS, "mnist"))}
+    res = _cli(["train", f"npz:{tiny_npz}", "--what", "dae", "--epochs", "1"], tmp_path)
+    assert res.returncode == 0, res.stderr.decode()
+    summary = json.loads(res.stdout)  # stdout is the JSON summary alone: Keras' lines went to stderr
+    out = os.path.join("apudae-runs", "tiny", "models")
+    assert summary["out"] == out and os.path.isfile(tmp_path / out / store.DAE)
+    assert f"writing to {out}" in res.stderr.decode() and "training the dae" in res.stderr.decode()
+    after = {f: hashlib.sha256(open(os.path.join(store.SAVED_MODELS, "mnist", f), "rb").read()).hexdigest()
+             for f in os.listdir(os.path.join(store.SAVED_MODELS, "mnist"))}
+    assert after == before
+    # the same command again keeps what it made
+    assert "already holds dae.keras" in _one_error_line(_cli(["train", f"npz:{tiny_npz}", "--what", "dae"], tmp_path))
+
+
+@pytest.mark.parametrize("args, option, value", [
+    (["attack", "--dataset", "mnist", "--eps", "2"], "--eps", "2.0"),
+    (["attack", "--dataset", "mnist", "--n", "0"], "--n", "0"),
+    (["purify", "--alpha", "-1"], "--alpha", "-1.0"),
+    (["purify", "--rho", "1.5"], "--rho", "1.5"),
+    (["evaluate", "mnist", "--adaptive", "--apgd-steps", "0"], "--apgd-steps", "0"),
+])
+def test_a_bad_option_is_one_line_naming_option_value_and_range(args, option, value, tmp_path):
+    t0 = time.time()
+    line = _one_error_line(_cli(args, tmp_path))
+    assert option in line and value in line and "range" in line, line
+    assert time.time() - t0 < 10  # checked by the parser, before TensorFlow is even imported
+
+
+def test_uint8_input_gets_the_hint_to_scale(tiny_models, tmp_path):
+    x = (np.random.default_rng(0).random((2, 28, 28, 1)) * 255).astype(np.uint8)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, x=x)
+    res = _cli(["classify", "--models", tiny_models], tmp_path, input=buf.getvalue())
+    assert "/ 255" in _one_error_line(res)
+
+
+def test_help_answers_fast_for_every_command(tmp_path):
+    for command in COMMANDS:
+        t0 = time.time()
+        res = _cli([command, "--help"], tmp_path)
+        seconds = time.time() - t0
+        assert res.returncode == 0 and b"Usage:" in res.stdout
+        assert seconds < 2.0, f"{command} --help took {seconds:.1f} s"  # ~0.4 s measured; TensorFlow is not imported
+
+
+def test_the_embedded_mnist_test_set_is_exact_and_serves_the_main_job(tmp_path):
+    ds = data.load_dataset("mnist", test_only=True)
+    assert ds.source == "embedded:mnist_test" and ds.x_test.shape == (10000, 28, 28, 1)
+    raw = np.load(os.path.join(data.EMBEDDED, "mnist_test.npz"), allow_pickle=False)
+    assert hashlib.sha256(raw["x_test"].tobytes()).hexdigest() == \
+        "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161"
+    assert hashlib.sha256(raw["y_test"].tobytes()).hexdigest() == \
+        "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5"
+    # no data folder configured: attack reads them; the val split is not there and says so
+    res = _cli(["attack", "--dataset", "mnist", "--method", "none", "--n", "3", "-o", str(tmp_path / "a.npz")], tmp_path)
+    assert res.returncode == 0, res.stderr.decode()
+    np.testing.assert_array_equal(pipeline.read(str(tmp_path / "a.npz")).x, ds.x_test[:3])
+    if not data._online():  # offline, the training split is one line away, in seconds
+        line = _one_error_line(_cli(["attack", "--dataset", "mnist", "--split", "val", "--n", "3", "-o",
+                                     str(tmp_path / "b.npz")], tmp_path))
+        assert "--data-dir" in line

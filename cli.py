@@ -172,7 +172,7 @@ def models_for(batch, model_dir, dataset, need=("classifier", "dae")):
     return store.load_models(model_folder(name, model_dir), batch.x.shape[1:], need=need)
 
 
-EOT_DEFAULT = 8  # samples of the defence's randomness per gradient for F and G
+EOT_DEFAULT = names.ADAPTIVE_BUDGET["eot"]  # samples of the defence's randomness per gradient for F and G
 RANDOM_VARIANTS = ("F", "G")
 
 
@@ -635,17 +635,21 @@ def _load_generator(folder, dataset, command):
                    "lambda grid, then APGD-CE, APGD-T and Square as a cascade (each on the images still standing) "
                    "through the defence's own gradient, and the per-image worst case: the number to quote. Also the "
                    "ROC of r(x) as a detector. Writes OUT/adaptive.json, adaptive.md, roc.json, roc.png.")
-@click.option("--apgd-steps", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--apgd-steps", type=click.IntRange(min=1), default=names.ADAPTIVE_BUDGET["apgd_steps"],
+              show_default=True,
               help="With --adaptive: APGD iterations per run (AutoAttack: 100).")
-@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--restarts", type=click.IntRange(min=1), default=names.ADAPTIVE_BUDGET["restarts"],
+              show_default=True,
               help="With --adaptive: APGD's random starts per image (AutoAttack's standard evaluation: 1).")
-@click.option("--apgd-targets", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--apgd-targets", type=click.IntRange(min=1), default=names.ADAPTIVE_BUDGET["targets"],
+              show_default=True,
               help="With --adaptive: APGD-T's target classes, the highest ranked after the true one (AutoAttack's "
                    "standard evaluation: 9; each target costs a full APGD run through the purifier).")
-@click.option("--square-queries", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--square-queries", type=click.IntRange(min=1), default=names.ADAPTIVE_BUDGET["square_queries"],
+              show_default=True,
               help="With --adaptive: Square attack queries per image (AutoAttack's standard evaluation: 5000; each "
                    "query through an iterative purifier costs a purification).")
-@click.option("--eot", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--eot", type=click.IntRange(min=1), default=names.ADAPTIVE_BUDGET["eot"], show_default=True,
               help="With --adaptive: draws of a random defence's randomness per gradient (EOT; F, G, Defense-GAN).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
 @models_option

@@ -10,6 +10,10 @@ ADAPTIVE_METHODS = ("bpda", "weighted", "adaptive", "bpda-eot")
 # AutoAttack-grade attacks (Croce & Hein 2020; Andriushchenko et al. 2020): on the classifier alone,
 # or through a purification variant when one is named
 ENSEMBLE_METHODS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
+# the adaptive report's default budget per image (AutoAttack's standard: 100 iterations, 1 restart,
+# 9 targets, 5000 queries; through an iterative purifier each target costs a full APGD run and each
+# query a purification); EOT draws per gradient for a random defence
+ADAPTIVE_BUDGET = {"apgd_steps": 100, "restarts": 1, "targets": 3, "square_queries": 1000, "eot": 8}
 PURIFY_VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
 TRAIN_RECIPES = ("paper", "plus", "adv-dae", "adv-mix")
 # classifier architectures; the first of each dataset's list is its default

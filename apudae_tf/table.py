@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from apudae_tf import attacks, models, pipeline, store
+from apudae_tf import attacks, models, names, pipeline, store
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 
@@ -385,11 +385,11 @@ class Budget:
     """What the ensemble may spend per image: APGD iterations, random restarts and target classes
     (APGD-T), Square's queries, and EOT draws per gradient for a random defence."""
 
-    apgd_steps: int = attacks.DEFAULT_STEPS["apgd-ce"]
-    restarts: int = 1
-    targets: int = 3  # AutoAttack's standard: 9; through an iterative purifier each costs a full APGD run
-    square_queries: int = 1000  # AutoAttack's standard: 5000; through a purifier each query is a purification
-    eot: int = 8
+    apgd_steps: int = names.ADAPTIVE_BUDGET["apgd_steps"]
+    restarts: int = names.ADAPTIVE_BUDGET["restarts"]
+    targets: int = names.ADAPTIVE_BUDGET["targets"]
+    square_queries: int = names.ADAPTIVE_BUDGET["square_queries"]
+    eot: int = names.ADAPTIVE_BUDGET["eot"]
 
 
 def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps: int | None = None,

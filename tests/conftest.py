@@ -89,3 +89,11 @@ def tiny_models(tmp_path):
 def tiny_cifar_models(tmp_path):
     """Untrained CIFAR-10-shaped models (32x32x3, ResNet-20)."""
     return _untrained_models(tmp_path / "cifar_models", "cifar10", (32, 32, 3), "resnet20", 0.1)
+
+
+def saved_accuracy(path, x, y) -> float:
+    """The accuracy of the model saved at ``path`` on (x, y), computed afresh: what a summary must report."""
+    from apudae_tf import models, store
+
+    fn = models.inference_fn(store.load_model(path))
+    return float(np.mean(np.argmax(models.predict_in_batches(fn, x), 1) == y))

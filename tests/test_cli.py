@@ -177,3 +177,20 @@ def test_the_embedded_mnist_test_set_is_exact_and_serves_the_main_job(tmp_path):
         line = _one_error_line(_cli(["attack", "--dataset", "mnist", "--split", "val", "--n", "3", "-o",
                                      str(tmp_path / "b.npz")], tmp_path))
         assert "--data-dir" in line
+
+
+@pytest.mark.acceptance
+def test_the_readmes_main_job_runs_offline_on_the_embedded_images(tmp_path):
+    """README's first command, with no data folder: PGD (blind to the defence) breaks the classifier and
+    F purifies most of it back. Blind: the adaptive report says what is left against an attacker who
+    sees F."""
+    env = {k: v for k, v in os.environ.items() if k != data.DATA_DIR_ENV}
+    cli = " ".join(CLI)
+    attack = f"{cli} attack --dataset mnist --method pgd --n 500"
+    undefended = subprocess.run(f"{attack} | {cli} classify --json", shell=True, cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=900)
+    purified = subprocess.run(f"{attack} | {cli} purify --variant F | {cli} classify --json", shell=True,
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert undefended.returncode == 0 and purified.returncode == 0, undefended.stderr + purified.stderr
+    assert json.loads(undefended.stdout)["accuracy"] <= 0.05
+    assert json.loads(purified.stdout)["accuracy"] >= 0.90

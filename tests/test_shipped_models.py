@@ -10,6 +10,8 @@ import pytest
 from apudae_tf import data, models, store
 from conftest import data_dir, needs_cifar10, needs_mnist
 
+pytestmark = pytest.mark.acceptance
+
 MNIST = store.default_model_dir("mnist")  # the defaults: the adv-dae DAE
 MNIST_PAPER = os.path.join(os.path.dirname(MNIST), "mnist-paper")  # the paper's recipe (spec §1)
 CIFAR10 = store.default_model_dir("cifar10")

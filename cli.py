@@ -152,24 +152,30 @@ def write_batch(batch, path):
 
 
 def model_folder(dataset, model_dir):
-    """--models DIR if given, else the shipped saved_models/<dataset>, which must exist."""
-    from apudae_tf import data, store
+    """--models DIR if given, else the shipped saved_models/<dataset>, which must exist. The profile the
+    folder was trained with (profile.json) joins the registry, so a user's dataset is known from here on."""
+    from apudae_tf import profiles, store
 
-    if model_dir is not None:
-        return model_dir
-    if dataset not in data.BUILTIN or not os.path.isdir(store.default_model_dir(dataset)):
-        raise ApudaeError(f"no shipped models for dataset {dataset!r}; pass --models DIR")
-    return store.default_model_dir(dataset)
+    if model_dir is None:
+        name = profiles.dataset_name(dataset)
+        if not os.path.isdir(store.default_model_dir(name)):
+            raise ApudaeError(f"no shipped models for dataset {name!r}; pass --models DIR")
+        model_dir = store.default_model_dir(name)
+    elif not os.path.isdir(model_dir):
+        raise ApudaeError(f"--models {model_dir}: no such model folder; train one with `apudae-tf train` or pass "
+                          "another folder")
+    profiles.from_folder(model_dir)
+    return model_dir
 
 
-def models_for(batch, model_dir, dataset, need=("classifier", "dae")):
+def models_for(batch, model_dir, dataset, need=("classifier", "dae"), classifier=None):
     """The models for a pipeline batch: --models, else saved_models/<dataset from --dataset or meta>."""
     from apudae_tf import store
 
     name = dataset or batch.dataset
     if model_dir is None and name is None:
         raise ApudaeError("the input names no dataset in its meta: pass --dataset NAME or --models DIR")
-    return store.load_models(model_folder(name, model_dir), batch.x.shape[1:], need=need)
+    return store.load_models(model_folder(name, model_dir), batch.x.shape[1:], need=need, classifier=classifier)
 
 
 EOT_DEFAULT = names.ADAPTIVE_BUDGET["eot"]  # samples of the defence's randomness per gradient for F and G
@@ -186,6 +192,10 @@ def _variant_list(text: str) -> list[str]:
 
 models_option = click.option("--models", "model_dir", type=click.Path(file_okay=False), default=None,
                              help="Model folder (default: saved_models/<dataset>).")
+classifier_option = click.option(
+    "--classifier", "classifier_path", type=click.Path(dir_okay=False, exists=True), default=None,
+    help="Your own classifier: a Keras model file mapping float32 NHWC images in [0, 1] to logits (default: "
+         "MODELS/classifier.keras). Its input shape and class count are checked against the data.")
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -244,10 +254,24 @@ def main():
                    "what this training writes is refused unless --force; so is a shipped model folder.")
 @force_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and noise.")
+@click.option("--eps", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Your data's threat model: the L∞ budget, in (0, 1]. With --steps, --step and --sigma-max it "
+                   "declares the profile of an npz:PATH dataset (built-in datasets have theirs, which these "
+                   "options change); recorded in OUT/profile.json for every later command.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Your data's threat model: the iterative attacks' steps (PGD/BIM).")
+@click.option("--step", "step_size", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Your data's threat model: the iterative attacks' step size, in (0, 1].")
+@click.option("--sigma-max", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="The DAE's noise: sigma ~ U(0, SIGMA_MAX) per image (spec §1); cover the budget: 0.5 for "
+                   "MNIST's eps 0.3, 0.1 for CIFAR-10's 8/255.")
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
+              help="A dataset profile as JSON (name, eps, steps, step, sigma_max at least; see docs/profiles.md); "
+                   "the options above override its fields.")
 @data_dir_option
 @friendly_errors
 def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch_size, dae_filters, out_dir, force,
-          seed, data_dir):
+          seed, eps, steps, step_size, sigma_max, profile_path, data_dir):
     """Train the classifier and/or the DAE on DATASET.
 
     Writes OUT/classifier.keras, OUT/dae.keras and OUT/dae_stats.json (the
@@ -259,18 +283,20 @@ def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch
     """
     import contextlib
 
-    from apudae_tf import data, store
+    from apudae_tf import data, profiles, store
     from apudae_tf import train as training
 
     adapt_to = [v.strip() for v in adapt_to.split(",") if v.strip()]
     if what == "adapted-classifier":
         _variant_list(",".join(v.partition(":")[0] for v in adapt_to))
+    profile = profiles.declare(profiles.dataset_name(dataset), eps, steps, step_size, sigma_max, profile_path)
     out_dir = out_dir or store.run_dir(dataset, "models")
     parts = ["classifier", "dae"] if what == "all" else [what]
     store.check_output_folder(out_dir, "--out", tuple(f for p in parts for f in store.PART_FILES[p]),
                               force=force or resume)
     click.echo(f"writing to {out_dir}", err=True)
     ds = data.load_dataset(dataset, data_dir)
+    profiles.save(profile, out_dir)
     todo = training.train_order(recipe) if what == "all" else [what]
     summary = {}
     for part in todo:
@@ -289,10 +315,11 @@ def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch
 @main.command()
 @click.argument("dataset")
 @models_option
+@classifier_option
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
 @data_dir_option
 @friendly_errors
-def info(dataset, model_dir, as_json, data_dir):
+def info(dataset, model_dir, classifier_path, as_json, data_dir):
     """Measure the models of DATASET: classifier test accuracy and DAE reconstruction error.
 
     Scores the whole test split; r(x) is reported on clean test and
@@ -300,8 +327,9 @@ def info(dataset, model_dir, as_json, data_dir):
     """
     from apudae_tf import data, evaluate, store
 
+    folder = model_folder(dataset, model_dir)
     ds = data.load_dataset(dataset, data_dir)
-    m = store.load_models(model_dir or store.default_model_dir(ds.name), ds.image_shape)
+    m = store.load_models(folder, ds.image_shape, classifier=classifier_path, num_classes=ds.num_classes)
     facts = evaluate.model_facts(m, ds)
     if as_json:
         click.echo(json.dumps(facts, indent=2))
@@ -343,10 +371,11 @@ def info(dataset, model_dir, as_json, data_dir):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output npz (default: stdout, when it is not a terminal).")
 @models_option
+@classifier_option
 @data_dir_option
 @friendly_errors
-def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_size, output, model_dir, data_dir,
-           variant, restarts, targets, lam, eot):
+def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_size, output, model_dir,
+           classifier_path, data_dir, variant, restarts, targets, lam, eot):
     """Attack the classifier; write the adversarial images as pipeline npz.
 
     none, random, fgsm, r-fgsm, pgd, cw, cw-l2: white box on the classifier,
@@ -362,14 +391,15 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
     from apudae_tf import attacks, data, pipeline, store
 
     check_output(output)
+    folder = model_folder(dataset, model_dir)
     ds = data.load_dataset(dataset, data_dir, test_only=split == "test")
     x, y = ds.split(split)
     x, y = x[:n_images], y[:n_images]
     adaptive = method in names.ADAPTIVE_METHODS or (method in names.ENSEMBLE_METHODS and variant is not None)
     if method in names.ADAPTIVE_METHODS and variant is None:
         variant = "F"
-    folder = model_dir or store.default_model_dir(ds.name)
-    m = store.load_models(folder, ds.image_shape, need=("classifier", "dae") if adaptive else ("classifier",))
+    m = store.load_models(folder, ds.image_shape, need=("classifier", "dae") if adaptive else ("classifier",),
+                          classifier=classifier_path, num_classes=ds.num_classes)
     if eot is None:
         eot = EOT_DEFAULT if adaptive and method not in ("bpda", "weighted") and variant in RANDOM_VARIANTS else 1
     settings = attacks.settings_for(method, ds.name, eps, steps, step_size, seed, lam, eot)
@@ -443,8 +473,9 @@ def purify(variant, n_iter, alpha, eps_r, rho, theta_max, seed, dataset, batch_s
               help="Write the predictions (pred, logits) to this npz.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @models_option
+@classifier_option
 @friendly_errors
-def classify(dataset, input_path, predictions, as_json, model_dir):
+def classify(dataset, input_path, predictions, as_json, model_dir, classifier_path):
     """Classify pipeline npz images; print the accuracy when labels are present."""
     import numpy as np
 
@@ -453,7 +484,7 @@ def classify(dataset, input_path, predictions, as_json, model_dir):
     if predictions:
         store.check_output_file(predictions, "-o")
     batch = read_batch(input_path)
-    m = models_for(batch, model_dir, dataset, need=("classifier",))
+    m = models_for(batch, model_dir, dataset, need=("classifier",), classifier=classifier_path)
     logits = models.predict_in_batches(m.classifier_fn(), batch.x)
     pred = np.argmax(logits, 1).astype(np.int64)
     result = {"n": int(len(pred)), "dataset": batch.dataset or dataset, "models": m.folder,
@@ -478,8 +509,9 @@ def classify(dataset, input_path, predictions, as_json, model_dir):
               help="Model base path; the SavedModel goes to OUT/VERSION/ (TF Serving's layout).")
 @click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True)
 @models_option
+@classifier_option
 @friendly_errors
-def export(dataset, variant, base, version, model_dir):
+def export(dataset, variant, base, version, model_dir, classifier_path):
     """Export purifier + classifier as a TF Serving SavedModel.
 
     Signatures: serving_default (images [N,H,W,C] float32 in [0,1] ->
@@ -492,7 +524,7 @@ def export(dataset, variant, base, version, model_dir):
     from apudae_tf import store
 
     exporting.check_target(base, version)
-    m = store.load_models(model_folder(dataset, model_dir))
+    m = store.load_models(model_folder(dataset, model_dir), classifier=classifier_path)
     settings = purification.default_settings(m.stats.dataset, variant, m.folder)
     p = purification.Purifier(m.dae, m.stats, variant, settings)
     path = exporting.export(m.classifier, p, base, version, meta={"dataset": m.stats.dataset, "models": m.folder})
@@ -518,9 +550,11 @@ def export(dataset, variant, base, version, model_dir):
               help="The whole sweep as JSON (default: OUT/tune.json, or OUT/tune_gan.json with --defense-gan).")
 @force_option
 @models_option
+@classifier_option
 @data_dir_option
 @friendly_errors
-def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, force, model_dir, data_dir):
+def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, force, model_dir, classifier_path,
+         data_dir):
     """Choose purification settings on the validation split (never the test set).
 
     For each variant, sweeps n, alpha (and eps_r for F, G) on N_VAL
@@ -544,9 +578,11 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
     store.check_output_file(report_path, "--report", force=force)
     click.echo(f"writing to {out_dir}", err=True)
     ds = data.load_dataset(dataset, data_dir)
-    m = store.load_models(folder, ds.image_shape)
+    m = store.load_models(folder, ds.image_shape, classifier=classifier_path, num_classes=ds.num_classes)
     if not same:
         store.copy_model_files(folder, out_dir)
+        if classifier_path:  # the choice is for this classifier: the new folder holds it
+            store.copy_file(classifier_path, os.path.join(out_dir, store.CLASSIFIER))
     if defense_gan:
         _tune_gan(ds, m, folder, out_dir, n_val, seed, report_path)
         return
@@ -653,11 +689,12 @@ def _load_generator(folder, dataset, command):
               help="With --adaptive: draws of a random defence's randomness per gradient (EOT; F, G, Defense-GAN).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
 @models_option
+@classifier_option
 @data_dir_option
 @friendly_errors
 def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_training, defense_gan, gan_restarts,
              gan_steps, gan_attack_restarts, adaptive, apgd_steps, restarts, apgd_targets, square_queries, eot, seed,
-             model_dir, data_dir):
+             model_dir, classifier_path, data_dir):
     """Rebuild the paper's table for DATASET (spec §6): defences x attacks.
 
     Rows: no defence, adversarial training (MODELS/adv_classifier.keras, from
@@ -668,18 +705,16 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_traini
     Writes OUT/table.json (records), OUT/table.md (the paper's numbers
     beside ours) and PNG figures. An interrupted run resumes from OUT/cache.
     """
-    from apudae_tf import data, evaluate as ev, store, table
+    from apudae_tf import data, evaluate as ev, profiles, store, table
 
     report = "adaptive" if adaptive else "table"
     out_dir = out_dir or store.run_dir(dataset, "evaluate")
     store.check_output_folder(out_dir, "--out", (f"{report}.json", f"{report}.md"), force)
+    folder = model_folder(dataset, model_dir)
+    chosen = ev.parse_variants(profiles.get(profiles.dataset_name(dataset)).name, variants)
     click.echo(f"writing to {out_dir}", err=True)
     ds = data.load_dataset(dataset, data_dir)
-    if ds.name not in table.COLUMNS:
-        raise ApudaeError(f"no table for dataset {ds.name!r}; evaluate knows {', '.join(table.COLUMNS)}")
-    folder = model_dir or store.default_model_dir(ds.name)
-    m = store.load_models(folder, ds.image_shape)
-    chosen = ev.parse_variants(ds.name, variants)
+    m = store.load_models(folder, ds.image_shape, classifier=classifier_path, num_classes=ds.num_classes)
     adv = None
     if not no_adv_training:
         if not os.path.isfile(os.path.join(folder, store.ADV_CLASSIFIER)):

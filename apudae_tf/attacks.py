@@ -21,7 +21,7 @@ from cleverhans.tf2.attacks.carlini_wagner_l2 import CarliniWagnerL2
 from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from apudae_tf import models, names
+from apudae_tf import models, names, profiles
 from apudae_tf.errors import ApudaeError
 
 METHODS = names.ATTACK_METHODS + names.ADAPTIVE_METHODS + names.ENSEMBLE_METHODS
@@ -43,11 +43,6 @@ class AttackSettings:
     targets: int = 9  # APGD-T's target classes
 
 
-# The paper's protocols (spec §4): Madry's PGD-40 on MNIST, BIM 7×2/255 on CIFAR-10.
-PRESETS = {
-    "mnist": AttackSettings(eps=0.3, steps=40, step=0.01),
-    "cifar10": AttackSettings(eps=8 / 255, steps=7, step=2 / 255),
-}
 CW_L2_STEPS = 100  # Adam iterations per binary-search step; cleverhans' 1000 is far too slow on 2 CPU cores
 CW_L2_SEARCH = 5
 # AutoAttack's standard budgets (Croce & Hein 2020): APGD 100 iterations, Square 5000 queries
@@ -55,17 +50,21 @@ DEFAULT_STEPS = {"apgd-ce": 100, "apgd-dlr": 100, "apgd-t": 100, "square": 5000}
 
 
 def preset(dataset: str, eps=None, steps=None, step=None, seed=0) -> AttackSettings:
-    """The dataset's preset with any override; a new ε without a step keeps the preset's steps/ε ratio."""
-    base = PRESETS.get(dataset)
-    if base is None:
-        if eps is None or steps is None:
-            raise ApudaeError(f"no attack preset for dataset {dataset!r}: pass --eps and --steps")
-        base = AttackSettings(eps=eps, steps=steps, step=2.5 * eps / steps)
+    """The dataset profile's threat model (spec §4: Madry's PGD-40 on MNIST, BIM 7×2/255 on CIFAR-10)
+    with any override; a new ε without a step keeps the preset's step/ε ratio."""
+    if dataset not in profiles.REGISTRY and eps is not None and steps is not None:
+        # no profile, but the caller names the whole budget (`attack --eps E --steps K` on a foreign model)
+        base = AttackSettings(eps=float(eps), steps=int(steps), step=float(step or 2.5 * eps / steps))
+    else:
+        t = profiles.get(dataset).threat
+        base = AttackSettings(eps=t.eps, steps=t.steps, step=t.step, rand_init=t.rand_init)
     eps_ = base.eps if eps is None else float(eps)
     step_ = step if step is not None else base.step * eps_ / base.eps
     s = AttackSettings(eps=eps_, steps=base.steps if steps is None else int(steps), step=float(step_), seed=seed)
-    if not (0 < s.eps <= 1) or s.steps < 1 or not (0 < s.step <= 1):
-        raise ApudaeError(f"bad attack budget: eps={s.eps}, steps={s.steps}, step={s.step}")
+    for option, value, ok, allowed in (("--eps", s.eps, 0 < s.eps <= 1, "(0, 1]"), ("--steps", s.steps, s.steps >= 1, ">= 1"),
+                                       ("--step", s.step, 0 < s.step <= 1, "(0, 1]")):
+        if not ok:
+            raise ApudaeError(f"{option} {value:g} is outside {allowed}")
     return s
 
 

@@ -18,15 +18,13 @@ import zipfile
 
 import numpy as np
 
+from apudae_tf import profiles
 from apudae_tf.errors import ApudaeError, first_line
 
 DATA_DIR_ENV = "APUDAE_DATA_DIR"
-BUILTIN = ("mnist", "cifar10")
+BUILTIN = ("mnist", "cifar10")  # the datasets tensorflow-datasets and the data folder provide by name
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-# Validation images held out of train, per dataset; the split is a fixed
-# permutation so every command sees the same images.
-VAL_SIZE = {"mnist": 5000, "cifar10": 5000}
-DEFAULT_VAL_SIZE = 0.1
+# the validation split is a fixed permutation (of the profile's size), so every command sees the same images
 SPLIT_SEED = 20240611
 
 
@@ -106,7 +104,7 @@ def _from_arrays(name: str, arrays: dict[str, np.ndarray], source: str) -> Datas
     _check_layout(arrays, source)
     x_train = to_float_images(arrays["x_train"])
     y_train = arrays["y_train"].astype(np.int64)
-    n_val = VAL_SIZE.get(name, max(1, int(round(DEFAULT_VAL_SIZE * len(x_train)))))
+    n_val = profiles.validation_size(name, len(x_train))
     if n_val >= len(x_train):
         raise ApudaeError(f"{source}: {len(x_train)} training images leave none after a {n_val}-image validation split")
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(x_train))
@@ -177,8 +175,7 @@ def load_dataset(name: str, data_dir: str | None = None, test_only: bool = False
     ``test_only``: the caller reads the test split alone; with no data folder configured, MNIST's then
     comes from the copy inside the package (exact; no network needed), and train and val are empty."""
     if name.startswith("npz:"):
-        path = name[4:]
-        return _from_arrays(os.path.splitext(os.path.basename(path))[0], read_npz(path), path)
+        return _from_arrays(profiles.dataset_name(name), read_npz(name[4:]), name[4:])
     if name not in BUILTIN:
         raise ApudaeError(f"unknown dataset {name!r}; use one of {', '.join(BUILTIN)} or npz:PATH")
     folder = resolve_data_dir(data_dir)

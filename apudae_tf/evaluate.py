@@ -45,31 +45,16 @@ def format_facts(f: dict) -> str:
 
 # -- choosing purification settings on the validation split --------------------------------
 
-# Sweep grids per dataset (spec §3 leaves MNIST's n and α open). Adam variants share one
-# grid; A takes sign steps, so its α is a pixel step; F and G add the noise scale ε_r.
-TUNE_GRID = {
-    "mnist": {
-        "A": {"n": [10, 20], "alpha": [0.01, 0.02, 0.04]},
-        "adam": {"n": [10, 20], "alpha": [0.02, 0.05, 0.1]},
-        "noise": {"eps_r": [0.01, 0.03]},
-    },
-    "cifar10": {
-        "A": {"n": [12, 15, 18], "alpha": [1 / 255, 2 / 255]},
-        # 0.5/255 beside the paper's 2/255: with our DAE, clean validation accuracy fell from 0.85
-        # (direct) to 0.69-0.79 at 1/255 and 0.57-0.67 at 2/255 (B, n 10-20)
-        "adam": {"n": [10, 15, 20], "alpha": [0.5 / 255, 1 / 255, 2 / 255]},
-        "noise": {"eps_r": [0.7 / 255, 1 / 255, 2 / 255]},
-    },
-}
-
-
 def tune_candidates(dataset: str, variant: str):
-    """The settings swept for one variant (a list of PurifySettings)."""
+    """The settings swept for one variant (a list of PurifySettings), from the dataset profile's grid:
+    the Adam variants share one grid; A takes sign steps, so its α is a pixel step; F and G add the
+    noise scale ε_r."""
     import itertools
 
+    from apudae_tf import profiles
     from apudae_tf.purify import PurifySettings
 
-    grid = TUNE_GRID.get(dataset, TUNE_GRID["cifar10"])
+    grid = profiles.get(dataset).tune_grid
     if variant == "direct":
         return [PurifySettings(n=0)]
     base = grid["A"] if variant == "A" else grid["adam"]
@@ -180,19 +165,15 @@ def _tuned(folder: str) -> dict:
     return _folder_json(folder, PURIFY_SETTINGS)
 
 
-# the paper's CIFAR-10 table has variant A at three step counts
-ALL_ROWS = {"cifar10": ("direct", "A:n=12", "A:n=15", "A:n=18", "B", "C", "D", "E", "F", "G")}
-
-
 def parse_variants(dataset: str, text: str) -> list[str]:
     """``--variants``: comma-separated variants (direct, A–G), each optionally ``:n=K`` (K steps),
     ``chosen`` (the best iterative variant on validation) or ``all`` (the paper's rows)."""
-    from apudae_tf import names
+    from apudae_tf import names, profiles
 
     out = []
     for token in (t.strip() for t in text.split(",")):
-        if token == "all":
-            out += ALL_ROWS.get(dataset, names.PURIFY_VARIANTS)
+        if token == "all":  # the paper's rows: CIFAR-10's table has variant A at three step counts
+            out += profiles.get(dataset).all_variants
             continue
         v, sep, k = token.partition(":n=")
         if not token or (v not in names.PURIFY_VARIANTS and token != "chosen") or (sep and not k.isdigit()):
@@ -213,12 +194,12 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None, paper=N
     import dataclasses
     import os
 
-    from apudae_tf import store, table
+    from apudae_tf import profiles, store, table
     from apudae_tf.purify import Purifier, default_settings
 
     fn = m.classifier_fn()
     targets = {"classifier": fn}
-    files = {"classifier": store.file_digest(os.path.join(m.folder, store.CLASSIFIER)),
+    files = {"classifier": store.file_digest(m.classifier_file or os.path.join(m.folder, store.CLASSIFIER)),
              "dae": store.file_digest(os.path.join(m.folder, store.DAE))}
     recipe = (m.stats.training or {}).get("recipe", "paper")
     tag = "" if recipe == "paper" else f" ({recipe} DAE)"
@@ -250,7 +231,7 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None, paper=N
         table.Defence(f"MagNet{tag}, refused = defended", "magnet", "classifier", magnet, mset, True, kind="magnet"),
         table.Defence(f"MagNet{tag}, refused = error", None, "classifier", magnet, mset, False, kind="magnet"),
     ]
-    paper = table.PAPER.get(ds.name, {}) if paper is None else paper
+    paper = profiles.get(ds.name).paper if paper is None else paper
     for token in dict.fromkeys(chosen if v == "chosen" else v for v in variants):
         if token is None:
             continue
@@ -291,10 +272,6 @@ def _gan_defence(m: Models, gan, fn, files: dict, attacker=None):
     return table.Defence(f"Defense-GAN (L={gs.restarts}, R={gs.steps})", "defense-gan", "classifier",
                          table.purify_fn(gan, fn), settings, purifier=attacker, kind="defense-gan",
                          predict_fresh=table.purify_fn(gan, fn, fresh=True) if attacker is not None else None)
-
-
-# the column whose blind examples the figures show: MNIST's PGD, else CIFAR-10's BIM (the paper's)
-FIGURE_ATTACKS = (("pgd", "PGD"), ("bim", "BIM"))
 
 
 def table_figures(m: Models, ds: Dataset, variant: str, x_adv: np.ndarray, out_dir: str, threshold: float,
@@ -338,7 +315,7 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
     """Build the table, write out_dir/table.json, table.md and the figures; returns the result."""
     import os
 
-    from apudae_tf import store, table
+    from apudae_tf import profiles, store, table
 
     defences, targets, files, facts = table_defences(m, ds, variants, adv, gan)
     columns = table.table_columns(ds.name, n, seed, table.CW_L2_N if cw_l2_n is None else cw_l2_n, steps)
@@ -353,11 +330,11 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
                    "cost_ms_per_image": table.cost_per_image(result["records"], defences)})
     if gan is not None:
         result["defense_gan"] = _gan_facts(m.folder, gan)
-    shown = next(((k, label) for k, label in FIGURE_ATTACKS if ("classifier", k, 0.0) in examples), None)
-    if figures and shown:
+    shown = profiles.get(ds.name).figure_column  # the column whose blind examples the figures show
+    if figures and ("classifier", shown, 0.0) in examples:
         variant = facts["chosen_variant"] or "direct"
-        result["figures"] = table_figures(m, ds, variant, examples[("classifier", shown[0], 0.0)][0], out_dir,
-                                          facts["magnet_threshold"], attack=shown[1])
+        result["figures"] = table_figures(m, ds, variant, examples[("classifier", shown, 0.0)][0], out_dir,
+                                          facts["magnet_threshold"], attack=shown.upper())
     store.write_json(os.path.join(out_dir, "table.json"), result)
     store.write_bytes(os.path.join(out_dir, "table.md"), table.markdown(result, table_notes(result)).encode())
     return result
@@ -527,10 +504,10 @@ def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed
     import dataclasses
     import os
 
-    from apudae_tf import attacks, defensegan, plots, store, table
+    from apudae_tf import attacks, defensegan, plots, profiles, store, table
 
     budget = budget or table.Budget()
-    paper = table.PAPER_ADAPTIVE.get(ds.name, {})
+    paper = profiles.get(ds.name).paper_adaptive
     defences, targets, files, facts = table_defences(m, ds, list(variants), adv, paper=paper)
     defences = [d for d in defences if d.kind in ("adversarial training", "purifier")]
     chosen = next((d for d in defences if d.kind == "purifier" and d.settings["variant"] == facts["chosen_variant"]),

@@ -16,6 +16,5 @@ ENSEMBLE_METHODS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
 ADAPTIVE_BUDGET = {"apgd_steps": 100, "restarts": 1, "targets": 3, "square_queries": 1000, "eot": 8}
 PURIFY_VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
 TRAIN_RECIPES = ("paper", "plus", "adv-dae", "adv-mix")
-# classifier architectures; the first of each dataset's list is its default
+# classifier architectures (each dataset profile names its default)
 CLASSIFIER_ARCHS = ("cnn", "resnet20", "resnet18")
-DEFAULT_ARCH = {"mnist": "cnn", "cifar10": "resnet20"}

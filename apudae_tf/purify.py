@@ -35,7 +35,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from apudae_tf import models, names
+from apudae_tf import models, names, profiles
 from apudae_tf.errors import ApudaeError
 from apudae_tf.store import DaeStats
 
@@ -54,22 +54,18 @@ class PurifySettings:
     seed: int = 0
 
     def check(self) -> PurifySettings:
-        if self.n < 0 or not (self.alpha >= 0) or not (self.eps_r >= 0) or not (0 <= self.rho < 1) \
-                or not (self.theta_max >= 0):
-            raise ApudaeError(f"bad purification settings: {self}")
+        for option, value, ok, allowed in (("--n", self.n, self.n >= 0, ">= 0"), ("--alpha", self.alpha, self.alpha >= 0, ">= 0"),
+                                           ("--eps-r", self.eps_r, self.eps_r >= 0, ">= 0"),
+                                           ("--rho", self.rho, 0 <= self.rho < 1, "[0, 1)"),
+                                           ("--theta-max", self.theta_max, 0 <= self.theta_max <= 180, "[0, 180]")):
+            if not ok:  # NaN fails too
+                raise ApudaeError(f"purification setting {option} {value:g} is outside {allowed}")
         return self
 
 
-# Fallbacks when a model folder has no purify_settings.json (written by `apudae-tf tune`
-# from a sweep on the validation split); CIFAR-10's are the paper's settings (spec §3).
-FALLBACK = {
-    "mnist": PurifySettings(n=20, alpha=0.02, eps_r=0.05),
-    "cifar10": PurifySettings(n=15, alpha=2 / 255, eps_r=1 / 255),
-}
-
-
 def default_settings(dataset: str, variant: str, model_dir: str | None = None) -> PurifySettings:
-    """Settings tuned for these models (model_dir/purify_settings.json), else the dataset's fallback."""
+    """Settings tuned for these models (model_dir/purify_settings.json, written by `apudae-tf tune` from a
+    sweep on the validation split), else the dataset profile's fallback (CIFAR-10's: the paper's)."""
     import json
     import os
 
@@ -84,7 +80,7 @@ def default_settings(dataset: str, variant: str, model_dir: str | None = None) -
                 return PurifySettings(**tuned[variant]["settings"]).check()
             except (TypeError, KeyError) as e:
                 raise ApudaeError(f"{path}: bad settings for variant {variant} ({e})") from None
-    return FALLBACK.get(dataset, FALLBACK["cifar10"])
+    return PurifySettings(**profiles.get(dataset).purify_fallback).check()
 
 
 # -- per-variant pieces ----------------------------------------------------------------------

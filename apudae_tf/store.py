@@ -149,16 +149,18 @@ def check_output_folder(path: str, option: str, holds: tuple[str, ...], force: b
     probe_folder(path, option, path)
 
 
-def copy_model_files(src: str, dst: str, names=MODEL_FILES + (PURIFY_SETTINGS,)) -> list[str]:
-    """Copy the model folder ``src``'s files ``names`` (those it has) into ``dst``, each atomically; the
-    names copied."""
+def copy_file(src: str, dst: str) -> None:
+    """Copy a file atomically."""
     import shutil
 
-    copied = []
-    for name in names:
-        if os.path.isfile(os.path.join(src, name)):
-            atomic_write(os.path.join(dst, name), lambda tmp, n=name: shutil.copyfile(os.path.join(src, n), tmp))
-            copied.append(name)
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def copy_model_files(src: str, dst: str, names=MODEL_FILES + (PURIFY_SETTINGS, "profile.json")) -> list[str]:
+    """Copy the model folder ``src``'s files ``names`` (those it has) into ``dst``; the names copied."""
+    copied = [name for name in names if os.path.isfile(os.path.join(src, name))]
+    for name in copied:
+        copy_file(os.path.join(src, name), os.path.join(dst, name))
     return copied
 
 
@@ -242,6 +244,7 @@ class Models:
     dae: object
     stats: DaeStats | None
     folder: str
+    classifier_file: str | None = None  # where the classifier came from (a user's own, or the folder's)
 
     def classifier_fn(self):
         """The classifier as a compiled ``x -> logits`` callable, in inference mode."""
@@ -250,24 +253,44 @@ class Models:
         return models.inference_fn(self.classifier)
 
 
-def load_models(model_dir: str, image_shape: tuple[int, int, int] | None = None, need=("classifier", "dae")) -> Models:
+def check_image_model(model, where: str, image_shape=None, num_classes: int | None = None, logits: bool = False):
+    """A Keras model fits the data: one NHWC image input (``None`` sizes match anything) of ``image_shape``
+    and, for a classifier (``logits``), one vector per image with at least ``num_classes`` entries."""
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4:
+        raise ApudaeError(f"{where}: takes inputs of shape {shape}; it must take one batch of NHWC images")
+    if image_shape is not None and any(g is not None and int(g) != int(w) for g, w in zip(shape[1:], image_shape)):
+        raise ApudaeError(f"{where}: takes images of shape {tuple(shape[1:])}, the data has {tuple(image_shape)}")
+    if logits:
+        out = model.output_shape
+        if isinstance(out, list) or len(out) != 2:
+            raise ApudaeError(f"{where}: outputs shape {out}; a classifier must output one logit vector per image")
+        if num_classes is not None and out[-1] is not None and out[-1] < num_classes:
+            raise ApudaeError(f"{where}: outputs {out[-1]} classes, the data has {num_classes}")
+
+
+def load_models(model_dir: str, image_shape: tuple[int, int, int] | None = None, need=("classifier", "dae"),
+                classifier: str | None = None, num_classes: int | None = None) -> Models:
     """Load a model folder; ``image_shape``, if given, must match every model's input.
 
-    The DAE statistics are required only when the DAE is (``classify`` needs the classifier alone).
+    ``classifier`` is the path of a user's own classifier (any Keras model file from float32 NHWC images in
+    [0, 1] to logits) to use instead of the folder's; it is checked against the data's shape and
+    ``num_classes``. The DAE statistics are required only when the DAE is (``classify`` needs the
+    classifier alone).
     """
     if not os.path.isdir(model_dir):
         raise ApudaeError(f"no model folder {model_dir}; train with `apudae-tf train` or pass --models DIR")
     has_stats = "dae" in need or os.path.isfile(os.path.join(model_dir, DAE_STATS))
     stats = load_stats(model_dir) if has_stats else None
-    classifier = load_model(os.path.join(model_dir, CLASSIFIER)) if "classifier" in need else None
+    clf_path = classifier or os.path.join(model_dir, CLASSIFIER)
+    clf = load_model(clf_path) if "classifier" in need else None
     dae = load_model(os.path.join(model_dir, DAE)) if "dae" in need else None
     expected = tuple(image_shape) if image_shape is not None else (stats.image_shape if stats else None)
-    for name, model in (("classifier", classifier), ("dae", dae)):
-        if model is None:
-            continue
-        got = tuple(int(d) for d in model.input_shape[1:])
-        if expected is not None and got != expected:
-            raise ApudaeError(f"the {name} in {model_dir} takes images of shape {got}, the data has {expected}")
+    if clf is not None:
+        where = f"--classifier {classifier}" if classifier else f"the classifier in {model_dir}"
+        check_image_model(clf, where, expected, num_classes, logits=True)
+    if dae is not None:
+        check_image_model(dae, f"the dae in {model_dir}", expected)
     if stats is not None and expected is not None and stats.image_shape != expected:
         raise ApudaeError(f"{model_dir}/{DAE_STATS} is for images of shape {stats.image_shape}, the data has {expected}")
-    return Models(classifier=classifier, dae=dae, stats=stats, folder=model_dir)
+    return Models(classifier=clf, dae=dae, stats=stats, folder=model_dir, classifier_file=clf_path if clf else None)

@@ -24,45 +24,14 @@ import time
 
 import numpy as np
 
-from apudae_tf import attacks, models, names, pipeline, store
+from apudae_tf import attacks, models, names, pipeline, profiles, store
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 
-# Table columns (attack keys; "clean" = no attack) and the paper's numbers (spec §6).
-COLUMNS = {"mnist": ("clean", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2"),
-           "cifar10": ("clean", "random", "fgsm", "r-fgsm", "bim", "cw", "pgd50")}
 # Columns whose attack is another's with other settings: BIM is the paper's CIFAR-10 protocol
-# (the preset's 7 steps of 2/255, no random start); pgd50 the stronger check a reader wants
-# (50 steps of 2/255 from a random start).
+# (the preset without a random start); pgd50 the stronger check a reader wants (50 steps from a
+# random start). Each dataset profile lists its table's columns and the paper's numbers.
 COLUMN_ATTACKS = {"clean": ("none", {}), "bim": ("pgd", {"rand_init": False}), "pgd50": ("pgd", {"steps": 50})}
-PAPER = {
-    "mnist": {
-        "no defence": {"clean": 0.974, "fgsm": 0.269, "r-fgsm": 0.269, "pgd": 0.129, "cw": 0.000},
-        "adversarial training": {"clean": 0.822, "fgsm": 0.651, "r-fgsm": 0.651, "pgd": 0.354, "cw": 0.28},
-        "defense-gan": {"clean": 0.969, "fgsm": 0.949, "r-fgsm": 0.945, "pgd": 0.939, "cw": 0.936},
-        "magnet": {"clean": 0.95, "fgsm": 0.69, "r-fgsm": 0.65, "pgd": 0.49, "cw": 0.45},
-        "apudae direct": {"clean": 0.973, "fgsm": 0.934, "r-fgsm": 0.921, "pgd": 0.912, "cw": 0.907},
-        "apudae": {"clean": 0.973, "fgsm": 0.964, "r-fgsm": 0.962, "pgd": 0.951, "cw": 0.953},
-    },
-    "cifar10": {  # ResNet-18 in the paper; rows "apudae V" are the variants, A at three n
-        "no defence": {"clean": 0.954, "random": 0.940, "fgsm": 0.533, "r-fgsm": 0.528, "bim": 0.002, "cw": 0.0},
-        "adversarial training": {"clean": 0.871, "random": 0.865, "fgsm": 0.650, "r-fgsm": 0.640, "bim": 0.483,
-                                 "cw": 0.412},
-        "apudae direct": {"clean": 0.790, "random": 0.793, "fgsm": 0.661, "r-fgsm": 0.655, "bim": 0.367, "cw": 0.351},
-        "apudae A n=12": {"clean": 0.879, "random": 0.889, "fgsm": 0.73, "r-fgsm": 0.73, "bim": 0.632, "cw": 0.621},
-        "apudae A n=15": {"clean": 0.853, "random": 0.875, "fgsm": 0.76, "r-fgsm": 0.747, "bim": 0.694, "cw": 0.683},
-        "apudae A n=18": {"clean": 0.843, "random": 0.867, "fgsm": 0.774, "r-fgsm": 0.764, "bim": 0.702, "cw": 0.695},
-        "apudae B": {"clean": 0.872, "random": 0.883, "fgsm": 0.778, "r-fgsm": 0.772, "bim": 0.706, "cw": 0.698},
-        "apudae C": {"clean": 0.892, "random": 0.874, "fgsm": 0.769, "r-fgsm": 0.762, "bim": 0.692, "cw": 0.689},
-        "apudae D": {"clean": 0.904, "random": 0.889, "fgsm": 0.783, "r-fgsm": 0.767, "bim": 0.684, "cw": 0.679},
-        "apudae E": {"clean": 0.907, "random": 0.893, "fgsm": 0.834, "r-fgsm": 0.817, "bim": 0.702, "cw": 0.689},
-        "apudae F": {"clean": 0.908, "random": 0.893, "fgsm": 0.818, "r-fgsm": 0.811, "bim": 0.729, "cw": 0.708},
-        "apudae G": {"clean": 0.858, "random": 0.846, "fgsm": 0.828, "r-fgsm": 0.814, "bim": 0.711, "cw": 0.700},
-    },
-}
-# The paper's counter attacks (Table 5, best APuDAE variant): counter A = bpda, counter B = weighted.
-PAPER_ADAPTIVE = {"mnist": {"apudae": {"bpda": 0.891, "weighted": 0.857}},
-                  "cifar10": {"apudae": {"bpda": 0.680, "weighted": 0.507}}}
 # Counter B's weights λ on r(x) (eq. 15); the report keeps the worst case. r(x) of an attacked MNIST
 # image is ~1–30 and the cross-entropy ~1–20, so the grid spans both balances.
 LAMBDAS = (0.01, 0.1, 1.0, 10.0)
@@ -84,7 +53,7 @@ class Defence:
     no attack has used; the adaptive report scores such a row both ways."""
 
     name: str
-    paper_row: str | None  # the key of PAPER this row is compared with, if any
+    paper_row: str | None  # the row of the profile's paper table this row is compared with, if any
     target: str  # the model its attacks are made on: "classifier" or "adv-classifier"
     predict: object
     settings: dict
@@ -198,7 +167,7 @@ def table_columns(dataset: str, n: int, seed: int = 0, cw_l2_n: int = CW_L2_N, s
                   keys=None) -> list[Column]:
     """The paper's table's columns at the dataset's preset (``steps`` overrides: tests use 1)."""
     out = []
-    for k in keys or COLUMNS[dataset]:
+    for k in keys or profiles.get(dataset).columns:
         method, changes = COLUMN_ATTACKS.get(k, (k, {}))
         s = attacks.settings_for(method, dataset, steps=steps or changes.get("steps"), seed=seed)
         s = dataclasses.replace(s, **{f: v for f, v in changes.items() if f != "steps"})
@@ -247,7 +216,7 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
     """Score every defence on every column (the first ``column.n`` test images).
 
     ``targets`` maps a target name to its ``x -> logits`` function; ``target_files`` maps it to
-    the model file's digest, which keys the cache. ``paper`` (default: ``PAPER``) holds the paper's
+    the model file's digest, which keys the cache. ``paper`` (default: the profile's) holds the paper's
     numbers by row and column. With ``per_image`` (the adaptive report) every record also holds
     which images were robust (``robust``, see ``pack``), a random defence is scored with its fixed
     draws and with fresh ones (robust = right under both), and each row gets a ``worst`` record: an
@@ -255,7 +224,7 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
     examples[(target, column key, λ)] being (the attacked images, their indices in the test split).
     """
     echo = echo or (lambda m: None)
-    paper = PAPER.get(ds.name, {}) if paper is None else paper
+    paper = profiles.get(ds.name).paper if paper is None else paper
     cache = Cache(os.path.join(out_dir, "cache") if out_dir else None)
     records, started, kept, attack_seconds = [], time.time(), {}, {}
     standing = {}  # row -> images that survived every column so far

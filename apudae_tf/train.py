@@ -14,15 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from apudae_tf import models, names, store
+from apudae_tf import models, names, profiles, store
 from apudae_tf.checkpoint import EpochCheckpoint
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 
-# σ_max must cover the attack budget (spec §1): 0.5 for MNIST's ε = 0.3.
-SIGMA_MAX = {"mnist": 0.5, "cifar10": 0.1}
-# The plus recipe's random L∞-corner noise reaches past the attack budget (0.3 for MNIST).
-LINF_MAX = {"mnist": 0.4, "cifar10": 12 / 255}
 RECIPES = names.TRAIN_RECIPES
 # adv-dae: PGD examples of this many training images join the DAE's noisy pairs
 ADV_DAE_IMAGES = 30000
@@ -63,7 +59,7 @@ def train_classifier(ds: Dataset, settings: TrainSettings, dae=None, linf_max: f
     keras.utils.set_random_seed(settings.seed)
     x, y = ds.x_train, ds.y_train
     if dae is not None:
-        sigma_max = SIGMA_MAX.get(ds.name, 0.1)
+        sigma_max = profiles.get(ds.name).sigma_max
         denoised = models.predict_in_batches(lambda b: models.denoise(dae, add_noise(b, sigma_max, linf_max)), x)
         x, y = np.concatenate([x, denoised]), np.concatenate([y, y])
     model = models.build_mnist_classifier(ds.image_shape, ds.num_classes)
@@ -137,10 +133,7 @@ def adversarial_pairs(model_fn, ds: Dataset, n: int, seed: int, progress=None, m
     from apudae_tf import attacks
 
     x, y = ds.x_train[start:start + n], ds.y_train[start:start + n]
-    if ds.name not in attacks.PRESETS:
-        raise ApudaeError(f"the {'/'.join(ADVERSARIAL_RECIPES)} recipes need an attack budget, known only for "
-                          f"{', '.join(attacks.PRESETS)}; use --recipe paper or plus for {ds.name}")
-    eps = attacks.preset(ds.name).eps
+    eps = profiles.get(ds.name).threat.eps
     steps, step_divisor, rand_init = ADV_PAIR_ATTACKS[method]
     settings = attacks.AttackSettings(eps=eps, steps=steps, step=eps / step_divisor, rand_init=rand_init, seed=seed)
     return attacks.run_attack(method, model_fn, x, y, settings, batch_size=1000, progress=progress), x
@@ -281,17 +274,9 @@ def train_resnet(ds: Dataset, out_dir: str, settings: TrainSettings, echo=print,
     return {"classifier_test_accuracy": acc}
 
 
-# the shipped models' epochs; what ``apudae-tf train`` runs without --epochs
-DEFAULT_EPOCHS = {"classifier": 6, "dae": 5, "adv-classifier": 3, "gan": 10, "adapted-classifier": 4}
-# ResNet-20 on CIFAR-10: 30 one-cycle epochs gave 0.8986 test accuracy (short of 0.90); 45 gave
-# 0.9052 in 54 min on 2 CPU cores (~50 s per epoch alone, more while other jobs ran). Fast
-# adversarial training runs Wong et al.'s 15 epochs from scratch: an epoch costs about two clean
-# ones (one FGSM step, one training step).
-DEFAULT_EPOCHS_BY_DATASET = {"cifar10": {"classifier": 45, "adv-classifier": 15}}
-
-
 def default_epochs(dataset: str, part: str) -> int:
-    return DEFAULT_EPOCHS_BY_DATASET.get(dataset, {}).get(part, DEFAULT_EPOCHS[part])
+    """What ``apudae-tf train`` runs without --epochs: the dataset profile's (the shipped models')."""
+    return profiles.get(dataset).epochs.get(part, profiles.DEFAULT_EPOCHS[part])
 
 
 def train_order(recipe: str) -> list[str]:
@@ -339,7 +324,7 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
 
 
 def _linf_max(ds: Dataset, recipe: str) -> float:
-    return LINF_MAX.get(ds.name, 0.0) if recipe == "plus" else 0.0
+    return profiles.get(ds.name).linf_max if recipe == "plus" else 0.0
 
 
 def _adversarial_part(model_fn, ds: Dataset, method: str, start: int, n: int, seed: int, recipe: str, echo,
@@ -354,7 +339,7 @@ def _adversarial_part(model_fn, ds: Dataset, method: str, start: int, n: int, se
 
 
 def _train_dae_part(ds: Dataset, out_dir: str, settings: TrainSettings, echo, recipe: str, progress_bar) -> dict:
-    sigma_max, linf_max = SIGMA_MAX.get(ds.name, 0.1), _linf_max(ds, recipe)
+    sigma_max, linf_max = profiles.get(ds.name).sigma_max, _linf_max(ds, recipe)
     given = None
     if recipe in ADVERSARIAL_RECIPES:
         model_fn = store.load_models(out_dir, ds.image_shape, need=("classifier",)).classifier_fn()
@@ -386,7 +371,7 @@ def _train_dae_part(ds: Dataset, out_dir: str, settings: TrainSettings, echo, re
 
 def _train_classifier_part(ds: Dataset, out_dir: str, settings: TrainSettings, echo, recipe: str,
                            resume: bool = False) -> dict:
-    arch = settings.arch or names.DEFAULT_ARCH.get(ds.name, "cnn")
+    arch = settings.arch or profiles.get(ds.name).arch
     if arch != "cnn":
         if recipe == "plus":
             raise ApudaeError("the plus recipe trains the small CNN only; use --recipe paper with --arch " + arch)
@@ -409,7 +394,6 @@ def _train_classifier_part(ds: Dataset, out_dir: str, settings: TrainSettings, e
 # FGSM step from a random start. Both are validated with PGD-10 after every epoch,
 # which is what exposes fast training's catastrophic overfitting.
 ADV_TRAIN_STEPS = 10
-FAST_AT_DATASETS = ("cifar10",)
 # Wong et al.'s FGSM-RS (step 1.25·ε, start U(−ε, ε), projected onto the ε-ball) overfit
 # catastrophically on ResNet-20 from scratch as the rate reached its peak: on 1000 validation
 # images PGD-10 fell 0.16 → 0.09 from epoch 3 to 5 while clean rose 0.39 → 0.53; with step ε it
@@ -455,7 +439,7 @@ def n_fgsm(loss_fn, x, eps, seed):
 
 def is_fast(dataset: str, steps: int | None = None) -> bool:
     """Whether a dataset's adversarial training is fast N-FGSM training (else PGD)."""
-    return steps is None and dataset in FAST_AT_DATASETS
+    return steps is None and profiles.get(dataset).fast_adv_training
 
 
 def adv_val_attack(dataset: str, seed: int = 0):
@@ -504,7 +488,7 @@ def train_adv_classifier(ds: Dataset, out_dir: str, settings: TrainSettings, ech
     init_path = os.path.join(out_dir, store.CLASSIFIER)
     init = os.path.isfile(init_path) and not fast
     model = (store.load_model(init_path) if init else
-             models.build_classifier(settings.arch or names.DEFAULT_ARCH.get(ds.name, "cnn"), ds.image_shape,
+             models.build_classifier(settings.arch or profiles.get(ds.name).arch, ds.image_shape,
                                      ds.num_classes))
     n_batches = -(-len(ds.x_train) // settings.batch_size)
     if fast:

@@ -20,8 +20,11 @@ needs_cifar10 = pytest.mark.skipif(data_dir() is None or not os.path.isfile(os.p
 @pytest.fixture(autouse=True)
 def _work_in_a_temporary_folder(tmp_path, monkeypatch):
     """Every test runs in its own folder: a command's default outputs (./apudae-runs) never land in the
-    repository."""
+    repository. Profiles a test declares are forgotten after it."""
+    from apudae_tf import profiles
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(profiles, "REGISTRY", dict(profiles.REGISTRY))
 
 
 @pytest.fixture

@@ -68,8 +68,10 @@ def test_presets_and_overrides():
     c = attacks.preset("cifar10")
     assert np.isclose(c.eps, 8 / 255) and c.steps == 7 and np.isclose(c.step, 2 / 255)
     assert attacks.preset("mnist", eps=0.1).step == pytest.approx(0.01 / 3)
-    with pytest.raises(attacks.ApudaeError, match="bad attack budget"):
+    with pytest.raises(attacks.ApudaeError, match=r"--eps -1 is outside \(0, 1\]"):
         attacks.preset("mnist", eps=-1)
+    with pytest.raises(attacks.ApudaeError, match="no profile for dataset 'svhn'"):
+        attacks.preset("svhn")
 
 
 def test_project_is_the_linf_ball_and_box():

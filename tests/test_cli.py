@@ -115,7 +115,8 @@ def test_shipped_models_are_read_only_to_every_command(tmp_path):
 def test_train_without_out_writes_under_the_working_folder_only(tiny_npz, tmp_path):
     before = {f: hashlib.sha256(open(os.path.join(store.SAVED_MODELS, "mnist", f), "rb").read()).hexdigest()
               for f in os.listdir(os.path.join(store.SAVED_MODELS, "mnist"))}
-    res = _cli(["train", f"npz:{tiny_npz}", "--what", "dae", "--epochs", "1"], tmp_path)
+    declared = ["--eps", "0.3", "--steps", "10", "--step", "0.03", "--sigma-max", "0.5"]
+    res = _cli(["train", f"npz:{tiny_npz}", "--what", "dae", "--epochs", "1", *declared], tmp_path)
     assert res.returncode == 0, res.stderr.decode()
     summary = json.loads(res.stdout)  # stdout is the JSON summary alone: Keras' lines went to stderr
     out = os.path.join("apudae-runs", "tiny", "models")
@@ -125,7 +126,8 @@ def test_train_without_out_writes_under_the_working_folder_only(tiny_npz, tmp_pa
              for f in os.listdir(os.path.join(store.SAVED_MODELS, "mnist"))}
     assert after == before
     # the same command again keeps what it made
-    assert "already holds dae.keras" in _one_error_line(_cli(["train", f"npz:{tiny_npz}", "--what", "dae"], tmp_path))
+    assert "already holds dae.keras" in _one_error_line(_cli(["train", f"npz:{tiny_npz}", "--what", "dae", *declared],
+                                                             tmp_path))
 
 
 @pytest.mark.parametrize("args, option, value", [
@@ -194,3 +196,78 @@ def test_the_readmes_main_job_runs_offline_on_the_embedded_images(tmp_path):
     assert undefended.returncode == 0 and purified.returncode == 0, undefended.stderr + purified.stderr
     assert json.loads(undefended.stdout)["accuracy"] <= 0.05
     assert json.loads(purified.stdout)["accuracy"] >= 0.90
+
+
+def _synthetic_npz(path, n_train=240, n_test=40, size=16, seed=0):
+    """A learnable dataset no profile knows: 4 classes, each a bright quadrant on noise (16x16 grey)."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = np.arange(n) % 4
+        x = rng.integers(0, 60, (n, size, size), dtype=np.uint8)
+        h = size // 2
+        for k in range(4):
+            r, c = divmod(k, 2)
+            x[y == k, r * h:(r + 1) * h, c * h:(c + 1) * h] += 150
+        return x, y.astype(np.uint8)
+
+    (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_a_new_dataset_is_one_profile_and_every_command_runs_on_it(tmp_path):
+    """A user's dataset declared by a small profile file: train -> tune -> attack -> purify -> classify ->
+    evaluate (table and adaptive) run on it with no further flags, each reading the recorded profile."""
+    data_file = _synthetic_npz(tmp_path / "quads.npz")
+    profile = tmp_path / "quads-profile.json"
+    profile.write_text(json.dumps({"name": "quads", "eps": 0.1, "steps": 5, "step": 0.03, "sigma_max": 0.2,
+                                   "epochs": {"classifier": 3, "dae": 2}}))
+    ds, models = f"npz:{data_file}", str(tmp_path / "models")
+
+    def ok(args, **kw):
+        res = _cli(args, tmp_path, **kw)
+        assert res.returncode == 0, (args, res.stderr.decode()[-2000:])
+        return res
+
+    ok(["train", ds, "--profile", str(profile), "--out", models])
+    recorded = json.load(open(os.path.join(models, "profile.json")))
+    assert recorded["name"] == "quads" and recorded["threat"]["eps"] == 0.1 and recorded["epochs"]["dae"] == 2
+    ok(["tune", ds, "--models", models, "--variants", "D", "--n-val", "8", "--out", str(tmp_path / "tuned")])
+    tuned = str(tmp_path / "tuned")
+    chosen = json.load(open(os.path.join(tuned, store.PURIFY_SETTINGS)))["variants"]["D"]["settings"]
+    assert chosen["alpha"] in (0.1 / 8, 0.1 / 4, 0.1 / 2)  # the generic grid, scaled by this ε
+    adv = tmp_path / "adv.npz"
+    ok(["attack", "--dataset", ds, "--models", tuned, "--n", "20", "-o", str(adv)])
+    batch = pipeline.read(str(adv))
+    assert batch.meta["history"][0]["settings"]["eps"] == 0.1 and batch.meta["history"][0]["settings"]["steps"] == 5
+    x_test = data.load_dataset(ds).x_test[:20]
+    assert np.abs(batch.x - x_test).max() <= 0.1 + 1e-6
+    purified = tmp_path / "purified.npz"
+    ok(["purify", "--variant", "D", "--models", tuned, "-i", str(adv), "-o", str(purified)])
+    out = json.loads(ok(["classify", "--models", tuned, "-i", str(purified), "--json"]).stdout)
+    assert out["n"] == 20 and out["dataset"] == "quads"
+    report = str(tmp_path / "report")
+    ok(["evaluate", ds, "--models", tuned, "--n", "12", "--no-adv-training", "--variants", "direct,D",
+        "--cw-l2-n", "0", "--out", report])
+    table = json.load(open(os.path.join(report, "table.json")))
+    assert {r["attack"] for r in table["records"]} == {"clean", "random", "fgsm", "r-fgsm", "pgd", "cw"}
+    ok(["evaluate", ds, "--models", tuned, "--n", "6", "--no-adv-training", "--adaptive", "--apgd-steps", "2",
+        "--apgd-targets", "1", "--square-queries", "3", "--out", report])
+    adaptive = json.load(open(os.path.join(report, "adaptive.json")))
+    assert {r["attack"] for r in adaptive["records"]} >= {"apgd-ce", "apgd-t", "square", "worst"}
+    assert all(r["settings"]["attack"]["eps"] == 0.1 for r in adaptive["records"] if r["attack"] == "apgd-ce")
+
+
+def test_an_unknown_dataset_or_an_incomplete_profile_is_one_line(tmp_path):
+    data_file = _synthetic_npz(tmp_path / "quads.npz", n_train=20, n_test=4)
+    line = _one_error_line(_cli(["train", f"npz:{data_file}"], tmp_path))
+    assert "no profile for dataset 'quads'" in line and "--eps" in line
+    line = _one_error_line(_cli(["train", f"npz:{data_file}", "--eps", "0.1"], tmp_path))
+    assert "lacks steps, step, sigma_max" in line
+    (tmp_path / "p.json").write_text('{"name": "quads", "eps": 0.1, "steps": 0, "step": 0.01, "sigma_max": 0.2}')
+    line = _one_error_line(_cli(["train", f"npz:{data_file}", "--profile", str(tmp_path / "p.json")], tmp_path))
+    assert "steps >= 1" in line
+    line = _one_error_line(_cli(["attack", "--dataset", "svhn", "-o", "a.npz"], tmp_path))
+    assert "no shipped models for dataset 'svhn'" in line

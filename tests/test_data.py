@@ -95,7 +95,7 @@ def test_cli_missing_data_is_one_line_and_nonzero(args, env):
 def test_cli_malformed_npz_is_one_line_and_nonzero(tmp_path):
     p = tmp_path / "broken.npz"
     p.write_bytes(b"PK\x03\x04 this is not a zip archive")
-    res = _cli("train", f"npz:{p}")
+    res = _cli("train", f"npz:{p}", "--eps", "0.1", "--steps", "10", "--step", "0.01", "--sigma-max", "0.2")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith(f"error: {p} is not a readable npz file")
 

@@ -94,7 +94,7 @@ def test_export_refuses_to_overwrite_a_version_and_a_missing_model_folder(tiny_m
     assert res.exit_code == 2 and "exists" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(cli.main, ["export", "--dataset", "mnist", "--models", str(tmp_path / "none"),
                                         "--out", str(tmp_path / "n")])
-    assert res.exit_code == 2 and "no model folder" in res.output
+    assert res.exit_code == 2 and "no such model folder" in res.output
     assert not os.path.exists(tmp_path / "n" / "1")
 
 

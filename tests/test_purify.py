@@ -133,7 +133,7 @@ def test_unknown_variant_and_bad_settings():
     dae = models.build_dae(SHAPE)
     with pytest.raises(purify.ApudaeError, match="unknown purification variant"):
         purify.Purifier(dae, _stats(1.0), "Z")
-    with pytest.raises(purify.ApudaeError, match="bad purification settings"):
+    with pytest.raises(purify.ApudaeError, match=r"--n -1 is outside >= 0"):
         purify.Purifier(dae, _stats(1.0), "B", purify.PurifySettings(n=-1))
 
 
@@ -143,7 +143,10 @@ def test_tune_picks_the_best_validation_setting_and_purify_uses_it(tiny_models, 
 
     from apudae_tf import attacks, data, evaluate
 
+    from apudae_tf import profiles
+
     ds = data.load_dataset(f"npz:{tiny_npz}")
+    profiles.declare(ds.name, 0.3, 2, 0.1, 0.5)
     m = store.load_models(tiny_models, ds.image_shape)
     report = evaluate.tune(m, ds, ["B"], n_val=8, attack_settings=attacks.AttackSettings(0.3, 2, 0.1))
     assert report["split"] == "val" and report["n"] == 8
@@ -155,4 +158,7 @@ def test_tune_picks_the_best_validation_setting_and_purify_uses_it(tiny_models, 
     with open(os.path.join(tiny_models, store.PURIFY_SETTINGS), "w") as f:
         json.dump({"variants": chosen}, f)
     assert purify.default_settings("mnist", "B", tiny_models).n == 7
-    assert purify.default_settings("mnist", "C", tiny_models) == purify.FALLBACK["mnist"]
+    from apudae_tf import profiles
+
+    assert purify.default_settings("mnist", "C", tiny_models) == purify.PurifySettings(
+        **profiles.get("mnist").purify_fallback)

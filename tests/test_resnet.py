@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from apudae_tf import models, store, train
+from apudae_tf import models, profiles, store, train
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 from conftest import saved_accuracy
@@ -101,7 +101,7 @@ def test_cifar10_table_runs_every_variant_and_attack_on_colour_images(tiny_cifar
     assert result["figures"]["attack"] == "BIM"
     for name in ("fig3_r_hist.png", "examples.png"):
         assert open(os.path.join(out, name), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert {r["attack"] for r in records} == set(table.COLUMNS["cifar10"])
+    assert {r["attack"] for r in records} == set(profiles.get("cifar10").columns)
     rows = {r["defence"] for r in records}
     assert {"APuDAE A (n=12)", "APuDAE A (n=18)", "APuDAE G", "APuDAE direct"} <= rows
     a12 = next(r for r in records if r["defence"] == "APuDAE A (n=12)" and r["attack"] == "bim")

@@ -65,14 +65,15 @@ def test_plus_noise_puts_half_the_images_on_linf_ball_corners():
 
 
 def test_plus_recipe_trains_the_dae_first_and_the_classifier_on_its_outputs(tiny_npz, tmp_path):
-    from apudae_tf import data, store
+    from apudae_tf import data, profiles, store
 
     ds = data.load_dataset(f"npz:{tiny_npz}")
+    profiles.declare(ds.name, 0.3, 40, 0.01, 0.5)
     out = str(tmp_path / "m")
     s = train.TrainSettings(epochs=1, batch_size=64)
     train.train(ds, "dae", out, s, echo=lambda m: None, recipe="plus")
     stats = store.load_stats(out)
-    assert stats.training["recipe"] == "plus" and stats.training["linf_max"] == 0.0  # no preset for npz data
+    assert stats.training["recipe"] == "plus" and stats.training["linf_max"] == 0.0  # a declared profile: none
     summary = train.train(ds, "classifier", out, s, echo=lambda m: None, recipe="plus")
     from conftest import saved_accuracy
 
@@ -92,11 +93,12 @@ def test_given_pairs_join_the_noisy_pairs_unchanged():
 
 
 def test_adv_dae_recipe_trains_on_pgd_examples_of_the_classifier(tiny_npz, tmp_path, monkeypatch):
-    from apudae_tf import attacks, data, store
+    from apudae_tf import attacks, data, profiles, store
 
     monkeypatch.setattr(train, "ADV_DAE_IMAGES", 32)
     ds = data.load_dataset(f"npz:{tiny_npz}")
-    monkeypatch.setitem(attacks.PRESETS, ds.name, attacks.PRESETS["mnist"])  # user data has no preset
+    # user data declares its threat model (the CLI's --eps, --steps, --step, --sigma-max)
+    profiles.declare(ds.name, 0.3, 40, 0.01, 0.5)
     out = str(tmp_path / "m")
     s = train.TrainSettings(epochs=1, batch_size=64)
     assert train.train_order("adv-dae") == ["classifier", "dae"]
@@ -132,21 +134,22 @@ def test_adv_dae_recipe_trains_on_pgd_examples_of_the_classifier(tiny_npz, tmp_p
     assert store.load_stats(out).training["adversarial_images"] == 48
 
 
-def test_adv_dae_recipe_on_a_dataset_without_an_attack_budget_says_which_recipes_apply(tiny_npz, tmp_path):
+def test_a_dataset_without_a_profile_is_one_clear_error_never_another_datasets_values(tiny_npz, tmp_path):
     from apudae_tf import data
 
     ds = data.load_dataset(f"npz:{tiny_npz}")
     out = str(tmp_path / "m")
     s = train.TrainSettings(epochs=1, batch_size=64)
-    train.train(ds, "classifier", out, s, echo=lambda m: None, recipe="adv-dae")
-    with pytest.raises(ApudaeError, match="need an attack budget.*--recipe paper or plus"):
-        train.train(ds, "dae", out, s, echo=lambda m: None, recipe="adv-dae")
+    for part in ("classifier", "dae"):
+        with pytest.raises(ApudaeError, match="no profile for dataset 'tiny': declare its threat model"):
+            train.train(ds, part, out, s, echo=lambda m: None, recipe="adv-dae")
 
 
 def test_a_wider_dae_is_built_trained_and_recorded_with_its_width(tiny_npz, tmp_path):
-    from apudae_tf import data, store
+    from apudae_tf import data, profiles, store
 
     ds = data.load_dataset(f"npz:{tiny_npz}")
+    profiles.declare(ds.name, 0.3, 40, 0.01, 0.5)
     out = str(tmp_path / "w")
     train.train(ds, "dae", out, train.TrainSettings(epochs=1, batch_size=64, dae_filters=16), echo=lambda m: None)
     assert store.load_stats(out).training["filters"] == 16

@@ -20,13 +20,12 @@ import tensorflow as tf
 from keras import layers
 
 from apudae_tf import store
-from apudae_tf.checkpoint import EpochCheckpoint
 from apudae_tf.errors import ApudaeError
 
 LATENT_DIM = 128
 GAN_FILE = store.GENERATOR
 GAN_INFO = store.GENERATOR_INFO
-GAN_CHECKPOINTS = ".gan_ckpt"
+GAN_CHECKPOINTS = ".gan_backup"
 N_CRITIC = 5
 GP_WEIGHT = 10.0
 GAN_LEARNING_RATE = 1e-4
@@ -177,65 +176,84 @@ def _search_best(generator, x, z0, restarts, steps, lr, momentum):
 # -- training: WGAN-GP -----------------------------------------------------------------------
 
 
-def train_gan(x_train: np.ndarray, out_dir: str, epochs: int, batch_size: int = 64, seed: int = 0, echo=print,
-              resume: bool = False, dataset: str = "", source: str = "") -> dict:
-    """Train G (and its critic) on ``x_train``; writes ``out_dir``/generator.keras and generator.json."""
-    keras.utils.set_random_seed(seed)
-    shape = tuple(x_train.shape[1:])
-    gen, critic = build_generator(shape), build_critic(shape)
-    g_opt = keras.optimizers.Adam(GAN_LEARNING_RATE, beta_1=GAN_BETAS[0], beta_2=GAN_BETAS[1])
-    c_opt = keras.optimizers.Adam(GAN_LEARNING_RATE, beta_1=GAN_BETAS[0], beta_2=GAN_BETAS[1])
-    g_opt.build(gen.trainable_variables)
-    c_opt.build(critic.trainable_variables)
-    recipe = {"batch_size": batch_size, "seed": seed, "latent_dim": LATENT_DIM, "n_critic": N_CRITIC,
-              "gp_weight": GP_WEIGHT, "learning_rate": GAN_LEARNING_RATE, "betas": list(GAN_BETAS)}
-    nets = tf.train.Checkpoint(generator=gen, critic=critic, critic_optimizer=c_opt)
-    ckpt = EpochCheckpoint(os.path.join(out_dir, GAN_CHECKPOINTS), nets, g_opt, recipe, "gan")
-    start = ckpt.restore(resume, echo)
+class WGAN(keras.Model):
+    """WGAN with gradient penalty (Gulrajani et al. 2017), trained by ``fit``: each batch holds ``n_critic``
+    real batches; ``train_step`` takes one critic step on each, then one generator step."""
 
-    @tf.function
-    def critic_step(real, seed_):
+    def __init__(self, generator, critic, n_critic: int = N_CRITIC, gp_weight: float = GP_WEIGHT, **kwargs):
+        super().__init__(**kwargs)
+        self.generator, self.critic, self.n_critic, self.gp_weight = generator, critic, n_critic, gp_weight
+        self.latent_dim = int(generator.input_shape[-1])
+        self.w_dist = keras.metrics.Mean(name="w_dist")
+
+    def compile(self, critic_optimizer, generator_optimizer):
+        # the generator's optimizer is the model's own (saved with it, counting the steps); the critic's beside it
+        super().compile(optimizer=generator_optimizer)
+        self.critic_optimizer = critic_optimizer
+
+    @property
+    def metrics(self):
+        return [self.w_dist]
+
+    def call(self, z, training=False):
+        return self.generator(z, training=training)
+
+    def _critic_step(self, real, seed):
         n = tf.shape(real)[0]
-        z = tf.random.stateless_normal([n, LATENT_DIM], seed_)
-        eps = tf.random.stateless_uniform([n, 1, 1, 1], seed_ + 1)
+        z = tf.random.stateless_normal([n, self.latent_dim], seed)
+        eps = tf.random.stateless_uniform([n, 1, 1, 1], seed + 1)
         with tf.GradientTape() as tape:
-            fake = gen(z, training=True)
+            fake = self.generator(z, training=True)
             mixed = eps * real + (1 - eps) * fake
             with tf.GradientTape() as inner:
                 inner.watch(mixed)
-                score = critic(mixed, training=True)
+                score = self.critic(mixed, training=True)
             slopes = tf.sqrt(tf.reduce_sum(tf.square(inner.gradient(score, mixed)), axis=[1, 2, 3]) + 1e-12)
             gp = tf.reduce_mean(tf.square(slopes - 1.0))
-            w_dist = tf.reduce_mean(critic(real, training=True)) - tf.reduce_mean(critic(fake, training=True))
-            loss = -w_dist + GP_WEIGHT * gp
-        c_opt.apply_gradients(zip(tape.gradient(loss, critic.trainable_variables), critic.trainable_variables))
+            w_dist = tf.reduce_mean(self.critic(real, training=True)) - tf.reduce_mean(self.critic(fake, training=True))
+            loss = -w_dist + self.gp_weight * gp
+        variables = self.critic.trainable_variables
+        self.critic_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return w_dist
 
-    @tf.function
-    def generator_step(n, seed_):
-        z = tf.random.stateless_normal([n, LATENT_DIM], seed_)
+    def train_step(self, real):
+        # stateless draws keyed by the step count: reproducible, and a resumed run continues the sequence
+        base = tf.cast(self.optimizer.iterations, tf.int32) * (self.n_critic + 1)
+        chunks = tf.split(real, self.n_critic)
+        for j, chunk in enumerate(chunks):
+            w_dist = self._critic_step(chunk, tf.stack([tf.constant(0), base + j]))
+        z = tf.random.stateless_normal([tf.shape(chunks[0])[0], self.latent_dim],
+                                       tf.stack([tf.constant(0), base + self.n_critic]))
         with tf.GradientTape() as tape:
-            loss = -tf.reduce_mean(critic(gen(z, training=True), training=True))
-        g_opt.apply_gradients(zip(tape.gradient(loss, gen.trainable_variables), gen.trainable_variables))
-        return loss
+            loss = -tf.reduce_mean(self.critic(self.generator(z, training=True), training=True))
+        variables = self.generator.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.w_dist.update_state(w_dist)
+        return {"w_dist": self.w_dist.result()}
 
-    from apudae_tf.train import _fit_verbose
 
-    steps_per_epoch = len(x_train) // (batch_size * N_CRITIC)
-    for e in range(start, epochs):
-        order = np.random.default_rng(seed + e).permutation(len(x_train))
-        bar = keras.utils.Progbar(steps_per_epoch, verbose=_fit_verbose(), stateful_metrics=["w_dist"])
-        for k in range(steps_per_epoch):
-            base = (e * steps_per_epoch + k) * (N_CRITIC + 1)
-            for j in range(N_CRITIC):
-                idx = order[(k * N_CRITIC + j) * batch_size : (k * N_CRITIC + j + 1) * batch_size]
-                w = critic_step(tf.constant(x_train[idx]), tf.constant([seed, base + j], tf.int32))
-            generator_step(tf.constant(batch_size), tf.constant([seed, base + N_CRITIC], tf.int32))
-            bar.update(k + 1, [("w_dist", float(w))])
-        ckpt.save(e + 1, {"w_dist": float(w)})
-        echo(f"gan: epoch {e + 1}/{epochs}: critic's Wasserstein estimate {float(w):.4f}")
-    store.save_model(gen, os.path.join(out_dir, GAN_FILE))
+def train_gan(x_train: np.ndarray, out_dir: str, epochs: int, batch_size: int = 64, seed: int = 0, echo=print,
+              resume: bool = False, dataset: str = "", source: str = "") -> dict:
+    """Train G (and its critic) on ``x_train``; writes ``out_dir``/generator.keras and generator.json."""
+    from apudae_tf import fitting
+
+    keras.utils.set_random_seed(seed)
+    shape = tuple(x_train.shape[1:])
+    with fitting.strategy().scope():
+        gan = WGAN(build_generator(shape), build_critic(shape))
+        gan.compile(keras.optimizers.Adam(GAN_LEARNING_RATE, beta_1=GAN_BETAS[0], beta_2=GAN_BETAS[1]),
+                    keras.optimizers.Adam(GAN_LEARNING_RATE, beta_1=GAN_BETAS[0], beta_2=GAN_BETAS[1]))
+        gan(tf.zeros((1, LATENT_DIM)))  # built, as BackupAndRestore needs
+        gan.critic(tf.zeros((1, *shape)))
+        gan.critic_optimizer.build(gan.critic.trainable_variables)
+        gan.optimizer.build(gan.generator.trainable_variables)
+    recipe = {"batch_size": batch_size, "seed": seed, "latent_dim": LATENT_DIM, "n_critic": N_CRITIC,
+              "gp_weight": GP_WEIGHT, "learning_rate": GAN_LEARNING_RATE, "betas": list(GAN_BETAS)}
+    data = (tf.data.Dataset.from_tensor_slices(x_train).shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size * N_CRITIC, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    history = fitting.fit(gan, data, epochs, os.path.join(out_dir, GAN_CHECKPOINTS), recipe, "gan", echo, resume)
+    store.save_model(gan.generator, os.path.join(out_dir, GAN_FILE))
     store.write_json(os.path.join(out_dir, GAN_INFO), {"dataset": dataset, "recipe": recipe, "epochs": epochs,
-                                                       "history": ckpt.history, "source": source})
-    ckpt.finish()
+                                                       "history": history, "source": source})
+    fitting.finish(os.path.join(out_dir, GAN_CHECKPOINTS))
     return {"generator_epochs": epochs}

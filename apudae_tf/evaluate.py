@@ -455,10 +455,11 @@ def table_notes(result: dict) -> list[str]:
         lines += ["", "**Cost per image** (purification and classification, mean over the row's cells, 2 CPU cores; "
                   "cells from the cache keep the time of the run that made them): "
                   + "; ".join(f"{k} {v:.2f} ms" for k, v in cost.items()) + "."]
-        gan = [v for k, v in cost.items() if k.startswith("Defense-GAN")]
+        kind = {r["defence"]: r.get("kind") for r in result["records"]}
+        gan = [v for k, v in cost.items() if kind.get(k) == "defense-gan"]
         if gan:
             lines[-1] += " Defense-GAN / APuDAE: " + ", ".join(
-                f"{gan[0] / v:.0f}× {k}" for k, v in cost.items() if k.startswith("APuDAE") and v > 0) + "."
+                f"{gan[0] / v:.0f}× {k}" for k, v in cost.items() if kind.get(k) == "purifier" and v > 0) + "."
     if result.get("defense_gan"):
         lines += _gan_notes(result["defense_gan"], result["dataset"])
     tuned = result.get("tuned") or {}

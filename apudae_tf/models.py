@@ -19,11 +19,13 @@ DAE_DROPOUT = 0.1  # the paper gives dropout in each layer (eq. 6), not its rate
 
 
 def _conv_block(x, conv, dropout, name):
-    """Conv -> Dropout -> ReLU -> BatchNorm, the order of eq. 6 and Table 1."""
+    """Conv -> Dropout -> ReLU -> BatchNorm, the order of eq. 6 and Table 1. Every BatchNorm of the package
+    is synchronized: under a multi-device strategy it uses the global batch's statistics, so training on
+    several devices computes what one device would."""
     x = conv(x)
     x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
     x = layers.ReLU(name=f"{name}_relu")(x)
-    return layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.BatchNormalization(synchronized=True, name=f"{name}_bn")(x)
 
 
 def build_dae(
@@ -76,12 +78,12 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 def _residual_block(x, filters, stride, name):
     """He et al.'s basic block: two 3×3 conv-BN, a 1×1 projection when the shape changes."""
     h = layers.Conv2D(filters, 3, stride, "same", use_bias=False, name=f"{name}_conv1")(x)
-    h = layers.ReLU(name=f"{name}_relu1")(layers.BatchNormalization(name=f"{name}_bn1")(h))
+    h = layers.ReLU(name=f"{name}_relu1")(layers.BatchNormalization(synchronized=True, name=f"{name}_bn1")(h))
     h = layers.Conv2D(filters, 3, 1, "same", use_bias=False, name=f"{name}_conv2")(h)
-    h = layers.BatchNormalization(name=f"{name}_bn2")(h)
+    h = layers.BatchNormalization(synchronized=True, name=f"{name}_bn2")(h)
     if stride != 1 or x.shape[-1] != filters:
         x = layers.Conv2D(filters, 1, stride, use_bias=False, name=f"{name}_proj")(x)
-        x = layers.BatchNormalization(name=f"{name}_proj_bn")(x)
+        x = layers.BatchNormalization(synchronized=True, name=f"{name}_proj_bn")(x)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([x, h]))
 
 
@@ -93,7 +95,7 @@ def build_resnet(image_shape=(32, 32, 3), num_classes: int = 10, widths=(16, 32,
     x = keras.Input(shape=image_shape, name="image")
     h = layers.Normalization(mean=list(mean), variance=[v * v for v in std], name="standardise")(x)
     h = layers.Conv2D(widths[0], 3, 1, "same", use_bias=False, name="stem_conv")(h)
-    h = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(h))
+    h = layers.ReLU(name="stem_relu")(layers.BatchNormalization(synchronized=True, name="stem_bn")(h))
     for i, f in enumerate(widths):
         for j in range(blocks):
             h = _residual_block(h, f, 2 if (j == 0 and i > 0) else 1, f"stage{i + 1}_block{j + 1}")

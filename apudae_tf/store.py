@@ -47,8 +47,9 @@ def default_model_dir(dataset: str) -> str:
 def run_dir(dataset: str, what: str) -> str:
     """The default output of a command that writes: ./apudae-runs/<dataset>/<what>, never the shipped models
     or the committed results. ``npz:PATH`` datasets are named by their file."""
-    name = os.path.splitext(os.path.basename(dataset[4:]))[0] if dataset.startswith("npz:") else dataset
-    return os.path.join(RUNS, name, what)
+    from apudae_tf import profiles
+
+    return os.path.join(RUNS, profiles.dataset_name(dataset), what)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -473,7 +473,7 @@ def purifier_row(name: str, paper_row, target: str, purifier, model_fn, settings
 def cost_per_image(records: list[dict], defences: list[Defence]) -> dict:
     """Milliseconds per image of each purifying row (purification + classification), averaged over
     its cells. Cells served from the cache keep the time of the run that made them."""
-    purifying = {d.name for d in defences if d.purifier is not None or d.paper_row in ("magnet", "defense-gan")}
+    purifying = {d.name for d in defences if d.kind in ("purifier", "magnet", "defense-gan")}
     out = {}
     for name in purifying:
         cells = [r for r in records if r["defence"] == name and r["n"]]

@@ -71,11 +71,11 @@ def half_images(n, shape=(8, 8, 1), seed=0):
 
 def _untrained_models(folder, dataset, shape, arch, sigma_max):
     """A model folder with an untrained classifier and DAE, and statistics measured on noise."""
-    from apudae_tf import models, store, train
+    from apudae_tf import denoisers, models, store
 
     x = np.random.default_rng(0).random((64, *shape), dtype=np.float32)
     dae = models.build_dae(shape)
-    mu, sigma = train.clean_error_stats(dae, x)
+    mu, sigma = denoisers.clean_error_stats(dae, x)
     store.save_model(models.build_classifier(arch, shape, 10), str(folder / store.CLASSIFIER))
     store.save_model(dae, str(folder / store.DAE))
     store.write_json(str(folder / store.DAE_STATS), store.DaeStats(mu, sigma, sigma_max, shape, dataset, {}).to_json())

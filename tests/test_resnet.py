@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from apudae_tf import models, profiles, store, train
+from apudae_tf import adversarial, classifiers, fitting, models, profiles, store, train
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 from conftest import saved_accuracy
@@ -25,9 +25,12 @@ def test_resnet20_and_resnet18_have_their_published_sizes_and_take_0_1_images():
 
 
 def test_crop_flip_keeps_shape_and_moves_pixels_only_by_the_pad():
+    import tensorflow as tf
+
     rng = np.random.default_rng(0)
     x = rng.random((64, 32, 32, 3), dtype=np.float32)
-    out = train.crop_flip(x, np.random.default_rng(1))
+    tf.random.set_seed(1)
+    out = classifiers.crop_flip(tf.constant(x)).numpy()
     assert out.shape == x.shape and out.dtype == x.dtype
     changed = np.mean([not np.array_equal(a, b) for a, b in zip(out, x)])
     assert changed > 0.5  # most images are shifted or flipped
@@ -39,10 +42,25 @@ def test_crop_flip_keeps_shape_and_moves_pixels_only_by_the_pad():
 
 
 def test_one_cycle_climbs_to_its_peak_then_falls_to_zero():
-    s = train.OneCycle(0.2, 100, warmup=0.3)
+    s = classifiers.OneCycle(0.2, 100, warmup=0.3)
     lr = np.array([float(s(k)) for k in range(100)])
     assert lr.argmax() in (29, 30) and abs(lr.max() - 0.2) < 1e-6
     assert (np.diff(lr[:29]) > 0).all() and (np.diff(lr[31:]) < 0).all() and lr[-1] < 0.01
+
+
+def _interrupt_after_first_epoch(monkeypatch):
+    """The session ends after epoch 1's backup, as a cut-off session would: the next run must resume."""
+    real = fitting.EpochLog.on_epoch_end
+    calls = []
+
+    def end(self, epoch, logs=None):
+        real(self, epoch, logs)
+        calls.append(epoch)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fitting.EpochLog, "on_epoch_end", end)
+    return calls
 
 
 def test_resnet_training_checkpoints_and_resumes_after_an_interruption(tmp_path, monkeypatch):
@@ -53,33 +71,25 @@ def test_resnet_training_checkpoints_and_resumes_after_an_interruption(tmp_path,
     out = str(tmp_path / "c")
     os.makedirs(out)
     settings = train.TrainSettings(epochs=2, batch_size=16, arch="resnet20")
-    calls = []
-
-    # the session ends after epoch 1's checkpoint
-    monkeypatch.setattr(train, "_fit_verbose", lambda: 0)
-    real_run = train._run_epochs
-
-    def one_epoch_then_stop(ds_, s, ckpt, start, *a, **k):
-        calls.append(start)
-        real_run(ds_, dataclasses.replace(s, epochs=start + 1), ckpt, start, *a, **k)
-        if start == 0:
-            raise KeyboardInterrupt
-        real_run(ds_, s, ckpt, start + 1, *a, **k)
-
-    monkeypatch.setattr(train, "_run_epochs", one_epoch_then_stop)
+    calls = _interrupt_after_first_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train.train(ds, "classifier", out, settings, echo=lambda m: None)
-    assert os.path.isfile(os.path.join(out, train.CLASSIFIER_CHECKPOINTS, "checkpoint"))
+    backup = os.path.join(out, classifiers.CLASSIFIER_BACKUP)
+    assert os.path.isfile(os.path.join(backup, "latest.weights.h5"))
     with pytest.raises(ApudaeError, match="pass --resume"):
         train.train(ds, "classifier", out, settings, echo=lambda m: None)
+    with pytest.raises(ApudaeError, match="batch_size: 16 -> 8"):
+        train.train(ds, "classifier", out, dataclasses.replace(settings, batch_size=8), echo=lambda m: None,
+                    resume=True)
     said = []
     summary = train.train(ds, "classifier", out, settings, echo=said.append, resume=True)
-    assert calls == [0, 1] and any("resuming after epoch 1" in s for s in said)
+    assert calls == [0, 1] and any("resuming after epoch 1" in s for s in said)  # epoch 2 only, once
     info = json.load(open(os.path.join(out, store.CLASSIFIER_INFO)))
     assert [h["epoch"] for h in info["history"]] == [1, 2] and info["recipe"]["arch"] == "resnet20"
+    assert "val_accuracy" in info["history"][0]
     assert store.load_model(os.path.join(out, store.CLASSIFIER)).count_params() == \
         models.build_classifier("resnet20", (32, 32, 3), 10).count_params()
-    assert not os.path.exists(os.path.join(out, train.CLASSIFIER_CHECKPOINTS))
+    assert not os.path.exists(backup)
     assert summary["classifier_test_accuracy"] == pytest.approx(
         saved_accuracy(os.path.join(out, store.CLASSIFIER), ds.x_test, ds.y_test))
 
@@ -120,17 +130,17 @@ def _tiny_cifar(n=32):
     return Dataset("cifar10", x, y, x[:16], y[:16], x[:16], y[:16], source="test")
 
 
-def test_cifar10_fast_adversarial_training_starts_from_scratch_with_the_one_cycle_rate(tiny_cifar_models, monkeypatch):
-    monkeypatch.setattr(train, "_fit_verbose", lambda: 0)
+def test_cifar10_fast_adversarial_training_starts_from_scratch_with_the_one_cycle_rate(tiny_cifar_models):
     ds = _tiny_cifar()
     # a clean classifier in the folder is not the starting point (Wong et al. train from scratch)
     before = store.load_model(os.path.join(tiny_cifar_models, store.CLASSIFIER)).get_weights()[0]
-    train.train_adv_classifier(ds, tiny_cifar_models, train.TrainSettings(epochs=1, batch_size=16, arch="resnet20"),
-                               echo=lambda m: None)
+    adversarial.train_adv_classifier(ds, tiny_cifar_models,
+                                     train.TrainSettings(epochs=1, batch_size=16, arch="resnet20"), echo=lambda m: None)
     info = json.load(open(os.path.join(tiny_cifar_models, store.ADV_CLASSIFIER_INFO)))
     assert info["init"] == "random" and info["eps_ramp_epochs"] == 0 and "N-FGSM" in info["method"]
-    assert info["training"]["noise"] == train.FAST_AT_NOISE == 2.0 and info["training"]["projected"] is False
-    assert info["training"]["optimizer"] == "SGD one-cycle" and info["training"]["peak_lr"] == train.RESNET_PEAK_LR
+    assert info["training"]["noise"] == adversarial.FAST_AT_NOISE == 2.0 and info["training"]["projected"] is False
+    assert info["training"]["optimizer"] == "SGD one-cycle"
+    assert info["training"]["peak_lr"] == classifiers.RESNET_PEAK_LR
     assert info["attack"]["steps"] == 1 and info["attack"]["step"] == pytest.approx(info["attack"]["eps"])
     assert info["attack"]["eps"] == pytest.approx(8 / 255) and info["attack"]["rand_init"]
     adv = store.load_model(os.path.join(tiny_cifar_models, store.ADV_CLASSIFIER))
@@ -141,11 +151,10 @@ def test_adapted_classifier_learns_purified_images_into_its_own_folder_and_reuse
                                                                                        monkeypatch):
     from apudae_tf import purify
 
-    monkeypatch.setattr(train, "_fit_verbose", lambda: 0)
     ds = _tiny_cifar()
     settings = train.TrainSettings(epochs=1, batch_size=16)
     with pytest.raises(ApudaeError, match="its own --out folder"):
-        train.train_adapted_classifier(ds, tiny_cifar_models, tiny_cifar_models, ["B"], settings)
+        classifiers.train_adapted_classifier(ds, tiny_cifar_models, tiny_cifar_models, ["B"], settings)
     out = str(tmp_path / "adapted")
     purified = []
     real = purify.Purifier.purify_array
@@ -157,18 +166,18 @@ def test_adapted_classifier_learns_purified_images_into_its_own_folder_and_reuse
     monkeypatch.setattr(purify.Purifier, "purify_array", counting)
     said = []
     with pytest.raises(ApudaeError, match="bad --adapt-to item 'm=3'"):
-        train.train_adapted_classifier(ds, tiny_cifar_models, out, ["B:m=3"], settings)
+        classifiers.train_adapted_classifier(ds, tiny_cifar_models, out, ["B:m=3"], settings)
     tokens = ["B:n=2:alpha=2/255", "direct"]
-    summary = train.train_adapted_classifier(ds, tiny_cifar_models, out, tokens, settings, echo=said.append)
+    summary = classifiers.train_adapted_classifier(ds, tiny_cifar_models, out, tokens, settings, echo=said.append)
     # each variant purifies the 32 training images once, then the 16 validation images
     assert purified == [32, 32, 16, 16]
-    cached = np.load(os.path.join(out, train.ADAPT_CACHE, "train_purified_B_n2_alpha2-255.npy"), allow_pickle=False)
+    cached = np.load(os.path.join(out, classifiers.ADAPT_CACHE, "train_purified_B_n2_alpha2-255.npy"), allow_pickle=False)
     assert cached.shape == ds.x_train.shape and not np.allclose(cached, ds.x_train)
     info = json.load(open(os.path.join(out, store.CLASSIFIER_INFO)))
-    assert info["recipe"]["adapted_to"] == tokens and info["recipe"]["learning_rate"] == train.ADAPT_LEARNING_RATE
-    assert train.adapt_purifier("cifar10", store.load_models(tiny_cifar_models), tokens[0]).settings.alpha == 2 / 255
+    assert info["recipe"]["adapted_to"] == tokens and info["recipe"]["learning_rate"] == classifiers.ADAPT_LEARNING_RATE
+    assert classifiers.adapt_purifier("cifar10", store.load_models(tiny_cifar_models), tokens[0]).settings.alpha == 2 / 255
     assert info["recipe"]["base_digest"] == store.file_digest(os.path.join(tiny_cifar_models, store.CLASSIFIER))
-    assert set(info["history"][0]) == {"epoch", "val_clean", "val_B:n=2:alpha=2/255", "val_direct"}
+    assert set(info["history"][0]) == {"epoch", "loss", "val_clean", "val_B:n=2:alpha=2/255", "val_direct"}
     for name in (store.CLASSIFIER, store.DAE, store.DAE_STATS):
         assert os.path.isfile(os.path.join(out, name))
     base = store.load_model(os.path.join(tiny_cifar_models, store.CLASSIFIER)).get_weights()[0]
@@ -185,12 +194,12 @@ def test_adapted_classifier_learns_purified_images_into_its_own_folder_and_reuse
         {"models": out, "dae_recipe": "paper", "classifier_adapted_to": facts["classifier_adapted_to"]})
     # a second run takes the purified training images from the cache
     purified.clear()
-    train.train_adapted_classifier(ds, tiny_cifar_models, out, tokens, settings, echo=lambda m: None)
+    classifiers.train_adapted_classifier(ds, tiny_cifar_models, out, tokens, settings, echo=lambda m: None)
     assert purified == [16, 16]
     # a cache from other images is refused, not silently used
-    np.save(os.path.join(out, train.ADAPT_CACHE, "train_purified_direct.npy"), cached[:8], allow_pickle=False)
+    np.save(os.path.join(out, classifiers.ADAPT_CACHE, "train_purified_direct.npy"), cached[:8], allow_pickle=False)
     with pytest.raises(ApudaeError, match="does not match the training images"):
-        train.train_adapted_classifier(ds, tiny_cifar_models, out, ["direct"], settings, echo=lambda m: None)
+        classifiers.train_adapted_classifier(ds, tiny_cifar_models, out, ["direct"], settings, echo=lambda m: None)
 
 
 def test_train_adapted_classifier_cli_refuses_an_unknown_variant_in_one_line(tmp_path):
@@ -212,11 +221,11 @@ def test_n_fgsm_steps_eps_from_wide_noise_and_is_not_projected_back_to_eps():
     x, y = half_images(64)
     eps = 8 / 255
     loss = lambda b: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=model(b))  # noqa: E731
-    x_adv = train.n_fgsm(loss, tf.constant(x), eps, tf.constant(3)).numpy()
+    x_adv = adversarial.n_fgsm(loss, tf.constant(x), eps, tf.constant(3)).numpy()
     d = np.abs(x_adv - x)
     assert d.max() <= 3 * eps + 1e-6 and d.max() > 2 * eps  # beyond the eval ball: noise 2ε plus the step ε
     assert x_adv.min() >= 0 and x_adv.max() <= 1
-    again = train.n_fgsm(loss, tf.constant(x), eps, tf.constant(3)).numpy()
+    again = adversarial.n_fgsm(loss, tf.constant(x), eps, tf.constant(3)).numpy()
     assert np.array_equal(x_adv, again)  # seeded
     # the step climbs the loss
     assert float(tf.reduce_mean(loss(tf.constant(x_adv)))) > float(tf.reduce_mean(loss(tf.constant(x))))
@@ -232,11 +241,14 @@ def test_cifar10_adaptive_report_attacks_the_chosen_variant_beside_the_papers_co
                          "B": {"settings": {"n": 1, "alpha": 0.01}, "val_clean": 0.5, "val_pgd": 0.1},
                          "C": {"settings": {"n": 2, "alpha": 0.01}, "val_clean": 0.6, "val_pgd": 0.2}}})
     ds = _tiny_cifar(8)
-    result = evaluate.adaptive_report(store.load_models(tiny_cifar_models), ds, 3, 2, str(tmp_path / "a"), eot=1,
-                                      lambdas=(1.0,), command="test", steps=1)
+    from apudae_tf import table
+
+    budget = table.Budget(apgd_steps=1, targets=1, square_queries=2, eot=1)
+    result = evaluate.adaptive_report(store.load_models(tiny_cifar_models), ds, 3, str(tmp_path / "a"),
+                                      budget=budget, lambdas=(1.0,), command="test", steps=1)
     rows = {r["defence"] for r in result["records"]}
     assert rows == {"APuDAE direct", "APuDAE C (chosen on val)"}
     chosen = {r["attack"]: r for r in result["records"] if r["defence"] == "APuDAE C (chosen on val)"}
-    assert set(chosen) == {"pgd", "bpda", "weighted", "adaptive", "bpda-eot"}
+    assert set(chosen) == {"clean", "pgd", "bpda", "weighted", "apgd-ce", "apgd-t", "square", "worst"}
     assert chosen["bpda"]["paper"] == 0.680 and chosen["weighted"]["paper"] == 0.507
-    assert chosen["adaptive"]["settings"]["defence"]["n"] == 2
+    assert chosen["apgd-ce"]["settings"]["defence"]["n"] == 2

@@ -148,7 +148,7 @@ def test_counter_attacks_make_one_set_of_examples_for_every_variant_of_a_dae(tin
 def test_adv_training_checkpoints_and_resumes_after_an_interruption(tmp_path, monkeypatch):
     import dataclasses
 
-    from apudae_tf import store, train
+    from apudae_tf import adversarial, store, train
 
     rng = np.random.default_rng(0)
     x = rng.random((64, 28, 28, 1), dtype=np.float32)
@@ -164,23 +164,23 @@ def test_adv_training_checkpoints_and_resumes_after_an_interruption(tmp_path, mo
 
     monkeypatch.setattr(store, "save_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train.train_adv_classifier(ds, out, settings, steps=1)
-    assert os.path.isdir(os.path.join(out, train.ADV_CHECKPOINTS))
+        adversarial.train_adv_classifier(ds, out, settings, steps=1)
+    assert os.path.isdir(os.path.join(out, adversarial.ADV_BACKUP))
     monkeypatch.setattr(store, "save_model", real_save)
     # a checkpoint is continued only when asked, and only with the settings it was started with
     with pytest.raises(ApudaeError, match="pass --resume"):
-        train.train_adv_classifier(ds, out, settings, steps=1)
+        adversarial.train_adv_classifier(ds, out, settings, steps=1)
     with pytest.raises(ApudaeError, match="batch_size: 32 -> 16"):
-        train.train_adv_classifier(ds, out, dataclasses.replace(settings, batch_size=16), steps=1, resume=True)
+        adversarial.train_adv_classifier(ds, out, dataclasses.replace(settings, batch_size=16), steps=1, resume=True)
     said = []
-    summary = train.train_adv_classifier(ds, out, dataclasses.replace(settings, epochs=2), echo=said.append, steps=1,
+    summary = adversarial.train_adv_classifier(ds, out, dataclasses.replace(settings, epochs=2), echo=said.append, steps=1,
                                          resume=True)
     assert any("resuming after epoch 1" in s for s in said)
     assert sum("epoch 2/2" in s for s in said) == 1 and not any("epoch 1/2" in s for s in said)
     info = json.load(open(os.path.join(out, store.ADV_CLASSIFIER_INFO)))
     assert info["attack"]["eps"] == 0.3 and info["attack"]["steps"] == 1 and [h["epoch"] for h in info["history"]] == [1, 2]
     assert os.path.isfile(os.path.join(out, store.ADV_CLASSIFIER))
-    assert not os.path.exists(os.path.join(out, train.ADV_CHECKPOINTS))
+    assert not os.path.exists(os.path.join(out, adversarial.ADV_BACKUP))
     from conftest import saved_accuracy
 
     assert summary["adv_classifier_test_accuracy"] == pytest.approx(

@@ -1,4 +1,4 @@
-"""DAE training (eq. 5) on a small subset, and the clean error statistics (spec §2)."""
+"""DAE training (eq. 5) on a small subset, the clean error statistics (spec §2), and the training parts' dispatch."""
 
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apudae_tf import models, train
+from apudae_tf import denoisers, models, train
 from apudae_tf.errors import ApudaeError
 
 
@@ -23,21 +23,21 @@ def _digits(n, seed):
 
 def test_dae_training_lowers_the_loss():
     x_train, x_val = _digits(512, 0), _digits(128, 1)
-    noisy = next(iter(train.noisy_pairs(x_val, 0.5, 128, seed=3)))  # one fixed noisy batch
+    noisy = next(iter(denoisers.noisy_pairs(x_val, 0.5, 128, seed=3)))  # one fixed noisy batch
 
     def loss(dae):
         return float(tf.reduce_mean(tf.square(dae(noisy[0], training=False) - noisy[1])))
 
     tf.keras.utils.set_random_seed(0)
     before = loss(models.build_dae((28, 28, 1)))
-    dae = train.train_dae(x_train, x_val, 0.5, train.TrainSettings(epochs=3, batch_size=64, learning_rate=3e-3))
+    dae = denoisers.train_dae(x_train, x_val, 0.5, train.TrainSettings(epochs=3, batch_size=64, learning_rate=3e-3))
     after = loss(dae)
     assert after < 0.5 * before, (before, after)
 
 
 def test_noise_is_per_image_and_bounded():
     x = np.full((64, 28, 28, 1), 0.5, np.float32)
-    noisy, clean = next(iter(train.noisy_pairs(x, 0.5, 64, seed=0)))
+    noisy, clean = next(iter(denoisers.noisy_pairs(x, 0.5, 64, seed=0)))
     assert float(tf.reduce_min(noisy)) >= 0.0 and float(tf.reduce_max(noisy)) <= 1.0
     np.testing.assert_array_equal(clean.numpy(), x)
     spread = tf.math.reduce_std(noisy - clean, axis=[1, 2, 3]).numpy()
@@ -48,7 +48,7 @@ def test_noise_is_per_image_and_bounded():
 def test_clean_error_stats_are_mean_and_std_of_r():
     dae = models.build_dae((28, 28, 1))
     x = _digits(40, 5)
-    mu, sigma = train.clean_error_stats(dae, x)
+    mu, sigma = denoisers.clean_error_stats(dae, x)
     r = models.reconstruction_error(dae, x).numpy()
     assert np.isclose(mu, r.mean(), rtol=1e-5) and np.isclose(sigma, r.std(), rtol=1e-5)
 
@@ -56,11 +56,11 @@ def test_clean_error_stats_are_mean_and_std_of_r():
 def test_plus_noise_puts_half_the_images_on_linf_ball_corners():
     tf.keras.utils.set_random_seed(0)
     x = np.full((200, 28, 28, 1), 0.5, np.float32)
-    delta = (train.add_noise(tf.constant(x), 0.5, linf_max=0.4) - x).numpy().reshape(200, -1)
+    delta = (denoisers.add_noise(tf.constant(x), 0.5, linf_max=0.4) - x).numpy().reshape(200, -1)
     corners = np.array([np.allclose(np.abs(d), np.abs(d[0]), atol=1e-6) for d in delta])  # |δ| = ε everywhere
     assert 0.3 < corners.mean() < 0.7
     assert np.abs(delta[corners]).max() <= 0.4 + 1e-6
-    paper = (train.add_noise(tf.constant(x), 0.5) - x).numpy().reshape(200, -1)
+    paper = (denoisers.add_noise(tf.constant(x), 0.5) - x).numpy().reshape(200, -1)
     assert not any(np.allclose(np.abs(d), np.abs(d[0]), atol=1e-6) for d in paper)
 
 
@@ -86,7 +86,7 @@ def test_plus_recipe_trains_the_dae_first_and_the_classifier_on_its_outputs(tiny
 def test_given_pairs_join_the_noisy_pairs_unchanged():
     x = np.full((10, 28, 28, 1), 0.5, np.float32)
     adv, clean = np.zeros((4, 28, 28, 1), np.float32), np.ones((4, 28, 28, 1), np.float32)
-    inputs, targets = next(iter(train.noisy_pairs(x, 0.5, 14, seed=0, given=(adv, clean))))
+    inputs, targets = next(iter(denoisers.noisy_pairs(x, 0.5, 14, seed=0, given=(adv, clean))))
     fixed = targets.numpy().reshape(14, -1).mean(1) == 1.0
     assert fixed.sum() == 4
     np.testing.assert_array_equal(inputs.numpy()[fixed], adv)
@@ -95,7 +95,7 @@ def test_given_pairs_join_the_noisy_pairs_unchanged():
 def test_adv_dae_recipe_trains_on_pgd_examples_of_the_classifier(tiny_npz, tmp_path, monkeypatch):
     from apudae_tf import attacks, data, profiles, store
 
-    monkeypatch.setattr(train, "ADV_DAE_IMAGES", 32)
+    monkeypatch.setattr(denoisers, "ADV_DAE_IMAGES", 32)
     ds = data.load_dataset(f"npz:{tiny_npz}")
     # user data declares its threat model (the CLI's --eps, --steps, --step, --sigma-max)
     profiles.declare(ds.name, 0.3, 40, 0.01, 0.5)
@@ -106,7 +106,7 @@ def test_adv_dae_recipe_trains_on_pgd_examples_of_the_classifier(tiny_npz, tmp_p
         train.train(ds, "dae", out, s, echo=lambda m: None, recipe="adv-dae")
     train.train(ds, "classifier", out, s, echo=lambda m: None, recipe="adv-dae")
     clf = store.load_models(out, need=("classifier",)).classifier
-    x_adv, x = train.adversarial_pairs(clf, ds, 32, seed=1)
+    x_adv, x = denoisers.adversarial_pairs(clf, ds, 32, seed=1)
     eps = attacks.preset(ds.name).eps
     assert x_adv.shape == x.shape == (32, 28, 28, 1)
     assert np.abs(x_adv - x).max() <= eps + 1e-6 and np.abs(x_adv - x).max() > 0
@@ -125,8 +125,8 @@ def test_adv_dae_recipe_trains_on_pgd_examples_of_the_classifier(tiny_npz, tmp_p
     train.train(ds, "all", both, s, echo=lambda m: None, recipe="adv-dae")
     assert store.load_stats(both).training["adversarial_images"] == 32
     # adv-mix adds one-step FGSM examples of the next training images: exactly ε from the clean image
-    monkeypatch.setattr(train, "ADV_MIX_FGSM_IMAGES", 16)
-    x_fgsm, x_next = train.adversarial_pairs(clf, ds, 16, seed=1, method="fgsm", start=32)
+    monkeypatch.setattr(denoisers, "ADV_MIX_FGSM_IMAGES", 16)
+    x_fgsm, x_next = denoisers.adversarial_pairs(clf, ds, 16, seed=1, method="fgsm", start=32)
     np.testing.assert_array_equal(x_next, ds.x_train[32:48])
     d = np.abs(x_fgsm - x_next)
     assert d.max() <= eps + 1e-6 and np.mean(np.isclose(d, eps, atol=1e-5) | (x_fgsm == 0) | (x_fgsm == 1)) > 0.99

@@ -1,0 +1,118 @@
+"""What every training shares: the ``tf.distribute`` strategy, ``model.fit`` with resumption after an
+interruption, and one line per epoch on stderr.
+
+Every model of the package trains through ``model.fit`` on a ``tf.data`` pipeline, built and compiled
+inside ``strategy().scope()``: the default strategy on one device, ``MirroredStrategy`` when several
+GPUs are visible (or the devices named in ``APUDAE_DEVICES``, e.g. two logical CPUs in a test).
+
+A long training survives the end of a session: Keras' ``BackupAndRestore`` saves the model, its
+optimizer and the epoch after every epoch in a folder beside the output. A run resumes only when asked
+(``--resume``) and only with the settings it was started with: silently mixing two recipes in one model
+would be a result nobody asked for. The epochs' records are kept there too, so a resumed run reports
+its whole history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import keras
+import tensorflow as tf
+
+from apudae_tf import store
+from apudae_tf.errors import ApudaeError
+
+DEVICES_ENV = "APUDAE_DEVICES"  # comma-separated devices to mirror training over, e.g. /cpu:0,/cpu:1
+
+
+def strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over ``$APUDAE_DEVICES`` or over every visible GPU when there are several, else the
+    default strategy (one device: the code path is the same)."""
+    named = [d for d in os.environ.get(DEVICES_ENV, "").split(",") if d.strip()]
+    if len(named) > 1:
+        return tf.distribute.MirroredStrategy(devices=named)
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def verbose() -> int:
+    """Keras' progress: a live bar on a terminal, one line per epoch in a log (always on stderr: the CLI
+    keeps stdout for data)."""
+    return 1 if sys.stderr.isatty() else 2
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Each epoch's logs (and ``extra()``'s, e.g. a robust-accuracy check) in ``folder``/history.json, and
+    one ``what: epoch k/N: ...`` line through ``echo``."""
+
+    def __init__(self, folder: str, what: str, epochs: int, echo, extra=None, keys=None):
+        super().__init__()
+        self.folder, self.what, self.epochs, self.echo, self.extra, self.keys = folder, what, epochs, echo, extra, keys
+        self.history: list[dict] = []
+
+    def on_train_begin(self, logs=None):
+        if self.folder is None:
+            return
+        path = os.path.join(self.folder, "history.json")
+        done = int(getattr(self.model, "_initial_epoch", 0) or 0)  # set by BackupAndRestore on a resume
+        if done and os.path.isfile(path):
+            with open(path) as f:
+                self.history = json.load(f)[:done]
+            self.echo(f"{self.what}: resuming after epoch {done} from {self.folder}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items() if self.keys is None or k in self.keys}
+        record = {"epoch": epoch + 1, **logs, **(self.extra() if self.extra else {})}
+        self.history.append(record)
+        if self.folder is not None:
+            store.write_json(os.path.join(self.folder, "history.json"), self.history)
+        self.echo(f"{self.what}: epoch {epoch + 1}/{self.epochs}: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
+
+
+def _check_resume(folder: str, settings: dict, resume: bool, what: str) -> None:
+    """Refuse a leftover backup unless --resume, and a resume with other settings."""
+    if not os.path.isdir(folder) or not os.listdir(folder):
+        return
+    if not resume:
+        raise ApudaeError(f"{what}: an interrupted run left a checkpoint in {folder}; pass --resume to continue "
+                          "it, or delete that folder to start over")
+    path = os.path.join(folder, "settings.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        if changed:
+            raise ApudaeError(f"{what}: the checkpoint in {folder} was started with other settings "
+                              f"({', '.join(f'{k}: {saved.get(k)} -> {settings.get(k)}' for k in changed)}); "
+                              "use the same ones, or delete that folder to start over")
+
+
+def fit(model, data, epochs: int, backup: str | None, settings: dict, what: str, echo=print, resume: bool = False,
+        validation_data=None, extra=None, callbacks=(), keys=None) -> list[dict]:
+    """``model.fit`` for ``epochs``, resumable: ``backup`` holds Keras' BackupAndRestore state, the
+    settings it was started with and the epochs' history (``None``: a throw-away fit, not resumable); the
+    caller removes it with ``finish`` once the trained model is saved, so a run cut off in between still
+    resumes. Returns the history (one record per epoch, resumed epochs included). ``keys`` limits the logs
+    kept."""
+    resumable = []
+    if backup is not None:
+        _check_resume(backup, settings, resume, what)
+        os.makedirs(backup, exist_ok=True)
+        store.write_json(os.path.join(backup, "settings.json"), json.loads(json.dumps(settings, default=str)))
+        resumable = [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)]
+    log = EpochLog(backup, what, epochs, echo, extra, keys)
+    model.fit(data, epochs=epochs, validation_data=validation_data, callbacks=[*resumable, log, *callbacks],
+              shuffle=False, verbose=verbose())
+    model._initial_epoch = None  # a later fit of the same model starts from its own first epoch
+    return log.history
+
+
+def finish(backup: str | None) -> None:
+    """The trained model is saved: its backup is no longer needed."""
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)

@@ -336,7 +336,7 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
         result["figures"] = table_figures(m, ds, variant, examples[("classifier", shown, 0.0)][0], out_dir,
                                           facts["magnet_threshold"], attack=shown.upper())
     store.write_json(os.path.join(out_dir, "table.json"), result)
-    store.write_bytes(os.path.join(out_dir, "table.md"), table.markdown(result, table_notes(result)).encode())
+    render(os.path.join(out_dir, "table.json"))
     return result
 
 
@@ -564,8 +564,7 @@ def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed
     plots.roc_curves(os.path.join(out_dir, "roc.png"), curves)
     result["detection_auc"] = {k: v["auc"] for k, v in curves.items()}
     store.write_json(os.path.join(out_dir, "adaptive.json"), result)
-    store.write_bytes(os.path.join(out_dir, "adaptive.md"),
-                      table.markdown(result, adaptive_notes(result), ADAPTIVE_LABELS).encode())
+    render(os.path.join(out_dir, "adaptive.json"))
     return result
 
 
@@ -631,3 +630,22 @@ def adaptive_notes(result: dict) -> list[str]:
         "same clean images: " + ", ".join(f"{k} {v:.3f}" for k, v in result.get("detection_auc", {}).items()) + ".",
     ]
     return lines
+
+
+def render(path: str) -> str:
+    """Write the Markdown report beside a report's JSON (table.json -> table.md, adaptive.json -> adaptive.md)
+    from the records alone: computing and rendering are separate, and a report can be re-rendered without
+    running anything. Returns the Markdown's path."""
+    import json
+    import os
+
+    from apudae_tf import store, table
+
+    with open(path) as f:
+        result = json.load(f)
+    adaptive = os.path.basename(path).startswith("adaptive")
+    text = (table.markdown(result, adaptive_notes(result), ADAPTIVE_LABELS) if adaptive
+            else table.markdown(result, table_notes(result)))
+    out = os.path.splitext(path)[0] + ".md"
+    store.write_bytes(out, text.encode())
+    return out

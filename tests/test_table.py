@@ -268,6 +268,10 @@ def test_adaptive_report_end_to_end_cascades_and_keeps_each_rows_worst_case(tiny
     md = open(os.path.join(out, "adaptive.md")).read()
     assert "**worst case**" in md and "counter A" in md and "+ APGD-CE" in md
     assert result["budget"]["square_queries"] == 3
+    # the Markdown is rendered from the records alone: re-rendering the JSON gives it again
+    os.remove(os.path.join(out, "adaptive.md"))
+    assert evaluate.render(os.path.join(out, "adaptive.json")) == os.path.join(out, "adaptive.md")
+    assert open(os.path.join(out, "adaptive.md")).read() == md
 
 
 def test_two_reports_sharing_a_cache_folder_keep_each_others_cells(tmp_path):

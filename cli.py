@@ -152,15 +152,21 @@ def write_batch(batch, path):
 
 
 def model_folder(dataset, model_dir):
-    """--models DIR if given, else the shipped saved_models/<dataset>, which must exist. The profile the
-    folder was trained with (profile.json) joins the registry, so a user's dataset is known from here on."""
+    """--models DIR if given, else the shipped saved_models/<dataset>, else what `train` and `tune` made here
+    by default (./apudae-runs/<dataset>/tuned, then .../models). The profile the folder was trained with
+    (profile.json) joins the registry, so a user's dataset is known from here on."""
     from apudae_tf import profiles, store
 
     if model_dir is None:
         name = profiles.dataset_name(dataset)
-        if not os.path.isdir(store.default_model_dir(name)):
-            raise ApudaeError(f"no shipped models for dataset {name!r}; pass --models DIR")
-        model_dir = store.default_model_dir(name)
+        found = [d for d in (store.default_model_dir(name), store.run_dir(name, "tuned"), store.run_dir(name, "models"))
+                 if os.path.isdir(d)]
+        if not found:
+            raise ApudaeError(f"no models for dataset {name!r}: none shipped and none trained in ./{store.RUNS}; "
+                              f"train with `apudae-tf train {dataset}` or pass --models DIR")
+        model_dir = found[0]
+        if not store.is_shipped(model_dir):
+            click.echo(f"using the models in {model_dir}", err=True)
     elif not os.path.isdir(model_dir):
         raise ApudaeError(f"--models {model_dir}: no such model folder; train one with `apudae-tf train` or pass "
                           "another folder")
@@ -289,8 +295,12 @@ def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch
     adapt_to = [v.strip() for v in adapt_to.split(",") if v.strip()]
     if what == "adapted-classifier":
         _variant_list(",".join(v.partition(":")[0] for v in adapt_to))
-    profile = profiles.declare(profiles.dataset_name(dataset), eps, steps, step_size, sigma_max, profile_path)
     out_dir = out_dir or store.run_dir(dataset, "models")
+    declared = profile_path or any(v is not None for v in (eps, steps, step_size, sigma_max))
+    # a folder trained before keeps the profile it recorded (e.g. adding the adversarially trained model)
+    recorded = None if declared else profiles.from_folder(out_dir, profiles.dataset_name(dataset))
+    profile = recorded or profiles.declare(profiles.dataset_name(dataset), eps, steps, step_size, sigma_max,
+                                           profile_path)
     parts = ["classifier", "dae"] if what == "all" else [what]
     store.check_output_folder(out_dir, "--out", tuple(f for p in parts for f in store.PART_FILES[p]),
                               force=force or resume)
@@ -640,7 +650,9 @@ def _load_generator(folder, dataset, command):
 @main.command()
 @click.argument("dataset")
 @click.option("--n", "n_images", type=click.IntRange(min=1), default=None,
-              help="Score the first N test images (default: all). --n 500 for a quick look.")
+              help="Score the first N test images (default: all for the table, 100 with --adaptive, whose "
+                   "attacks through an iterative purifier cost seconds per image). --n 500 for a quick look at the "
+                   "table.")
 @click.option("--variants", default="direct,chosen", show_default=True,
               help="APuDAE rows, comma-separated: direct, A-G (each optionally with :n=STEPS, e.g. A:n=12), "
                    "'chosen' (the best iterative variant on validation) or 'all' (the paper's rows).")
@@ -730,7 +742,7 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_traini
         gan = defensegan.DefenseGan(gen, dataclasses.replace(
             tuned, restarts=gan_restarts or tuned.restarts, steps=tuned.steps if gan_steps is None else gan_steps,
             seed=seed))
-    n = n_images or len(ds.x_test)
+    n = min(n_images or (names.ADAPTIVE_N if adaptive else len(ds.x_test)), len(ds.x_test))
     command = "apudae-tf evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     echo = functools.partial(click.echo, err=True)
     if adaptive:

@@ -270,4 +270,4 @@ def test_an_unknown_dataset_or_an_incomplete_profile_is_one_line(tmp_path):
     line = _one_error_line(_cli(["train", f"npz:{data_file}", "--profile", str(tmp_path / "p.json")], tmp_path))
     assert "steps >= 1" in line
     line = _one_error_line(_cli(["attack", "--dataset", "svhn", "-o", "a.npz"], tmp_path))
-    assert "no shipped models for dataset 'svhn'" in line
+    assert "no models for dataset 'svhn'" in line

@@ -63,10 +63,28 @@ class Profile:
     paper: dict = dataclasses.field(default_factory=dict)
     paper_adaptive: dict = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        # fields left empty get the ε-scaled defaults, so a profile is complete from its threat model and σ_max
+        for key, value in generic_defaults(self.threat).items():
+            if not getattr(self, key):
+                object.__setattr__(self, key, value)
+
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["columns"], d["all_variants"] = list(self.columns), list(self.all_variants)
         return d
+
+
+def generic_defaults(threat: ThreatModel) -> dict:
+    """What a declared profile gets for the fields it does not give, scaled by its ε (choice, recorded in
+    docs/profiles.md; near what validation chose on MNIST and CIFAR-10, α between ε/6 and ε/3): a
+    fallback of 20 steps at α = ε/4, a tune grid of ε/16 to ε/4 for A's sign steps and ε/8 to ε/2 for
+    Adam's rate, noise ε_r of ε/32 and ε/8."""
+    e = threat.eps
+    return {"purify_fallback": {"n": 20, "alpha": e / 4, "eps_r": e / 32},
+            "tune_grid": {"A": {"n": [10, 20], "alpha": [e / 16, e / 8, e / 4]},
+                          "adam": {"n": [10, 20], "alpha": [e / 8, e / 4, e / 2]},
+                          "noise": {"eps_r": [e / 32, e / 8]}}}
 
 
 # the shipped models' epochs; what ``apudae-tf train`` runs without --epochs
@@ -170,18 +188,6 @@ def get(name: str) -> Profile:
     return profile
 
 
-def generic_defaults(threat: ThreatModel) -> dict:
-    """What a declared profile gets for the fields it does not give, scaled by its ε (choice, recorded in
-    docs/profiles.md; near what validation chose on MNIST and CIFAR-10, α between ε/6 and ε/3): a
-    fallback of 20 steps at α = ε/4, a tune grid of ε/16 to ε/4 for A's sign steps and ε/8 to ε/2 for
-    Adam's rate, noise ε_r of ε/32 and ε/8."""
-    e = threat.eps
-    return {"purify_fallback": {"n": 20, "alpha": e / 4, "eps_r": e / 32},
-            "tune_grid": {"A": {"n": [10, 20], "alpha": [e / 16, e / 8, e / 4]},
-                          "adam": {"n": [10, 20], "alpha": [e / 8, e / 4, e / 2]},
-                          "noise": {"eps_r": [e / 32, e / 8]}}}
-
-
 REQUIRED = ("eps", "steps", "step", "sigma_max")
 
 
@@ -204,7 +210,7 @@ def from_json(d: dict, where: str) -> Profile:
             if k in given:
                 given[k] = tuple(given[k])
         profile = Profile(name=str(flat["name"]), threat=threat.check(where),
-                          **{**generic_defaults(threat), **given, "sigma_max": float(flat["sigma_max"])})
+                          **{**given, "sigma_max": float(flat["sigma_max"])})
     except (TypeError, ValueError) as e:
         raise ApudaeError(f"{where}: bad profile ({e})") from None
     if not (0 < profile.sigma_max <= 1) or not math.isfinite(profile.sigma_max):

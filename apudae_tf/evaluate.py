@@ -424,9 +424,10 @@ def table_notes(result: dict) -> list[str]:
         f"{_cost(result)}; {_models_text(result)}.",
         "",
         "**Attacks** (ε = %g): FGSM; R-FGSM (random step ε/2, then FGSM with ε/2); PGD = %d steps of %g with a "
-        "random start (Madry); CW = the same PGD on the Carlini–Wagner margin loss, κ = %g; CW-L2 = cleverhans' "
-        "Carlini–Wagner L2, %d binary-search steps × %d Adam steps, no ε (L2-minimal)."
-        % (s.eps, s.steps, s.step, attacks.CW_KAPPA, attacks.CW_L2_SEARCH, cw_l2_steps),
+        "random start (Madry); CW = the same PGD on the Carlini–Wagner margin loss, κ = %g"
+        % (s.eps, s.steps, s.step, attacks.CW_KAPPA)
+        + ("; CW-L2 = cleverhans' Carlini–Wagner L2, %d binary-search steps × %d Adam steps, no ε (L2-minimal)."
+           % (attacks.CW_L2_SEARCH, cw_l2_steps) if "cw-l2" in used else "."),
         "Every purifying row (MagNet, APuDAE) is attacked **blind**: the examples are white-box attacks on the "
         "undefended classifier, which then classifies the purified images (the paper's protocol). The adversarial-"
         "training row is attacked white-box on its own model. Attacks that see the purifier: the adaptive report.",

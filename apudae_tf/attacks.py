@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -302,14 +301,14 @@ class DefendedModel:
         return self.model_fn(self.purifier.purify(x, self._seed()))
 
 
-# one compiled gradient per (model, loss, image shape): tracing the purification costs seconds
-_COMPILED = weakref.WeakKeyDictionary()
-
-
 def loss_gradient(model_fn, loss, image_shape):
     """A compiled ``(x, y, target) -> (per-image loss, logits, ∇_x Σ loss)`` for any batch size;
-    ``loss(logits, y, target)`` is per image. One draw of a random model per call."""
-    per_model = _COMPILED.setdefault(model_fn, {})
+    ``loss(logits, y, target)`` is per image. One draw of a random model per call. Kept on the model
+    object (tracing a purification costs seconds), so it lives as long as the model does."""
+    try:
+        per_model = model_fn.__dict__.setdefault("_apudae_gradients", {})
+    except AttributeError:  # an object without a __dict__: compiled per call
+        per_model = {}
     key = (loss, tuple(image_shape))
     if key not in per_model:
         labels = tf.TensorSpec([None], tf.int64)

@@ -296,14 +296,14 @@ def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch
     if what == "adapted-classifier":
         _variant_list(",".join(v.partition(":")[0] for v in adapt_to))
     out_dir = out_dir or store.run_dir(dataset, "models")
+    parts = ["classifier", "dae"] if what == "all" else [what]
+    store.check_output_folder(out_dir, "--out", tuple(f for p in parts for f in store.PART_FILES[p]),
+                              force=force or resume)
     declared = profile_path or any(v is not None for v in (eps, steps, step_size, sigma_max))
     # a folder trained before keeps the profile it recorded (e.g. adding the adversarially trained model)
     recorded = None if declared else profiles.from_folder(out_dir, profiles.dataset_name(dataset))
     profile = recorded or profiles.declare(profiles.dataset_name(dataset), eps, steps, step_size, sigma_max,
                                            profile_path)
-    parts = ["classifier", "dae"] if what == "all" else [what]
-    store.check_output_folder(out_dir, "--out", tuple(f for p in parts for f in store.PART_FILES[p]),
-                              force=force or resume)
     click.echo(f"writing to {out_dir}", err=True)
     ds = data.load_dataset(dataset, data_dir)
     profiles.save(profile, out_dir)

@@ -163,7 +163,8 @@ def test_help_answers_fast_for_every_command(tmp_path):
         assert seconds < 2.0, f"{command} --help took {seconds:.1f} s"  # ~0.4 s measured; TensorFlow is not imported
 
 
-def test_the_embedded_mnist_test_set_is_exact_and_serves_the_main_job(tmp_path):
+def test_the_embedded_mnist_test_set_is_exact_and_serves_the_main_job(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)  # CI points it at ../shared/data
     ds = data.load_dataset("mnist", test_only=True)
     assert ds.source == "embedded:mnist_test" and ds.x_test.shape == (10000, 28, 28, 1)
     raw = np.load(os.path.join(data.EMBEDDED, "mnist_test.npz"), allow_pickle=False)

@@ -1,0 +1,30 @@
+"""The README's results summary, read from the committed reports (no computation):
+
+  python scripts/summary_table.py
+
+For every adaptive report under results/ (adaptive.json), one row per defence: clean accuracy, the
+blind PGD column (attacks made on the classifier alone, the paper's protocol) and the worst case over
+every attack that sees the defence (the number to quote), each with its number of test images.
+"""
+
+import glob
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+print("| report | defence | clean | blind PGD | **worst case** (attacks that see it) | images |")
+print("|---|---|---:|---:|---:|---:|")
+for path in sorted(glob.glob(os.path.join(ROOT, "results", "*", "adaptive.json"))):
+    with open(path) as f:
+        report = json.load(f)
+    if not any(r["attack"] == "worst" for r in report["records"]):
+        continue  # a report made before the worst case existed
+    rel = os.path.relpath(os.path.join(os.path.dirname(path), "adaptive.md"), ROOT)
+    cells = {(r["defence"], r["attack"]): r for r in report["records"]}
+    for name in dict.fromkeys(r["defence"] for r in report["records"]):
+        worst = cells[(name, "worst")]
+        lo, hi = worst["ci95"]
+        print(f"| [{report['dataset']}]({rel}) | {name} | {cells[(name, 'clean')]['accuracy']:.3f} | "
+              f"{cells[(name, 'pgd')]['accuracy']:.3f} | **{worst['accuracy']:.3f}** [{lo:.3f}, {hi:.3f}] | "
+              f"{worst['n']} |")

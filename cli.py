@@ -252,9 +252,9 @@ def main():
               help="Training epochs (default: those of the shipped models; mnist: classifier 6, DAE 5, "
                    "adv-classifier 3, adapted-classifier 4; cifar10: classifier 45, DAE 5, adv-classifier 15).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--dae-filters", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Channels of the DAE's layers (Table 1: 64). Wider is an experiment, reported under its own "
-                   "name.")
+@click.option("--dae-filters", type=click.IntRange(min=1), default=None,
+              help="Channels of the DAE's layers (default: its architecture's, Table 1: 64, U-Net: 48). Wider is "
+                   "an experiment, reported under its own name.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Model folder to write (default: ./apudae-runs/<dataset>/models). A folder that already holds "
                    "what this training writes is refused unless --force; so is a shipped model folder.")

@@ -4,7 +4,9 @@ Resolution order for the built-in datasets (``mnist``, ``cifar10``):
 ``data_dir`` argument, then the ``APUDAE_DATA_DIR`` environment variable (a
 folder holding ``<name>.npz`` in Keras' layout), then tensorflow-datasets
 (the default for online users). ``npz:PATH`` reads a user's own file with the
-keys x_train, y_train, x_test, y_test (uint8, NHWC or NHW).
+keys x_train, y_train, x_test, y_test (uint8, NHWC or NHW). ``folder:PATH`` and
+``imagenet`` (``<data dir>/imagenet/``) are folders of image files
+(imagefolder.py), decoded only when a command takes them.
 
 Every tuning decision in this project uses the validation split carved here
 from train, never the test set.
@@ -23,6 +25,7 @@ from apudae_tf.errors import ApudaeError, first_line
 
 DATA_DIR_ENV = "APUDAE_DATA_DIR"
 BUILTIN = ("mnist", "cifar10")  # the datasets tensorflow-datasets and the data folder provide by name
+IMAGE_FOLDERS = ("imagenet",)  # image-folder datasets the data folder provides by name (<data dir>/<name>/)
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 # the validation split is a fixed permutation (of the profile's size), so every command sees the same images
 SPLIT_SEED = 20240611
@@ -121,6 +124,35 @@ def _from_arrays(name: str, arrays: dict[str, np.ndarray], source: str) -> Datas
     )
 
 
+def _from_folder(name: str, root: str) -> Dataset:
+    """An image-folder dataset (imagefolder.py): images decoded when a command takes them. The validation
+    split is carved from the training folder, as for arrays; with no training folder, both are empty."""
+    from apudae_tf import imagefolder
+
+    size, resize = _folder_geometry(name)
+    train_dir, test_dir = imagefolder.dataset_splits(root)
+    files, y_test = imagefolder.list_split(test_dir)
+    x_test = imagefolder.FolderImages(files, size, resize)
+    if train_dir is None:
+        empty = imagefolder.FolderImages([], size, resize)
+        none = np.zeros(0, np.int64)
+        return Dataset(name, empty, none, empty, none, x_test, y_test, root)
+    files, y = imagefolder.list_split(train_dir)
+    x = imagefolder.FolderImages(files, size, resize)
+    n_val = profiles.validation_size(name, len(x))
+    if n_val >= len(x):
+        raise ApudaeError(f"{train_dir}: {len(x)} training images leave none after a {n_val}-image validation split")
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return Dataset(name, x.take(train), y[train], x.take(val), y[val], x_test, y_test, root)
+
+
+def _folder_geometry(name: str) -> tuple[int, int]:
+    """(crop, resize) of an image-folder dataset: its profile's, or the ImageNet standard before it has one."""
+    profile = profiles.REGISTRY.get(name) or profiles.REGISTRY["imagenet"]
+    return profile.crop, profile.resize
+
+
 EMBEDDED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
 # the tfds download host; checked before a download so that an offline machine fails in seconds
 TFDS_HOST = ("storage.googleapis.com", 443)
@@ -176,9 +208,17 @@ def load_dataset(name: str, data_dir: str | None = None, test_only: bool = False
     comes from the copy inside the package (exact; no network needed), and train and val are empty."""
     if name.startswith("npz:"):
         return _from_arrays(profiles.dataset_name(name), read_npz(name[4:]), name[4:])
-    if name not in BUILTIN:
-        raise ApudaeError(f"unknown dataset {name!r}; use one of {', '.join(BUILTIN)} or npz:PATH")
+    if name.startswith("folder:"):
+        return _from_folder(profiles.dataset_name(name), name[7:])
     folder = resolve_data_dir(data_dir)
+    if name in IMAGE_FOLDERS:
+        if not folder or not os.path.isdir(os.path.join(folder, name)):
+            raise ApudaeError(f"{name}: no {name}/ image folder in {folder or 'the data folder'} (--data-dir or "
+                              f"${DATA_DIR_ENV}); or pass folder:PATH (a folder with val/ and train/ splits)")
+        return _from_folder(name, os.path.join(folder, name))
+    if name not in BUILTIN:
+        raise ApudaeError(f"unknown dataset {name!r}; use one of {', '.join(BUILTIN + IMAGE_FOLDERS)}, "
+                          "npz:PATH or folder:PATH")
     embedded = os.path.join(EMBEDDED, f"{name}_test.npz")
     if test_only and not folder and os.path.isfile(embedded):
         return _test_only(name, read_npz(embedded), f"embedded:{name}_test")

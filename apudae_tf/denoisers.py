@@ -90,19 +90,20 @@ def adversarial_pairs(model_fn, ds: Dataset, n: int, seed: int, progress=None, m
     return attacks.run_attack(method, model_fn, x, y, settings, batch_size=1000, progress=progress), x
 
 
-def train_dae(x_train: np.ndarray, x_val: np.ndarray, sigma_max: float, settings, filters: int = models.DAE_FILTERS,
+def train_dae(x_train: np.ndarray, x_val: np.ndarray, sigma_max: float, settings, filters: int | None = None,
               linf_max: float = 0.0, given: tuple[np.ndarray, np.ndarray] | None = None, backup: str | None = None,
-              echo=print, resume: bool = False) -> keras.Model:
-    """Train the Table-1 DAE on noisy inputs, mse to the clean image (eq. 5); plus ``given`` pairs. Built
-    and trained inside the distribution strategy; resumable from ``backup`` (a temporary folder)."""
+              echo=print, resume: bool = False, arch: str = "table1") -> keras.Model:
+    """Train a DAE (``arch``: the Table-1 DAE or the U-Net, spec §1) on noisy inputs, mse to the clean image
+    (eq. 5); plus ``given`` pairs. Built and trained inside the distribution strategy; resumable from
+    ``backup`` (a temporary folder). ``filters``: the architecture's own width when None."""
     keras.utils.set_random_seed(settings.seed)
     with fitting.strategy().scope():
-        dae = models.build_dae(tuple(x_train.shape[1:]), filters=filters)
+        dae = models.build_denoiser(arch, tuple(x_train.shape[1:]), filters)
         dae.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="mse")
     data = noisy_pairs(x_train, sigma_max, settings.batch_size, settings.seed, linf_max, given)
     val = noisy_pairs(x_val, sigma_max, settings.batch_size, settings.seed + 1, linf_max)
-    recipe = {**dataclasses.asdict(settings), "filters": filters, "sigma_max": sigma_max, "linf_max": linf_max,
-              "given": 0 if given is None else len(given[0])}
+    recipe = {**dataclasses.asdict(settings), "filters": filters, "arch": arch, "sigma_max": sigma_max,
+              "linf_max": linf_max, "given": 0 if given is None else len(given[0])}
     fitting.fit(dae, data, settings.epochs, backup, recipe, "dae", echo, resume, validation_data=val)
     return dae
 
@@ -142,8 +143,10 @@ def train_dae_part(ds: Dataset, out_dir: str, settings, echo, recipe: str, progr
         pairs = [_adversarial_part(model_fn, ds, method, start, n, settings.seed + 1, recipe, echo, progress_bar)
                  for method, start, n in parts if n > 0]
         given = tuple(np.concatenate([p[i] for p in pairs]) for i in (0, 1))
-    dae = train_dae(ds.x_train, ds.x_val, sigma_max, settings, filters=settings.dae_filters, linf_max=linf,
-                    given=given, backup=os.path.join(out_dir, DAE_BACKUP), echo=echo, resume=resume)
+    arch = profiles.get(ds.name).dae_arch
+    filters = settings.dae_filters or models.DAE_ARCH_FILTERS[arch]
+    dae = train_dae(ds.x_train, ds.x_val, sigma_max, settings, filters=filters, linf_max=linf,
+                    given=given, backup=os.path.join(out_dir, DAE_BACKUP), echo=echo, resume=resume, arch=arch)
     mu, sigma = clean_error_stats(dae, ds.x_val)
     stats = store.DaeStats(
         mu=mu,
@@ -151,7 +154,8 @@ def train_dae_part(ds: Dataset, out_dir: str, settings, echo, recipe: str, progr
         sigma_max=sigma_max,
         image_shape=ds.image_shape,
         dataset=ds.name,
-        training={**dataclasses.asdict(settings), "filters": settings.dae_filters, "dropout": models.DAE_DROPOUT,
+        training={**dataclasses.asdict(settings), "filters": filters, "arch": arch,
+                  "dropout": models.DAE_DROPOUT,
                   "recipe": recipe, "linf_max": linf, "adversarial_images": 0 if given is None else len(given[0]),
                   "stats_split": "val", "source": ds.source},
     )

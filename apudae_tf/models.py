@@ -54,6 +54,55 @@ def build_dae(
     return keras.Model(x, out, name=name)
 
 
+# Laine et al. 2019's U-Net (spec §1, ImageNet): 48 channels, five 2x poolings, LeakyReLU(0.1)
+UNET_FILTERS = 48
+UNET_STAGES = 5
+UNET_SLOPE = 0.1
+
+
+def build_unet(image_shape: tuple[int, int, int], filters: int = UNET_FILTERS, name: str = "dae") -> keras.Model:
+    """The ImageNet DAE of spec §1, after Laine et al. 2019 (their Noise2Noise U-Net): five stages of two
+    3x3 convs with ``filters`` channels and 2x max-pooling, one 3x3 conv at the bottom, then five mirrored
+    stages of nearest 2x up-sampling, concatenation with the input of the matching down stage, and two
+    3x3 convs with twice the channels (the last stage 64 and 32, then a 3x3 conv to the image's channels and
+    a sigmoid, so that D(x) lies in [0, 1] like the Table-1 DAE's). Every conv but the last has
+    LeakyReLU(0.1). Fully convolutional: sizes that are not multiples of 32 are zero-padded to one and
+    cropped back."""
+    h, w, c = image_shape
+    act = lambda t, n: layers.LeakyReLU(UNET_SLOPE, name=f"{n}_lrelu")(t)  # noqa: E731
+    conv = lambda t, f, n: act(layers.Conv2D(f, 3, padding="same", name=f"{n}_conv")(t), n)  # noqa: E731
+    x = keras.Input(shape=(h, w, c), name="image")
+    m = 2 ** UNET_STAGES
+    pad_h, pad_w = -h % m, -w % m
+    t = layers.ZeroPadding2D(((0, pad_h), (0, pad_w)), name="pad")(x) if pad_h or pad_w else x
+    skips = []
+    for i in range(1, UNET_STAGES + 1):
+        skips.append(t)
+        t = conv(conv(t, filters, f"enc{i}a"), filters, f"enc{i}b")
+        t = layers.MaxPooling2D(2, name=f"pool{i}")(t)
+    t = conv(t, filters, "bottom")
+    for i in range(UNET_STAGES, 0, -1):
+        t = layers.UpSampling2D(2, name=f"up{i}")(t)
+        t = layers.Concatenate(name=f"skip{i}")([t, skips[i - 1]])
+        a, b = (64, 32) if i == 1 else (2 * filters, 2 * filters)
+        t = conv(conv(t, a, f"dec{i}a"), b, f"dec{i}b")
+    t = layers.Conv2D(c, 3, padding="same", name="out_conv")(t)
+    if pad_h or pad_w:
+        t = layers.Cropping2D(((0, pad_h), (0, pad_w)), name="crop")(t)
+    return keras.Model(x, layers.Activation("sigmoid", name="sigmoid")(t), name=name)
+
+
+DAE_ARCHS = {"table1": build_dae, "unet": build_unet}
+DAE_ARCH_FILTERS = {"table1": DAE_FILTERS, "unet": UNET_FILTERS}
+
+
+def build_denoiser(arch: str, image_shape, filters: int | None = None) -> keras.Model:
+    """A DAE by architecture name: ``table1`` (spec §1, Table 1) or ``unet`` (spec §1, ImageNet)."""
+    if arch not in DAE_ARCHS:
+        raise ValueError(f"unknown DAE architecture {arch!r}; use one of {', '.join(DAE_ARCHS)}")
+    return DAE_ARCHS[arch](tuple(image_shape), filters=filters or DAE_ARCH_FILTERS[arch])
+
+
 def build_mnist_classifier(image_shape=(28, 28, 1), num_classes: int = 10, name="classifier") -> keras.Model:
     """A small CNN that reaches >= 0.99 MNIST test accuracy in a few epochs; outputs logits."""
     x = keras.Input(shape=image_shape, name="image")

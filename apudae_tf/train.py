@@ -23,7 +23,7 @@ class TrainSettings:
     learning_rate: float = 1e-3
     seed: int = 0
     arch: str | None = None  # the classifier's (names.CLASSIFIER_ARCHS); None = the profile's default
-    dae_filters: int = models.DAE_FILTERS  # the DAE's channels (Table 1: 64); wider is an experiment
+    dae_filters: int | None = None  # the DAE's channels; None: its architecture's (Table 1: 64, U-Net: 48)
 
 
 def default_epochs(dataset: str, part: str) -> int:

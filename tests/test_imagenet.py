@@ -1,0 +1,154 @@
+"""ImageNet's pieces on tiny images: the U-Net of spec §1, image folders in both layouts with bad files,
+the converter's restricted unpickler, and the shipped EfficientNet-Lite0 on real validation images."""
+
+import io
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from apudae_tf import data, imagefolder, models, profiles, store
+from apudae_tf.errors import ApudaeError
+from conftest import data_dir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3), (224, 224, 3)])
+def test_unet_follows_spec_section_1(shape):
+    import keras
+
+    unet = models.build_unet(shape)
+    kinds = [type(layer).__name__ for layer in unet.layers]
+    assert kinds.count("MaxPooling2D") == 5 and kinds.count("UpSampling2D") == 5 and kinds.count("Concatenate") == 5
+    encoder = [layer for layer in unet.layers if layer.name.startswith("enc")
+               and isinstance(layer, keras.layers.Conv2D)]
+    assert len(encoder) == 10 and all(layer.filters == 48 and layer.kernel_size == (3, 3) for layer in encoder)
+    slopes = {float(layer.negative_slope) for layer in unet.layers if isinstance(layer, keras.layers.LeakyReLU)}
+    assert slopes == {0.1}
+    # the bottom is 1/32 of the input; skips concatenate at every resolution
+    assert unet.get_layer("pool5").output.shape[1:3] == (shape[0] // 32, shape[1] // 32)
+    x = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
+    y = np.asarray(unet(x, training=False))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+
+
+def test_unet_pads_sizes_that_are_not_multiples_of_32():
+    unet = models.build_unet((50, 70, 3))
+    assert unet.output_shape == (None, 50, 70, 3)
+
+
+def _jpeg(path, array, mode=None):
+    img = Image.fromarray(array)
+    (img.convert(mode) if mode else img).save(path, quality=95)
+
+
+def _images(rng, n, h, w):
+    return (rng.random((n, h, w, 3)) * 255).astype(np.uint8)
+
+
+def test_both_folder_layouts_give_the_same_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = _images(rng, 4, 227, 227)
+    # files + labels.txt (ILSVRC's validation layout)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    lines = []
+    for i, img in enumerate(imgs):
+        _jpeg(flat / f"v{i}.JPEG", img)
+        lines.append(f"v{i}.JPEG {i % 2}")
+    (flat / "labels.txt").write_text("\n".join(lines) + "\n")
+    # class sub-folders
+    tree = tmp_path / "tree"
+    for i, img in enumerate(imgs):
+        (tree / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        _jpeg(tree / f"class{i % 2}" / f"v{i}.jpg", img)
+    a = data.load_dataset(f"folder:{flat}")
+    b = data.load_dataset(f"folder:{tree}")
+    assert a.x_test.shape == b.x_test.shape == (4, 224, 224, 3) and not len(a.x_train)
+    order = np.argsort([os.path.basename(f) for f in b.x_test.files])
+    np.testing.assert_array_equal(a.y_test, b.y_test[order])
+    np.testing.assert_allclose(a.x_test[:], b.x_test[order], atol=0)
+    # 227-px files are pre-scaled: a central crop, no resampling
+    import tensorflow as tf
+
+    direct = tf.io.decode_jpeg(tf.io.read_file(str(flat / "v0.JPEG"))).numpy()[1:225, 1:225] / np.float32(255)
+    np.testing.assert_allclose(a.x_test[0], direct, atol=1e-6)
+
+
+def test_a_dataset_folder_splits_train_val_test(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    for split, n in (("val", 3), ("train", 12)):
+        for i, img in enumerate(_images(rng, n, 300, 400)):  # 4:3 photos, resized to 256 then cropped
+            (tmp_path / "ds" / split / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+            _jpeg(tmp_path / "ds" / split / f"c{i % 3}" / f"{i}.jpg", img)
+    monkeypatch.setitem(profiles.REGISTRY, "ds", profiles.Profile(
+        name="ds", threat=profiles.ThreatModel(4 / 255, 3, 1 / 255), sigma_max=0.1, val_size=4, crop=96, resize=110))
+    ds = data.load_dataset(f"folder:{tmp_path / 'ds'}")
+    assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (8, 4, 3)
+    assert ds.image_shape == (96, 96, 3) and ds.x_val[:2].shape == (2, 96, 96, 3)
+    assert not set(ds.x_train.files) & set(ds.x_val.files)  # validation images are not training images
+    batches = [np.asarray(b) for b in ds.x_test.batches(2)]
+    np.testing.assert_allclose(np.concatenate(batches), ds.x_test[:], atol=1e-6)
+
+
+def test_grayscale_and_cmyk_are_converted_and_a_corrupt_file_is_one_error(tmp_path):
+    rng = np.random.default_rng(2)
+    img = _images(rng, 1, 230, 240)[0]
+    _jpeg(tmp_path / "gray.jpg", img, "L")
+    _jpeg(tmp_path / "cmyk.jpg", img, "CMYK")
+    _jpeg(tmp_path / "rgb.jpg", img)
+    (tmp_path / "bad.jpg").write_bytes((tmp_path / "rgb.jpg").read_bytes()[:300])
+    (tmp_path / "labels.txt").write_text("gray.jpg 0\ncmyk.jpg 1\nrgb.jpg 2\nbad.jpg 3\n")
+    ds = data.load_dataset(f"folder:{tmp_path}")
+    x = ds.x_test[:3]
+    assert x.shape == (3, 224, 224, 3)
+    assert np.allclose(x[0, ..., 0], x[0, ..., 1]) and np.allclose(x[0, ..., 1], x[0, ..., 2])  # gray -> RGB
+    assert abs(x[1].mean() - x[2].mean()) < 0.02  # CMYK decoded to (nearly) the same picture
+    with pytest.raises(ApudaeError, match="cannot decode the image .*bad.jpg"):
+        ds.x_test[3]
+
+
+def test_bad_label_lists_and_empty_folders_are_one_error(tmp_path):
+    (tmp_path / "labels.txt").write_text("a.jpg cat\n")
+    with pytest.raises(ApudaeError, match=r"labels.txt:1: expected 'FILE LABEL'"):
+        data.load_dataset(f"folder:{tmp_path}")
+    (tmp_path / "labels.txt").write_text("missing.jpg 3\n")
+    with pytest.raises(ApudaeError, match="names 1 missing file"):
+        data.load_dataset(f"folder:{tmp_path}")
+    with pytest.raises(ApudaeError, match="no such image folder"):
+        data.load_dataset(f"folder:{tmp_path / 'nowhere'}")
+
+
+def test_the_converter_reads_tensors_and_refuses_any_other_global():
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    try:
+        import convert_efficientnet_lite0 as conv
+    finally:
+        sys.path.pop(0)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    raw = b"".join(pickle.dumps(o, protocol=2) for o in (1, 1001, {}, Evil(), []))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        conv.read_legacy_pth(raw)
+
+
+@pytest.mark.acceptance
+def test_the_shipped_imagenet_classifier_classifies_real_validation_images():
+    import keras
+
+    folder = os.path.join(data_dir() or "", "imagenet")
+    if not os.path.isdir(folder):
+        pytest.skip("no imagenet/ in the data folder")
+    model = keras.models.load_model(os.path.join(store.default_model_dir("imagenet"), store.CLASSIFIER))
+    ds = data.load_dataset("imagenet", data_dir())
+    x, y = ds.x_test[:50], ds.y_test[:50]
+    top1 = float((model.predict(x, verbose=0).argmax(1) == y).mean())
+    assert top1 >= 0.70, top1  # 0.78 measured on these 50; 0.828 on all 1300 (results/imagenet/classifier.json)
+    assert model.input_shape == (None, None, None, 3) and model.output_shape == (None, 1000)

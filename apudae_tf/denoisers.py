@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from apudae_tf import fitting, models, profiles, store
 from apudae_tf.data import Dataset
+from apudae_tf.imagefolder import FolderImages
 
 # adv-dae: PGD examples of this many training images join the DAE's noisy pairs
 ADV_DAE_IMAGES = 30000
@@ -50,11 +51,15 @@ def add_noise(clean, sigma_max: float, linf_max: float = 0.0):
 
 
 def noisy_pairs(x: np.ndarray, sigma_max: float, batch_size: int, seed: int, linf_max: float = 0.0,
-                given: tuple[np.ndarray, np.ndarray] | None = None) -> tf.data.Dataset:
+                given: tuple[np.ndarray, np.ndarray] | None = None, patch: int = 0) -> tf.data.Dataset:
     """Shuffled (x̃, x) batches, x̃ = add_noise(x), drawn afresh each epoch.
 
     ``given`` = (inputs, targets) adds fixed pairs that get no noise: the adv-dae recipe's
-    adversarial examples and their clean images."""
+    adversarial examples and their clean images. An image folder (``FolderImages``) is streamed
+    from its files instead of held in memory, as random ``patch`` x ``patch`` crops (random flips)
+    when ``patch`` > 0."""
+    if isinstance(x, FolderImages):
+        return _folder_pairs(x, sigma_max, batch_size, seed, linf_max, patch)
     inputs, targets, fixed = x, x, np.zeros(len(x), bool)
     if given is not None:
         inputs, targets = np.concatenate([x, given[0]]), np.concatenate([x, given[1]])
@@ -70,6 +75,24 @@ def noisy_pairs(x: np.ndarray, sigma_max: float, batch_size: int, seed: int, lin
         .map(pair, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def _folder_pairs(x: FolderImages, sigma_max: float, batch_size: int, seed: int, linf_max: float,
+                  patch: int) -> tf.data.Dataset:
+    def crop(img):
+        if patch:
+            img = tf.image.random_crop(img, [patch, patch, 3])
+        return tf.image.random_flip_left_right(img)
+
+    def pair(clean):
+        return add_noise(clean, sigma_max, linf_max), clean
+
+    return (tf.data.Dataset.from_tensor_slices(x.files)
+            .shuffle(len(x.files), seed=seed, reshuffle_each_iteration=True)
+            .map(lambda f: crop(x.load(f)), num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size)
+            .map(pair, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def adversarial_pairs(model_fn, ds: Dataset, n: int, seed: int, progress=None, method: str = "pgd",
@@ -92,17 +115,18 @@ def adversarial_pairs(model_fn, ds: Dataset, n: int, seed: int, progress=None, m
 
 def train_dae(x_train: np.ndarray, x_val: np.ndarray, sigma_max: float, settings, filters: int | None = None,
               linf_max: float = 0.0, given: tuple[np.ndarray, np.ndarray] | None = None, backup: str | None = None,
-              echo=print, resume: bool = False, arch: str = "table1") -> keras.Model:
+              echo=print, resume: bool = False, arch: str = "table1", patch: int = 0) -> keras.Model:
     """Train a DAE (``arch``: the Table-1 DAE or the U-Net, spec §1) on noisy inputs, mse to the clean image
     (eq. 5); plus ``given`` pairs. Built and trained inside the distribution strategy; resumable from
-    ``backup`` (a temporary folder). ``filters``: the architecture's own width when None."""
+    ``backup`` (a temporary folder). ``filters``: the architecture's own width when None; ``patch``: train
+    on random crops of that size (image folders)."""
     keras.utils.set_random_seed(settings.seed)
     with fitting.strategy().scope():
         dae = models.build_denoiser(arch, tuple(x_train.shape[1:]), filters)
         dae.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="mse")
-    data = noisy_pairs(x_train, sigma_max, settings.batch_size, settings.seed, linf_max, given)
-    val = noisy_pairs(x_val, sigma_max, settings.batch_size, settings.seed + 1, linf_max)
-    recipe = {**dataclasses.asdict(settings), "filters": filters, "arch": arch, "sigma_max": sigma_max,
+    data = noisy_pairs(x_train, sigma_max, settings.batch_size, settings.seed, linf_max, given, patch)
+    val = noisy_pairs(x_val, sigma_max, settings.batch_size, settings.seed + 1, linf_max, patch=patch)
+    recipe = {**dataclasses.asdict(settings), "filters": filters, "arch": arch, "patch": patch, "sigma_max": sigma_max,
               "linf_max": linf_max, "given": 0 if given is None else len(given[0])}
     fitting.fit(dae, data, settings.epochs, backup, recipe, "dae", echo, resume, validation_data=val)
     return dae
@@ -146,7 +170,8 @@ def train_dae_part(ds: Dataset, out_dir: str, settings, echo, recipe: str, progr
     arch = profiles.get(ds.name).dae_arch
     filters = settings.dae_filters or models.DAE_ARCH_FILTERS[arch]
     dae = train_dae(ds.x_train, ds.x_val, sigma_max, settings, filters=filters, linf_max=linf,
-                    given=given, backup=os.path.join(out_dir, DAE_BACKUP), echo=echo, resume=resume, arch=arch)
+                    given=given, backup=os.path.join(out_dir, DAE_BACKUP), echo=echo, resume=resume, arch=arch,
+                    patch=profiles.get(ds.name).train_patch)
     mu, sigma = clean_error_stats(dae, ds.x_val)
     stats = store.DaeStats(
         mu=mu,

@@ -127,18 +127,19 @@ class FolderImages:
         """A sub-folder view (no decoding): the files at ``index``."""
         return FolderImages([self.files[i] for i in np.arange(len(self.files))[index]], self.size, self.resize)
 
+    def load(self, path):
+        """One file (a string tensor) decoded and preprocessed as graph ops, for ``tf.data`` pipelines."""
+        import tensorflow as tf
+
+        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        img.set_shape([None, None, 3])
+        return preprocess(img, self.size, self.resize)
+
     def batches(self, batch_size: int):
         """A ``tf.data`` pipeline of decoded batches (parallel decoding), for a pass over a large folder."""
         import tensorflow as tf
 
-        size, resize = self.size, self.resize
-
-        def load(path):
-            img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-            img.set_shape([None, None, 3])
-            return preprocess(img, size, resize)
-
-        return (tf.data.Dataset.from_tensor_slices(self.files).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        return (tf.data.Dataset.from_tensor_slices(self.files).map(self.load, num_parallel_calls=tf.data.AUTOTUNE)
                 .batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 

@@ -66,14 +66,16 @@ def build_unet(image_shape: tuple[int, int, int], filters: int = UNET_FILTERS, n
     stages of nearest 2x up-sampling, concatenation with the input of the matching down stage, and two
     3x3 convs with twice the channels (the last stage 64 and 32, then a 3x3 conv to the image's channels and
     a sigmoid, so that D(x) lies in [0, 1] like the Table-1 DAE's). Every conv but the last has
-    LeakyReLU(0.1). Fully convolutional: sizes that are not multiples of 32 are zero-padded to one and
-    cropped back."""
+    LeakyReLU(0.1). Fully convolutional: for sizes that are multiples of 32 the model takes any such size
+    (its input is (None, None, C)); other sizes are zero-padded to one and cropped back."""
     h, w, c = image_shape
+    m = 2 ** UNET_STAGES
+    pad_h, pad_w = -h % m, -w % m
+    if not (pad_h or pad_w):  # any multiple of 32 fits: train on small crops, purify whole images
+        h = w = None
     act = lambda t, n: layers.LeakyReLU(UNET_SLOPE, name=f"{n}_lrelu")(t)  # noqa: E731
     conv = lambda t, f, n: act(layers.Conv2D(f, 3, padding="same", name=f"{n}_conv")(t), n)  # noqa: E731
     x = keras.Input(shape=(h, w, c), name="image")
-    m = 2 ** UNET_STAGES
-    pad_h, pad_w = -h % m, -w % m
     t = layers.ZeroPadding2D(((0, pad_h), (0, pad_w)), name="pad")(x) if pad_h or pad_w else x
     skips = []
     for i in range(1, UNET_STAGES + 1):
@@ -177,9 +179,15 @@ def reconstruction_error(dae, x: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.square(denoise(dae, x) - x), axis=[1, 2, 3])
 
 
-def reconstruction_errors(dae, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """r(x) of every image of a numpy array, in batches (numpy out)."""
-    return predict_in_batches(lambda b: reconstruction_error(dae, b), x, batch_size)
+def reconstruction_errors(dae, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """r(x) of every image of a numpy array (or an image folder), in batches (numpy out)."""
+    return predict_in_batches(lambda b: reconstruction_error(dae, b), x, batch_size or batch_for(x.shape[1:]))
+
+
+def batch_for(image_shape, pixels: int = 2 ** 22) -> int:
+    """A batch of at most ``pixels`` pixels (at most 500 images): MNIST and CIFAR-10 take 500 at once, a
+    224-px image 83, so that a U-Net's activations stay within a few GB."""
+    return int(max(1, min(500, pixels // int(np.prod(image_shape[:2])))))
 
 
 def inference_fn(model):

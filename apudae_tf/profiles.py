@@ -63,6 +63,7 @@ class Profile:
     dae_arch: str = "table1"  # models.DAE_ARCHS: the Table-1 DAE, or the U-Net for large images (spec §1)
     crop: int = 224  # image folders (imagefolder.py): the central crop's side ...
     resize: int = 256  # ... after resizing the shorter side to this (unless already in [crop, resize])
+    train_patch: int = 0  # the DAE trains on random crops of this side (0: whole images)
     paper: dict = dataclasses.field(default_factory=dict)
     paper_adaptive: dict = dataclasses.field(default_factory=dict)
 
@@ -169,6 +170,7 @@ REGISTRY: dict[str, Profile] = {
         val_size=200,  # of the training folder (train-sample: one image a class), never the test folder
         arch="efficientnet-lite0",  # shipped, converted by scripts/convert_efficientnet_lite0.py; not trained here
         dae_arch="unet",
+        train_patch=128,  # the U-Net is fully convolutional: crops train it faster and vary each epoch
         purify_fallback={"n": 15, "alpha": 2 / 255, "eps_r": 1 / 255},  # CIFAR-10's, the paper's (spec §3)
         columns=("clean", "random", "bim"),
         all_variants=("direct", "A:n=12", "A:n=15", "A:n=18", "B", "C", "F", "G"),

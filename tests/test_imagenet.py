@@ -30,10 +30,13 @@ def test_unet_follows_spec_section_1(shape):
     slopes = {float(layer.negative_slope) for layer in unet.layers if isinstance(layer, keras.layers.LeakyReLU)}
     assert slopes == {0.1}
     # the bottom is 1/32 of the input; skips concatenate at every resolution
-    assert unet.get_layer("pool5").output.shape[1:3] == (shape[0] // 32, shape[1] // 32)
     x = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
     y = np.asarray(unet(x, training=False))
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    bottom = keras.Model(unet.input, unet.get_layer("pool5").output)(x)
+    assert bottom.shape[1:] == (shape[0] // 32, shape[1] // 32, 48)
+    # fully convolutional: trained on 64-px crops, it purifies 224-px images (and back)
+    assert unet(np.zeros((2, 32, 96, 3), np.float32), training=False).shape == (2, 32, 96, 3)
 
 
 def test_unet_pads_sizes_that_are_not_multiples_of_32():
@@ -152,3 +155,25 @@ def test_the_shipped_imagenet_classifier_classifies_real_validation_images():
     top1 = float((model.predict(x, verbose=0).argmax(1) == y).mean())
     assert top1 >= 0.70, top1  # 0.78 measured on these 50; 0.828 on all 1300 (results/imagenet/classifier.json)
     assert model.input_shape == (None, None, None, 3) and model.output_shape == (None, 1000)
+
+
+def test_the_unet_dae_trains_on_random_crops_of_an_image_folder(tmp_path, monkeypatch):
+    from apudae_tf import train
+
+    rng = np.random.default_rng(3)
+    for split, n in (("val", 2), ("train", 10)):
+        for i, img in enumerate(_images(rng, n, 70, 80)):
+            (tmp_path / "tiny" / split / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+            _jpeg(tmp_path / "tiny" / split / f"c{i % 2}" / f"{i}.png", img)
+    monkeypatch.setitem(profiles.REGISTRY, "tiny", profiles.Profile(
+        name="tiny", threat=profiles.ThreatModel(4 / 255, 3, 1 / 255), sigma_max=0.1, val_size=3, crop=64,
+        resize=72, dae_arch="unet", train_patch=32))
+    ds = data.load_dataset(f"folder:{tmp_path / 'tiny'}")
+    out = tmp_path / "models"
+    out.mkdir()
+    train.train(ds, "dae", str(out), train.TrainSettings(epochs=1, batch_size=4, dae_filters=8),
+                echo=lambda m: None)
+    dae = store.load_models(str(out), need=("dae",))
+    assert [type(layer).__name__ for layer in dae.dae.layers].count("MaxPooling2D") == 5
+    assert dae.dae.input_shape == (None, None, None, 3)
+    assert dae.stats.sigma > 0 and dae.stats.image_shape == (64, 64, 3)

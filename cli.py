@@ -210,9 +210,11 @@ def main():
     """Adversarial purification with denoising autoencoders (APuDAE).
 
     Train the classifier and DAE, attack, purify and classify, reproduce the
-    paper's tables. Datasets: mnist, cifar10, or npz:PATH (keys x_train,
-    y_train, x_test, y_test; uint8). Offline, point --data-dir or
-    APUDAE_DATA_DIR at a folder holding mnist.npz / cifar10.npz.
+    paper's tables. Datasets: mnist, cifar10, imagenet, npz:PATH (keys
+    x_train, y_train, x_test, y_test; uint8) or folder:PATH (image files in
+    class sub-folders or with a labels.txt; val/ and train/ splits).
+    Offline, point --data-dir or APUDAE_DATA_DIR at a folder holding
+    mnist.npz / cifar10.npz / imagenet/.
     """
 
 
@@ -262,7 +264,7 @@ def main():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and noise.")
 @click.option("--eps", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Your data's threat model: the L∞ budget, in (0, 1]. With --steps, --step and --sigma-max it "
-                   "declares the profile of an npz:PATH dataset (built-in datasets have theirs, which these "
+                   "declares the profile of an npz:PATH or folder:PATH dataset (built-in datasets have theirs, which these "
                    "options change); recorded in OUT/profile.json for every later command.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Your data's threat model: the iterative attacks' steps (PGD/BIM).")
@@ -348,7 +350,7 @@ def info(dataset, model_dir, classifier_path, as_json, data_dir):
 
 
 @main.command()
-@click.option("--dataset", required=True, help="mnist, cifar10 or npz:PATH.")
+@click.option("--dataset", required=True, help="mnist, cifar10, imagenet, npz:PATH or folder:PATH.")
 @click.option("--method", type=click.Choice(names.ATTACK_METHODS + names.ADAPTIVE_METHODS + names.ENSEMBLE_METHODS),
               default="pgd", show_default=True,
               help="Attack (spec §4); cw is PGD on the CW margin loss, cw-l2 the L2 CW attack; none writes the clean "

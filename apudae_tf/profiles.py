@@ -172,9 +172,9 @@ REGISTRY: dict[str, Profile] = {
         dae_arch="unet",
         train_patch=128,  # the U-Net is fully convolutional: crops train it faster and vary each epoch
         purify_fallback={"n": 15, "alpha": 2 / 255, "eps_r": 1 / 255},  # CIFAR-10's, the paper's (spec §3)
-        columns=("clean", "random", "bim"),
+        columns=("clean", "random", "bim4", "bim16"),
         all_variants=("direct", "A:n=12", "A:n=15", "A:n=18", "B", "C", "F", "G"),
-        figure_column="bim",
+        figure_column="bim16",
         paper={"apudae": {"clean": 0.941, "bim4": 0.919, "bim16": 0.911},
                "apudae transform": {"bim4": 0.928, "bim16": 0.929}},
         paper_adaptive={"apudae": {"bpda": 0.536, "weighted": 0.407}},

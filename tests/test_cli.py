@@ -272,3 +272,18 @@ def test_an_unknown_dataset_or_an_incomplete_profile_is_one_line(tmp_path):
     assert "steps >= 1" in line
     line = _one_error_line(_cli(["attack", "--dataset", "svhn", "-o", "a.npz"], tmp_path))
     assert "no models for dataset 'svhn'" in line
+
+
+@pytest.mark.slow
+def test_the_readmes_python_quickstart_runs(monkeypatch, capsys):
+    import re
+
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    with open(os.path.join(REPO, "README.md")) as f:
+        block = re.search(r"```python\n(.*?)```", f.read(), re.S).group(1)
+    assert "[:200]" in block
+    exec(compile(block.replace("[:200]", "[:4]"), "README.md", "exec"), {})  # 4 images: the API, not the numbers
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.rsplit(" ", 1)[0] for line in printed] == ["blind PGD", "APGD-CE through D"]
+    blind, seen = (float(line.rsplit(" ", 1)[1]) for line in printed)
+    assert seen <= blind  # the attack that sees the purifier is never weaker on the same images

@@ -82,6 +82,7 @@ def test_full_adaptive_on_the_direct_variant_is_counter_a():
                                attacks.run_attack("bpda", fn, x, y, s, defence=p), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["bpda", "weighted", "adaptive", "bpda-eot"])
 def test_attacks_on_the_defence_keep_the_budget_and_fool_an_undefended_linear_model(method):
     dae, stats, fn, x, y = _setup()

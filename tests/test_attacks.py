@@ -38,6 +38,7 @@ def test_gradient_attacks_fool_the_linear_model(setup, method):
     assert np.mean(np.argmax(fn(x_adv).numpy(), 1) == y) == 0.0
 
 
+@pytest.mark.slow
 def test_cw_l2_works_on_keras3_across_batch_sizes_and_rgb():
     # batches of 5 then 2 images: cleverhans' optimizer would only know the first batch's variable
     for shape in ((8, 8, 1), (8, 8, 3)):

@@ -47,6 +47,7 @@ def _stops_early(args, cwd, stdin=None, read=100):
     return got, proc.returncode, err.decode()
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_is_an_error_not_a_silent_cut(tiny_models, tiny_npz, tmp_path):
     # 50 images of 28x28 floats are 157 kB, more than a pipe holds
     args = ["attack", "--dataset", f"npz:{tiny_npz}", "--models", tiny_models, "--method", "none", "--n", "50",
@@ -62,6 +63,7 @@ def test_a_reader_that_stops_early_is_an_error_not_a_silent_cut(tiny_models, tin
     assert code == 2 and "output lost" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_unwritable_outputs_fail_before_any_work(tiny_models, tiny_npz, tmp_path):
     cases = [
         ["attack", "--dataset", f"npz:{tiny_npz}", "--models", tiny_models, "--n", "5", "-o", "/sys/apudae.npz"],
@@ -86,6 +88,7 @@ def test_unwritable_outputs_fail_before_any_work(tiny_models, tiny_npz, tmp_path
     assert "is a directory" in _one_error_line(res)
 
 
+@pytest.mark.slow
 def test_existing_outputs_are_kept_unless_forced(tiny_models, tiny_npz, tmp_path):
     # a model folder that already holds the DAE (tiny_models does)
     res = _cli(["train", f"npz:{tiny_npz}", "--what", "dae", "--out", tiny_models], tmp_path)
@@ -103,6 +106,7 @@ def test_existing_outputs_are_kept_unless_forced(tiny_models, tiny_npz, tmp_path
     assert "already holds purify_settings.json" in _one_error_line(res)
 
 
+@pytest.mark.slow
 def test_shipped_models_are_read_only_to_every_command(tmp_path):
     shipped = store.default_model_dir("mnist")
     for args in (["train", "mnist", "--what", "dae", "--out", shipped],
@@ -112,6 +116,7 @@ def test_shipped_models_are_read_only_to_every_command(tmp_path):
         assert "shipped" in line or "already holds" in line, line
 
 
+@pytest.mark.slow
 def test_train_without_out_writes_under_the_working_folder_only(tiny_npz, tmp_path):
     before = {f: hashlib.sha256(open(os.path.join(store.SAVED_MODELS, "mnist", f), "rb").read()).hexdigest()
               for f in os.listdir(os.path.join(store.SAVED_MODELS, "mnist"))}
@@ -144,6 +149,7 @@ def test_a_bad_option_is_one_line_naming_option_value_and_range(args, option, va
     assert time.time() - t0 < 10  # checked by the parser, before TensorFlow is even imported
 
 
+@pytest.mark.slow
 def test_uint8_input_gets_the_hint_to_scale(tiny_models, tmp_path):
     x = (np.random.default_rng(0).random((2, 28, 28, 1)) * 255).astype(np.uint8)
     import io
@@ -163,6 +169,7 @@ def test_help_answers_fast_for_every_command(tmp_path):
         assert seconds < 2.0, f"{command} --help took {seconds:.1f} s"  # ~0.4 s measured; TensorFlow is not imported
 
 
+@pytest.mark.slow
 def test_the_embedded_mnist_test_set_is_exact_and_serves_the_main_job(tmp_path, monkeypatch):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)  # CI points it at ../shared/data
     ds = data.load_dataset("mnist", test_only=True)
@@ -189,14 +196,18 @@ def test_the_readmes_main_job_runs_offline_on_the_embedded_images(tmp_path):
     sees F."""
     env = {k: v for k, v in os.environ.items() if k != data.DATA_DIR_ENV}
     cli = " ".join(CLI)
-    attack = f"{cli} attack --dataset mnist --method pgd --n 500"
-    undefended = subprocess.run(f"{attack} | {cli} classify --json", shell=True, cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=900)
-    purified = subprocess.run(f"{attack} | {cli} purify --variant F | {cli} classify --json", shell=True,
+    # the README's pipe, with a tee to keep the attacked images for the undefended score and the budget
+    purified = subprocess.run(f"set -o pipefail; {cli} attack --dataset mnist --method pgd --n 500 | tee adv.npz | "
+                              f"{cli} purify --variant F | {cli} classify --json", shell=True, executable="/bin/bash",
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert undefended.returncode == 0 and purified.returncode == 0, undefended.stderr + purified.stderr
+    assert purified.returncode == 0, purified.stderr
+    undefended = subprocess.run(CLI + ["classify", "--json", "-i", "adv.npz"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=900)
+    assert undefended.returncode == 0, undefended.stderr
     assert json.loads(undefended.stdout)["accuracy"] <= 0.05
     assert json.loads(purified.stdout)["accuracy"] >= 0.90
+    x = data.load_dataset("mnist", test_only=True).x_test[:500]
+    assert np.abs(pipeline.read(str(tmp_path / "adv.npz")).x - x).max() <= 0.3 + 1e-6
 
 
 def _synthetic_npz(path, n_train=240, n_test=40, size=16, seed=0):
@@ -261,6 +272,7 @@ def test_a_new_dataset_is_one_profile_and_every_command_runs_on_it(tmp_path):
     assert all(r["settings"]["attack"]["eps"] == 0.1 for r in adaptive["records"] if r["attack"] == "apgd-ce")
 
 
+@pytest.mark.slow
 def test_an_unknown_dataset_or_an_incomplete_profile_is_one_line(tmp_path):
     data_file = _synthetic_npz(tmp_path / "quads.npz", n_train=20, n_test=4)
     line = _one_error_line(_cli(["train", f"npz:{data_file}"], tmp_path))

@@ -84,6 +84,7 @@ def _cli(*args, env=None):
         (["info", "mnist"], {"APUDAE_DATA_DIR": "/nonexistent-apudae"}),
     ],
 )
+@pytest.mark.slow
 def test_cli_missing_data_is_one_line_and_nonzero(args, env):
     res = _cli(*args, env=env)
     assert res.returncode == 2
@@ -92,6 +93,7 @@ def test_cli_missing_data_is_one_line_and_nonzero(args, env):
     assert len([l for l in lines if l.startswith("error")]) == 1
 
 
+@pytest.mark.slow
 def test_cli_malformed_npz_is_one_line_and_nonzero(tmp_path):
     p = tmp_path / "broken.npz"
     p.write_bytes(b"PK\x03\x04 this is not a zip archive")

@@ -4,6 +4,7 @@ training's checkpoint."""
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from apudae_tf import defensegan, store
@@ -42,6 +43,7 @@ def test_latent_search_lowers_the_reconstruction_error_and_keeps_the_best_restar
     assert out.shape == x.shape and out.min() >= 0.0 and out.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_gan_training_checkpoints_and_writes_a_generator(tmp_path):
     x = np.random.default_rng(0).random((64, 8, 8, 1), dtype=np.float32)
     out = str(tmp_path / "g")
@@ -160,6 +162,7 @@ def test_search_settings_are_chosen_on_validation_and_read_back(tiny_models):
     assert info["epochs"] == 1 and info["search"]["chosen_on"] == "val"  # the training record is kept
 
 
+@pytest.mark.slow
 def test_the_purification_benchmark_times_defense_gan_beside_the_variants(tiny_models, tmp_path, monkeypatch):
     import importlib.util
     import json

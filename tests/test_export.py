@@ -34,6 +34,7 @@ def _cli_purify(models_dir, variant, x, batch_size=500):
     return pipeline.loads(res.stdout_bytes, "purify output").x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["B", "F"])
 def test_export_matches_the_library_for_any_request_size(tiny_models, tmp_path, variant):
     path = _export(tiny_models, variant, tmp_path / "m")
@@ -59,6 +60,7 @@ def test_export_matches_the_library_for_any_request_size(tiny_models, tmp_path, 
     np.testing.assert_allclose(out["r_after"].numpy(), r(expected), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_classify_only_skips_purification(tiny_models, tmp_path):
     loaded = tf.saved_model.load(_export(tiny_models, "B", tmp_path / "m"))
     x = _images(3)
@@ -77,6 +79,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.slow
 def test_bad_input_at_the_signature_names_the_expected_shape(tiny_models, tmp_path):
     loaded = tf.saved_model.load(_export(tiny_models, "B", tmp_path / "m"))
     for name in ("serving_default", "classify_only"):
@@ -98,6 +101,7 @@ def test_export_refuses_to_overwrite_a_version_and_a_missing_model_folder(tiny_m
     assert not os.path.exists(tmp_path / "n" / "1")
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_shipped_export_classifies_mnist_and_matches_apudae_purify(tmp_path):
     """Issue 6 acceptance, on 256 test images (the whole set is a command, not a test)."""
@@ -113,6 +117,7 @@ def test_shipped_export_classifies_mnist_and_matches_apudae_purify(tmp_path):
                                _cli_purify(SHIPPED, "B", x[:64], batch_size=64), atol=1e-5)
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_rest_body_from_real_images_fits_the_signature(tiny_models, tmp_path):
     """The README's REST request: {"instances": [...]} of real MNIST images, as TF Serving decodes it."""

@@ -157,6 +157,7 @@ def test_the_shipped_imagenet_classifier_classifies_real_validation_images():
     assert model.input_shape == (None, None, None, 3) and model.output_shape == (None, 1000)
 
 
+@pytest.mark.slow
 def test_the_unet_dae_trains_on_random_crops_of_an_image_folder(tmp_path, monkeypatch):
     from apudae_tf import train
 

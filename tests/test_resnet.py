@@ -63,6 +63,7 @@ def _interrupt_after_first_epoch(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_resnet_training_checkpoints_and_resumes_after_an_interruption(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     x = rng.random((48, 32, 32, 3), dtype=np.float32)
@@ -94,6 +95,7 @@ def test_resnet_training_checkpoints_and_resumes_after_an_interruption(tmp_path,
         saved_accuracy(os.path.join(out, store.CLASSIFIER), ds.x_test, ds.y_test))
 
 
+@pytest.mark.slow
 def test_cifar10_table_runs_every_variant_and_attack_on_colour_images(tiny_cifar_models, tmp_path):
     from apudae_tf import evaluate, table
 
@@ -130,6 +132,7 @@ def _tiny_cifar(n=32):
     return Dataset("cifar10", x, y, x[:16], y[:16], x[:16], y[:16], source="test")
 
 
+@pytest.mark.slow
 def test_cifar10_fast_adversarial_training_starts_from_scratch_with_the_one_cycle_rate(tiny_cifar_models):
     ds = _tiny_cifar()
     # a clean classifier in the folder is not the starting point (Wong et al. train from scratch)
@@ -147,6 +150,7 @@ def test_cifar10_fast_adversarial_training_starts_from_scratch_with_the_one_cycl
     assert adv.get_weights()[0].shape == before.shape and not np.allclose(adv.get_weights()[0], before)
 
 
+@pytest.mark.slow
 def test_adapted_classifier_learns_purified_images_into_its_own_folder_and_reuses_them(tiny_cifar_models, tmp_path,
                                                                                        monkeypatch):
     from apudae_tf import purify
@@ -231,6 +235,7 @@ def test_n_fgsm_steps_eps_from_wide_noise_and_is_not_projected_back_to_eps():
     assert float(tf.reduce_mean(loss(tf.constant(x_adv)))) > float(tf.reduce_mean(loss(tf.constant(x))))
 
 
+@pytest.mark.slow
 def test_cifar10_adaptive_report_attacks_the_chosen_variant_beside_the_papers_counter_attacks(tiny_cifar_models,
                                                                                               tmp_path):
     from apudae_tf import evaluate

@@ -62,6 +62,7 @@ def _tiny_mnist(n=12):
     return Dataset("mnist", x, y, x, y, x, y, source="test")
 
 
+@pytest.mark.slow
 def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny_models, tmp_path, monkeypatch):
     from apudae_tf import attacks, evaluate, store, train
     from apudae_tf.store import load_models
@@ -129,6 +130,7 @@ def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny
     assert rescored == defences - {"No defence", "Adversarial training (Madry PGD)"}
 
 
+@pytest.mark.slow
 def test_counter_attacks_make_one_set_of_examples_for_every_variant_of_a_dae(tiny_models, tmp_path):
     from apudae_tf import evaluate, store
 
@@ -145,6 +147,7 @@ def test_counter_attacks_make_one_set_of_examples_for_every_variant_of_a_dae(tin
     assert made == ["apgd", "apgd", "bpda", "weighted"]  # the attack through the purifier differs per variant
 
 
+@pytest.mark.slow
 def test_adv_training_checkpoints_and_resumes_after_an_interruption(tmp_path, monkeypatch):
     import dataclasses
 
@@ -210,6 +213,7 @@ def test_roc_auc_is_the_probability_that_an_adversarial_input_scores_higher():
     assert c["fpr"][0] == c["tpr"][0] == 0.0 and c["fpr"][-1] == c["tpr"][-1] == 1.0
 
 
+@pytest.mark.slow
 def test_adaptive_report_end_to_end_cascades_and_keeps_each_rows_worst_case(tiny_models, tmp_path):
     from apudae_tf import evaluate, store
 

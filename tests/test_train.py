@@ -21,6 +21,7 @@ def _digits(n, seed):
     return x
 
 
+@pytest.mark.slow
 def test_dae_training_lowers_the_loss():
     x_train, x_val = _digits(512, 0), _digits(128, 1)
     noisy = next(iter(denoisers.noisy_pairs(x_val, 0.5, 128, seed=3)))  # one fixed noisy batch
@@ -64,6 +65,7 @@ def test_plus_noise_puts_half_the_images_on_linf_ball_corners():
     assert not any(np.allclose(np.abs(d), np.abs(d[0]), atol=1e-6) for d in paper)
 
 
+@pytest.mark.slow
 def test_plus_recipe_trains_the_dae_first_and_the_classifier_on_its_outputs(tiny_npz, tmp_path):
     from apudae_tf import data, profiles, store
 
@@ -92,6 +94,7 @@ def test_given_pairs_join_the_noisy_pairs_unchanged():
     np.testing.assert_array_equal(inputs.numpy()[fixed], adv)
 
 
+@pytest.mark.slow
 def test_adv_dae_recipe_trains_on_pgd_examples_of_the_classifier(tiny_npz, tmp_path, monkeypatch):
     from apudae_tf import attacks, data, profiles, store
 
@@ -145,6 +148,7 @@ def test_a_dataset_without_a_profile_is_one_clear_error_never_another_datasets_v
             train.train(ds, part, out, s, echo=lambda m: None, recipe="adv-dae")
 
 
+@pytest.mark.slow
 def test_a_wider_dae_is_built_trained_and_recorded_with_its_width(tiny_npz, tmp_path):
     from apudae_tf import data, profiles, store
 

@@ -2,6 +2,7 @@
 
   pip install adversarial-robustness-toolbox==1.20.1
   python scripts/cross_check_apgd.py [--n-adv 500] [--n-purifier 200] [--variant D]
+  python scripts/cross_check_apgd.py --report-only   # once results/mnist/adaptive.json is (re)made
 
 Two targets, ε = 0.3, one random start, initial step 2ε (AutoAttack's), APGD-CE and APGD-DLR:
 - the shipped adversarially trained MNIST classifier, white box (first N_ADV test images, 100 iterations);
@@ -32,6 +33,9 @@ ap.add_argument("--n-purifier", type=int, default=200)
 ap.add_argument("--variant", default="D")
 ap.add_argument("--report", default="results/mnist/adaptive.json", help="our adaptive report on the same models")
 ap.add_argument("--out", default="results/mnist/cross_check_apgd.json")
+ap.add_argument("--report-only", action="store_true",
+                help="attach --report's worst case to an existing --out without attacking again (the report was "
+                     "still running when the attacks ran)")
 args = ap.parse_args()
 
 EPS = 0.3
@@ -81,6 +85,29 @@ def section(name, model_fn, predict, x, y, iters):
     return out
 
 
+def attach_report(row):
+    """Our adaptive report's worst case for the same variant on the same images, beside the attacks."""
+    if not os.path.isfile(args.report):
+        return
+    with open(args.report) as f:
+        adaptive = json.load(f)
+    worst = [r for r in adaptive["records"] if r["attack"] == "worst" and r["settings"]["defence"].get("variant") == variant
+             and r["settings"]["defence"].get("classifier") is None]
+    if worst:
+        robust = table.unpack(worst[0]["robust"], worst[0]["n"])[: row["n"]]
+        row["our_report_worst_case_same_images"] = float(robust.mean())
+        row["our_report"] = {"file": args.report, "command": adaptive.get("command"), "row": worst[0]["defence"]}
+
+
+variant = args.variant
+if args.report_only:
+    with open(args.out) as f:
+        report = json.load(f)
+    attach_report(report[f"purifier_{variant}"])
+    store.write_json(args.out, report)
+    print(json.dumps(report[f"purifier_{variant}"], indent=2))
+    sys.exit(0)
+
 report = {"command": "python scripts/cross_check_apgd.py " + " ".join(sys.argv[1:]), "art_version": "1.20.1",
           "attack": "APGD, L-inf, eps 0.3, one random start, initial step 2 eps; a CE or a DLR run fooling an image "
                     "counts"}
@@ -89,7 +116,6 @@ x, y = ds.x_test[: args.n_adv], ds.y_test[: args.n_adv].astype(np.int64)
 report["adversarially_trained_classifier"] = section(
     "adv-classifier", adv_fn, lambda xa: np.argmax(models.predict_in_batches(adv_fn, xa), 1), x, y, 100)
 
-variant = args.variant
 p = purify.Purifier(m.dae, m.stats, variant, purify.default_settings("mnist", variant, folder))
 fn = m.classifier_fn()
 defended = attacks.DefendedModel(p, fn, "exact")
@@ -97,15 +123,7 @@ x, y = ds.x_test[: args.n_purifier], ds.y_test[: args.n_purifier].astype(np.int6
 scored = table.purify_fn(p, fn)  # the real purifier, as `apudae-tf purify | apudae-tf classify`
 row = section(f"purifier {variant}", defended, scored, x, y, 50)
 row["settings"] = {"variant": variant, **p.settings.__dict__}
-if os.path.isfile(args.report):
-    with open(args.report) as f:
-        adaptive = json.load(f)
-    worst = [r for r in adaptive["records"] if r["attack"] == "worst" and r["settings"]["defence"].get("variant") == variant
-             and r["settings"]["defence"].get("classifier") is None]
-    if worst:
-        robust = table.unpack(worst[0]["robust"], worst[0]["n"])[: args.n_purifier]
-        row["our_report_worst_case_same_images"] = float(robust.mean())
-        row["our_report"] = {"file": args.report, "command": adaptive.get("command"), "row": worst[0]["defence"]}
+attach_report(row)
 report[f"purifier_{variant}"] = row
 store.write_json(args.out, report)
 print(json.dumps(report, indent=2))

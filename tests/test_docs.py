@@ -1,0 +1,49 @@
+"""The README and docs/ as a reader meets them: short README, no dead relative link, the test command CI runs."""
+
+import os
+import re
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def _pages():
+    yield os.path.join(REPO, "README.md")
+    docs = os.path.join(REPO, "docs")
+    for name in sorted(os.listdir(docs)):
+        if name.endswith(".md"):
+            yield os.path.join(docs, name)
+
+
+def test_no_relative_link_in_the_readme_or_docs_is_dead():
+    dead = []
+    for page in _pages():
+        with open(page) as f:
+            text = f.read()
+        for target in LINK.findall(text):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not os.path.exists(os.path.normpath(os.path.join(os.path.dirname(page), target))):
+                dead.append(f"{os.path.relpath(page, REPO)} -> {target}")
+    assert not dead, dead
+
+
+def test_the_readme_is_short_and_holds_the_two_commands():
+    with open(os.path.join(REPO, "README.md")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) <= 250, len(lines)
+    at = lines.index("<!-- test-command -->")
+    assert lines[at + 2] == "python -m pytest -q tests"  # what .ci/run reads
+    assert any(line.startswith('pip install ".[test]" && apudae-tf attack') for line in lines)
+
+
+def test_every_spec_section_the_code_cites_exists():
+    with open(os.path.join(REPO, "docs", "spec.md")) as f:
+        sections = {m for m in re.findall(r"^## (\d+)\.", f.read(), re.M)}
+    cited = set()
+    for folder in ("apudae_tf", "."):
+        for name in os.listdir(os.path.join(REPO, folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(REPO, folder, name)) as f:
+                    cited |= set(re.findall(r"spec §(\d+)", f.read()))
+    assert cited and cited <= sections, cited - sections

@@ -123,14 +123,21 @@ def train_resnet(ds: Dataset, out_dir: str, settings, echo=print, resume: bool =
     history = fitting.fit(model, batches(ds.x_train, ds.y_train, settings.batch_size, settings.seed, crop_flip),
                           settings.epochs, os.path.join(out_dir, CLASSIFIER_BACKUP), recipe, "classifier", echo, resume,
                           validation_data=(ds.x_val, ds.y_val), keys=HISTORY_KEYS)
+    acc = _save_classifier(model, ds, out_dir, recipe, history, CLASSIFIER_BACKUP)
+    echo(f"classifier: test accuracy {acc:.4f}")
+    return {"classifier_test_accuracy": acc}
+
+
+def _save_classifier(model, ds: Dataset, out_dir: str, recipe: dict, history, backup: str) -> float:
+    """classifier.keras and classifier.json (recipe, history, test accuracy) of a trained model; the backup
+    goes. Returns the test accuracy."""
     store.save_model(model, os.path.join(out_dir, store.CLASSIFIER))
     acc = accuracy(model, ds.x_test, ds.y_test)
     store.write_json(os.path.join(out_dir, store.CLASSIFIER_INFO),
                      {"dataset": ds.name, "recipe": recipe, "history": history, "test_accuracy": acc,
                       "source": ds.source})
-    fitting.finish(os.path.join(out_dir, CLASSIFIER_BACKUP))
-    echo(f"classifier: test accuracy {acc:.4f}")
-    return {"classifier_test_accuracy": acc}
+    fitting.finish(os.path.join(out_dir, backup))
+    return acc
 
 
 def train_classifier_part(ds: Dataset, out_dir: str, settings, echo, recipe: str, resume: bool = False) -> dict:
@@ -271,11 +278,6 @@ def train_adapted_classifier(ds: Dataset, base_dir: str, out_dir: str, variants:
     history = fitting.fit(model, mixed_batches(ds.x_train, ds.y_train, purified, settings.batch_size, settings.seed),
                           settings.epochs, os.path.join(out_dir, ADAPT_BACKUP), recipe, "adapted-classifier", echo,
                           resume, extra=validate, keys=("loss",))
-    store.save_model(model, os.path.join(out_dir, store.CLASSIFIER))
-    acc = accuracy(model, ds.x_test, ds.y_test)
-    store.write_json(os.path.join(out_dir, store.CLASSIFIER_INFO),
-                     {"dataset": ds.name, "recipe": recipe, "history": history, "test_accuracy": acc,
-                      "source": ds.source})
-    fitting.finish(os.path.join(out_dir, ADAPT_BACKUP))
+    acc = _save_classifier(model, ds, out_dir, recipe, history, ADAPT_BACKUP)
     echo(f"adapted-classifier: test clean accuracy {acc:.4f}")
     return {"adapted_classifier_test_accuracy": acc}

@@ -107,17 +107,13 @@ def _from_arrays(name: str, arrays: dict[str, np.ndarray], source: str) -> Datas
     _check_layout(arrays, source)
     x_train = to_float_images(arrays["x_train"])
     y_train = arrays["y_train"].astype(np.int64)
-    n_val = profiles.validation_size(name, len(x_train))
-    if n_val >= len(x_train):
-        raise ApudaeError(f"{source}: {len(x_train)} training images leave none after a {n_val}-image validation split")
-    perm = np.random.default_rng(SPLIT_SEED).permutation(len(x_train))
-    val, train = perm[:n_val], np.sort(perm[n_val:])
+    val, train = _validation_split(name, len(x_train), source)
     return Dataset(
         name=name,
         x_train=x_train[train],
         y_train=y_train[train],
-        x_val=x_train[np.sort(val)],
-        y_val=y_train[np.sort(val)],
+        x_val=x_train[val],
+        y_val=y_train[val],
         x_test=to_float_images(arrays["x_test"]),
         y_test=arrays["y_test"].astype(np.int64),
         source=source,
@@ -139,12 +135,18 @@ def _from_folder(name: str, root: str) -> Dataset:
         return Dataset(name, empty, none, empty, none, x_test, y_test, root)
     files, y = imagefolder.list_split(train_dir)
     x = imagefolder.FolderImages(files, size, resize)
-    n_val = profiles.validation_size(name, len(x))
-    if n_val >= len(x):
-        raise ApudaeError(f"{train_dir}: {len(x)} training images leave none after a {n_val}-image validation split")
-    perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    val, train = _validation_split(name, len(x), train_dir)
     return Dataset(name, x.take(train), y[train], x.take(val), y[val], x_test, y_test, root)
+
+
+def _validation_split(name: str, n_train: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, training) indices of ``n_train`` training images, both sorted: the profile's
+    validation size drawn by the fixed permutation, so every command sees the same split."""
+    n_val = profiles.validation_size(name, n_train)
+    if n_val >= n_train:
+        raise ApudaeError(f"{source}: {n_train} training images leave none after a {n_val}-image validation split")
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n_train)
+    return np.sort(perm[:n_val]), np.sort(perm[n_val:])
 
 
 def _folder_geometry(name: str) -> tuple[int, int]:

@@ -86,10 +86,19 @@ def decode(path: str, size: int, resize: int):
     import tensorflow as tf
 
     try:
-        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        img = _read(path)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
         raise ApudaeError(f"cannot decode the image {path} ({first_line(e.message, 80)})") from None
     return preprocess(img, size, resize)
+
+
+def _read(path):
+    """A file's pixels as uint8 RGB (grayscale and CMYK converted), eager or as graph ops."""
+    import tensorflow as tf
+
+    img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    img.set_shape([None, None, 3])
+    return img
 
 
 class FolderImages:
@@ -129,11 +138,7 @@ class FolderImages:
 
     def load(self, path):
         """One file (a string tensor) decoded and preprocessed as graph ops, for ``tf.data`` pipelines."""
-        import tensorflow as tf
-
-        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        img.set_shape([None, None, 3])
-        return preprocess(img, self.size, self.resize)
+        return preprocess(_read(path), self.size, self.resize)
 
     def batches(self, batch_size: int):
         """A ``tf.data`` pipeline of decoded batches (parallel decoding), for a pass over a large folder."""

@@ -49,7 +49,10 @@ class ServedDefence(tf.Module):
         # pad the shape to length 4 so the comparison itself cannot fail on a wrong rank
         dims = tf.concat([tf.shape(images), [0, 0, 0, 0]], axis=0)[:4]
         shape_ok = tf.logical_and(tf.equal(tf.rank(images), 4), tf.reduce_all(tf.equal(dims[1:], [h, w, c])))
-        range_ok = tf.reduce_all(tf.logical_and(images >= 0.0, images <= 1.0))  # NaN fails too
+        # over the flattened values: the signature says rank 4, so a plain reduce_all would be traced with axes
+        # 0-3 and fail on a rank-3 request before the shape check could name it
+        flat = tf.reshape(images, [-1])
+        range_ok = tf.reduce_all(tf.logical_and(flat >= 0.0, flat <= 1.0))  # NaN fails too
         with tf.control_dependencies([
             tf.debugging.Assert(shape_ok, [expected + "; got shape", tf.shape(images)], summarize=8),
             tf.debugging.Assert(range_ok, [expected + "; got values outside [0, 1] or NaN"]),

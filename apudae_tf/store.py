@@ -84,7 +84,11 @@ class DaeStats:
 
 
 def shown_path(path: str) -> str:
-    """A path as a reader can re-use it: relative to the working directory when inside it."""
+    """A path as a reader can re-use it: relative to the working directory when inside it; a shipped model folder
+    as ``saved_models/NAME`` wherever the package is installed (a report made with an installed copy names the
+    same models as one made in the repository)."""
+    if is_shipped(path):
+        return os.path.join("saved_models", os.path.relpath(os.path.realpath(path), os.path.realpath(SAVED_MODELS)))
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else rel
 

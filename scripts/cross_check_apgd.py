@@ -85,27 +85,33 @@ def section(name, model_fn, predict, x, y, iters):
     return out
 
 
-def attach_report(row):
-    """Our adaptive report's worst case for the same variant on the same images, beside the attacks."""
+def attach_report(row, pick):
+    """Our adaptive report's worst case for the same defence (the first record `pick` accepts) on the same images."""
     if not os.path.isfile(args.report):
         return
     with open(args.report) as f:
         adaptive = json.load(f)
-    worst = [r for r in adaptive["records"] if r["attack"] == "worst" and r["settings"]["defence"].get("variant") == variant
-             and r["settings"]["defence"].get("classifier") is None]
+    worst = [r for r in adaptive["records"] if r["attack"] == "worst" and pick(r)]
     if worst:
         robust = table.unpack(worst[0]["robust"], worst[0]["n"])[: row["n"]]
         row["our_report_worst_case_same_images"] = float(robust.mean())
         row["our_report"] = {"file": args.report, "command": adaptive.get("command"), "row": worst[0]["defence"]}
 
 
+def attach_reports(report):
+    attach_report(report[f"purifier_{variant}"],
+                  lambda r: r["settings"]["defence"].get("variant") == variant
+                  and r["settings"]["defence"].get("classifier") is None)
+    attach_report(report["adversarially_trained_classifier"], lambda r: r.get("kind") == "adversarial training")
+
+
 variant = args.variant
 if args.report_only:
     with open(args.out) as f:
         report = json.load(f)
-    attach_report(report[f"purifier_{variant}"])
+    attach_reports(report)
     store.write_json(args.out, report)
-    print(json.dumps(report[f"purifier_{variant}"], indent=2))
+    print(json.dumps(report, indent=2))
     sys.exit(0)
 
 report = {"command": "python scripts/cross_check_apgd.py " + " ".join(sys.argv[1:]), "art_version": "1.20.1",
@@ -123,7 +129,7 @@ x, y = ds.x_test[: args.n_purifier], ds.y_test[: args.n_purifier].astype(np.int6
 scored = table.purify_fn(p, fn)  # the real purifier, as `apudae-tf purify | apudae-tf classify`
 row = section(f"purifier {variant}", defended, scored, x, y, 50)
 row["settings"] = {"variant": variant, **p.settings.__dict__}
-attach_report(row)
 report[f"purifier_{variant}"] = row
+attach_reports(report)
 store.write_json(args.out, report)
 print(json.dumps(report, indent=2))

@@ -15,7 +15,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 print("| report | defence | clean | blind PGD | **worst case** (attacks that see it) | images |")
 print("|---|---|---:|---:|---:|---:|")
-for path in sorted(glob.glob(os.path.join(ROOT, "results", "*", "adaptive.json"))):
+PAPER_FIRST = ["mnist", "cifar10", "cifar10-adapted", "imagenet"]  # the paper's datasets, then a user's
+
+
+def order(path):
+    name = os.path.basename(os.path.dirname(path))
+    return (PAPER_FIRST.index(name) if name in PAPER_FIRST else len(PAPER_FIRST), name)
+
+
+for path in sorted(glob.glob(os.path.join(ROOT, "results", "*", "adaptive.json")), key=order):
     with open(path) as f:
         report = json.load(f)
     if not any(r["attack"] == "worst" for r in report["records"]):

@@ -47,3 +47,15 @@ def test_every_spec_section_the_code_cites_exists():
                 with open(os.path.join(REPO, folder, name)) as f:
                     cited |= set(re.findall(r"spec §(\d+)", f.read()))
     assert cited and cited <= sections, cited - sections
+
+
+def test_the_readme_summary_is_what_the_committed_reports_say():
+    # the README's table is printed by scripts/summary_table.py; a re-made report must not leave it stale
+    import subprocess
+    import sys
+
+    table = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "summary_table.py")],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert table.count("\n") >= 2, table
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert table in f.read(), "README's summary differs from `python scripts/summary_table.py`"

@@ -702,13 +702,17 @@ def _load_generator(folder, dataset, command):
 @click.option("--eot", type=click.IntRange(min=1), default=names.ADAPTIVE_BUDGET["eot"], show_default=True,
               help="With --adaptive: draws of a random defence's randomness per gradient (EOT; F, G, Defense-GAN).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
+@click.option("--correct-only/--all-images", default=None,
+              help="Score only those of the first N test images that the classifier gets right (the paper's "
+                   "ImageNet protocol, spec §6), or all of them. Default: the dataset profile's (imagenet: "
+                   "correct only; others: all).")
 @models_option
 @classifier_option
 @data_dir_option
 @friendly_errors
 def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_training, defense_gan, gan_restarts,
              gan_steps, gan_attack_restarts, adaptive, apgd_steps, restarts, apgd_targets, square_queries, eot, seed,
-             model_dir, classifier_path, data_dir):
+             correct_only, model_dir, classifier_path, data_dir):
     """Rebuild the paper's table for DATASET (spec §6): defences x attacks.
 
     Rows: no defence, adversarial training (MODELS/adv_classifier.keras, from
@@ -745,6 +749,14 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_traini
             tuned, restarts=gan_restarts or tuned.restarts, steps=tuned.steps if gan_steps is None else gan_steps,
             seed=seed))
     n = min(n_images or (names.ADAPTIVE_N if adaptive else len(ds.x_test)), len(ds.x_test))
+    test_images = None
+    if correct_only is None:
+        correct_only = profiles.get(ds.name).correct_only
+    if correct_only:
+        ds, test_images = ev.correctly_classified(ds, m.classifier_fn(), n)
+        n = test_images["kept"]
+        click.echo(f"scoring the {n} of the first {test_images['first']} test images the classifier gets right",
+                   err=True)
     command = "apudae-tf evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     echo = functools.partial(click.echo, err=True)
     if adaptive:
@@ -752,10 +764,11 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_traini
                               square_queries=square_queries, eot=eot)
         result = ev.adaptive_report(m, ds, n, out_dir, adv=adv, seed=seed, budget=budget, command=command,
                                     echo=echo, progress_bar=progress_bar, gan=gan,
-                                    gan_attack_restarts=gan_attack_restarts, variants=chosen)
+                                    gan_attack_restarts=gan_attack_restarts, variants=chosen,
+                                    test_images=test_images)
     else:
         result = ev.table_report(m, ds, n, chosen, out_dir, adv=adv, seed=seed, cw_l2_n=cw_l2_n, command=command,
-                                 echo=echo, progress_bar=progress_bar, gan=gan)
+                                 echo=echo, progress_bar=progress_bar, gan=gan, test_images=test_images)
     with open(os.path.join(out_dir, f"{report}.md")) as f:
         click.echo(f.read().split("\n\n")[0])
     click.echo(f"wrote {out_dir}/{report}.json, {report}.md and figures in {result['seconds'] / 60:.1f} min", err=True)

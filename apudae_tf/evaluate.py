@@ -309,10 +309,32 @@ def table_figures(m: Models, ds: Dataset, variant: str, x_adv: np.ndarray, out_d
     return {"histograms": hist, "examples": grid, "figure_images": int(len(x)), "attack": attack}
 
 
+def correctly_classified(ds: Dataset, classifier_fn, n: int, batch_size: int = 100) -> tuple[Dataset, dict]:
+    """The first ``n`` test images restricted to those ``classifier_fn`` gets right (the paper's ImageNet
+    protocol, spec §6): a Dataset whose test split is that subset, and the facts a report records. The
+    subset's digest joins the data source, so cached cells of another subset are never reused."""
+    import dataclasses
+    import hashlib
+
+    x, y = ds.x_test, ds.y_test[:n]
+    pred = np.concatenate([np.argmax(models.predict_in_batches(classifier_fn, x[a : min(a + batch_size, n)], batch_size), 1)
+                           for a in range(0, n, batch_size)]) if n else np.zeros(0, np.int64)
+    keep = np.flatnonzero(pred == y)
+    if not len(keep):
+        raise ApudaeError(f"the classifier gets none of the first {n} test images right: nothing to attack")
+    x_kept = x.take(keep) if hasattr(x, "take") else x[keep]
+    digest = hashlib.sha256(keep.astype(np.int64).tobytes()).hexdigest()[:16]
+    kept = dataclasses.replace(ds, x_test=x_kept, y_test=ds.y_test[keep],
+                               source=f"{ds.source} | correctly classified of the first {n}: {digest}")
+    return kept, {"rule": "classified correctly by the classifier", "first": int(n), "kept": int(len(keep)),
+                  "indices": keep.tolist()}
+
+
 def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=None, seed: int = 0,
                  cw_l2_n: int | None = None, figures: bool = True, command: str = "", echo=None,
-                 progress_bar=None, steps: int | None = None, gan=None) -> dict:
-    """Build the table, write out_dir/table.json, table.md and the figures; returns the result."""
+                 progress_bar=None, steps: int | None = None, gan=None, test_images: dict | None = None) -> dict:
+    """Build the table, write out_dir/table.json, table.md and the figures; returns the result.
+    ``test_images``: the facts of ``correctly_classified`` when ``ds`` is that subset."""
     import os
 
     from apudae_tf import profiles, store, table
@@ -328,6 +350,8 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
                    "purify_settings_chosen_on": facts["tuned"].get("chosen_on"),
                    "tuned": facts["tuned"].get("variants", {}),
                    "cost_ms_per_image": table.cost_per_image(result["records"], defences)})
+    if test_images:
+        result["test_images"] = test_images
     if gan is not None:
         result["defense_gan"] = _gan_facts(m.folder, gan)
     shown = profiles.get(ds.name).figure_column  # the column whose blind examples the figures show
@@ -411,6 +435,15 @@ def _models_text(result: dict) -> str:
     return text
 
 
+def _images_text(result: dict) -> str:
+    """Which test images a report scored."""
+    t = result.get("test_images")
+    if t:
+        return (f"the {t['kept']} of the first {t['first']} {result['dataset']} test images that the classifier "
+                "gets right (the paper's protocol for this dataset)")
+    return f"the first {result['n']} {result['dataset']} test images"
+
+
 def table_notes(result: dict) -> list[str]:
     """The prose under table.md's table: how every number was made."""
     from apudae_tf import attacks, table
@@ -420,7 +453,7 @@ def table_notes(result: dict) -> list[str]:
                                   if k not in ("n", "method", "cascade")})
     cw_l2_steps = used.get("cw-l2", {}).get("steps", attacks.CW_L2_STEPS)
     lines = [
-        f"Made by `{result['command']}` on the first {result['n']} {result['dataset']} test images; "
+        f"Made by `{result['command']}` on {_images_text(result)}; "
         f"{_cost(result)}; {_models_text(result)}.",
         "",
         "**Attacks** (ε = %g): FGSM; R-FGSM (random step ε/2, then FGSM with ε/2); PGD = %d steps of %g with a "
@@ -495,7 +528,8 @@ ADAPTIVE_LABELS = {"clean": "clean", "pgd": "blind PGD", "bpda": "counter A", "w
 
 def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed: int = 0, budget=None,
                     lambdas=None, command: str = "", echo=None, progress_bar=None, steps: int | None = None,
-                    gan=None, gan_attack_restarts: int = GAN_ATTACK_RESTARTS, variants=("direct", "chosen")) -> dict:
+                    gan=None, gan_attack_restarts: int = GAN_ATTACK_RESTARTS, variants=("direct", "chosen"),
+                    test_images: dict | None = None) -> dict:
     """adaptive.json / adaptive.md and the detection view (roc.json / roc.png, r(x) as a detector).
 
     Rows: adversarial training (white box), the APuDAE ``variants`` (default: direct and the variant
@@ -532,6 +566,8 @@ def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed
                    "chosen_variant": facts["chosen_variant"], "budget": dataclasses.asdict(budget),
                    "lambdas": list(lambdas), "labels": ADAPTIVE_LABELS,
                    "seconds_per_image": _seconds_per_image(result["attack_seconds"])})
+    if test_images:
+        result["test_images"] = test_images
     if gan is not None:
         result["defense_gan_attacker_restarts"] = gan_attack_restarts
 
@@ -585,7 +621,7 @@ def adaptive_notes(result: dict) -> list[str]:
     s = result["attacks"]["pgd"]
     worst = [r for r in result["records"] if r["attack"] == "worst"]
     lines = [
-        f"Made by `{result['command']}`: {_cost(result)}; {_models_text(result)}.",
+        f"Made by `{result['command']}` on {_images_text(result)}: {_cost(result)}; {_models_text(result)}.",
         "",
         "**The number to quote for each defence is its worst case**: an image counts as robust only if the "
         "defence classifies it correctly clean and after every attack of its row: "

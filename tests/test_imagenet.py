@@ -178,3 +178,31 @@ def test_the_unet_dae_trains_on_random_crops_of_an_image_folder(tmp_path, monkey
     assert [type(layer).__name__ for layer in dae.dae.layers].count("MaxPooling2D") == 5
     assert dae.dae.input_shape == (None, None, None, 3)
     assert dae.stats.sigma > 0 and dae.stats.image_shape == (64, 64, 3)
+
+
+def test_reports_can_keep_only_the_images_the_classifier_gets_right(tmp_path):
+    # the paper's Table 4 protocol; the subset must key the cache apart from the full split
+    import tensorflow as tf
+
+    from apudae_tf import evaluate
+
+    rng = np.random.default_rng(2)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    labels = [0, 1, 1, 0, 1]
+    for i, img in enumerate(_images(rng, 5, 227, 227)):
+        _jpeg(flat / f"v{i}.JPEG", img)
+    (flat / "labels.txt").write_text("".join(f"v{i}.JPEG {y}\n" for i, y in enumerate(labels)))
+    ds = data.load_dataset(f"folder:{flat}")
+
+    def always_one(x):  # right on the images labelled 1
+        return tf.one_hot(tf.ones(tf.shape(x)[0], tf.int32), 2)
+
+    kept, facts = evaluate.correctly_classified(ds, always_one, 4, batch_size=3)
+    assert facts["indices"] == [1, 2] and (facts["first"], facts["kept"]) == (4, 2)
+    np.testing.assert_array_equal(kept.y_test, [1, 1])
+    np.testing.assert_allclose(kept.x_test[:], ds.x_test[[1, 2]], atol=0)
+    assert kept.source != ds.source and len(ds.x_test) == 5  # the original is untouched
+    with pytest.raises(ApudaeError, match="none of the first 1"):
+        evaluate.correctly_classified(ds, always_one, 1)
+    assert profiles.get("imagenet").correct_only and not profiles.get("mnist").correct_only

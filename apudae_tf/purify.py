@@ -174,6 +174,62 @@ def _sqrt_with_finite_gradient(v):
     return tf.where(positive, tf.sqrt(tf.where(positive, v, tf.ones_like(v))), tf.zeros_like(v))
 
 
+def _stepwise_gradient(step, lr_of, x0, n):
+    """The purification loop run forward keeping only each step's state (x_t, m_t, v_t), with a custom
+    gradient that walks the steps backwards, recomputing each under a tape for its vector-Jacobian
+    product (checkpointing at every step). The exact gradient of the plain loop, with the memory of one
+    step's activations instead of n.
+
+    ``step(k, x, m, v, lr_scale) -> (x, m, v)`` is a pure function of its arguments and the seed (the
+    noise is stateless), so the recomputation repeats the forward pass exactly; ``lr_of(x0)`` is C's
+    per-image learning-rate scale, differentiated at the end. ``tf.recompute_grad`` cannot do this: it
+    runs the forward pass with recording stopped, which also stops the step's own tape (the DAE gradient
+    that the purification descends), and a custom gradient inside the loop body reads the DAE's weights
+    where ``tf.while_loop``'s gradient cannot capture them."""
+    n = tf.cast(n, tf.int64)
+
+    @tf.custom_gradient
+    def run(x0):
+        lr = lr_of(x0)
+        zeros = tf.zeros_like(x0)
+
+        def stored():
+            return tf.TensorArray(x0.dtype, size=tf.cast(n, tf.int32), element_shape=x0.shape)
+
+        def forward(k, x, m, v, xs, ms, vs):
+            i = tf.cast(k, tf.int32)
+            return (k + 1, *step(k, x, m, v, lr), xs.write(i, x), ms.write(i, m), vs.write(i, v))
+
+        _, x, _, _, xs, ms, vs = tf.while_loop(lambda k, *_: k < n, forward,
+                                               (tf.constant(0, tf.int64), x0, zeros, zeros, stored(), stored(),
+                                                stored()))
+
+        def grad(dx, variables=None):
+            def backward(k, dx, dm, dv, dlr):
+                k = k - 1
+                i = tf.cast(k, tf.int32)
+                xk, mk, vk = xs.read(i), ms.read(i), vs.read(i)
+                with tf.GradientTape() as tape:
+                    tape.watch([xk, mk, vk, lr])
+                    out = step(k, xk, mk, vk, lr)
+                gx, gm, gv, gl = tape.gradient(out, [xk, mk, vk, lr], output_gradients=[dx, dm, dv],
+                                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return k, gx, gm, gv, dlr + gl
+
+            _, dx0, _, _, dlr = tf.while_loop(lambda k, *_: k > 0, backward,
+                                              (n, dx, tf.zeros_like(dx), tf.zeros_like(dx), tf.zeros_like(lr)))
+            with tf.GradientTape() as tape:
+                tape.watch(x0)
+                scale = lr_of(x0)
+            dx0 += tape.gradient(scale, x0, output_gradients=dlr, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            # the attacks differentiate with respect to the image, never the DAE's weights
+            return dx0, [None] * len(variables or ())
+
+        return x, grad
+
+    return run(x0)
+
+
 class Purifier:
     """Purify batches with one variant.
 
@@ -186,6 +242,11 @@ class Purifier:
 
     With ``jit_compile=True`` the loop is XLA-compiled; F and G then draw different (still seeded,
     reproducible) noise, since XLA's stateless RNG kernels differ from TF's.
+
+    With ``checkpoint=True`` the loop keeps only each step's state and its gradient recomputes the
+    steps one at a time (``_stepwise_gradient``): the memory of the exact adaptive attack no longer grows
+    with the DAE's activations × n. Values and gradients are the same; the backward pass costs about one
+    more forward pass per step. For 224-px images and the U-Net (docs/imagenet.md).
     """
 
     model_key = "dae"  # the model file whose digest keys its attacks' examples
@@ -194,7 +255,7 @@ class Purifier:
     gradient = "exact"
 
     def __init__(self, dae, stats: DaeStats, variant: str, settings: PurifySettings | None = None,
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, checkpoint: bool = False):
         if variant not in VARIANTS:
             raise ApudaeError(f"unknown purification variant {variant!r}; use one of {', '.join(VARIANTS)}")
         self.dae, self.stats, self.variant = dae, stats, variant
@@ -202,7 +263,7 @@ class Purifier:
         self.pieces = VARIANT_PIECES.get(variant)
         self._mu = tf.constant(stats.mu, tf.float32)
         self._sigma = tf.constant(max(stats.sigma, 1e-12), tf.float32)
-        self.jit_compile = jit_compile
+        self.jit_compile, self.checkpoint = jit_compile, checkpoint
         shape = tuple(int(d) for d in dae.input_shape[1:])
         scalar = tf.TensorSpec([], tf.float32)
         signature = [tf.TensorSpec([None, *shape], tf.float32), tf.TensorSpec([], tf.int64),
@@ -247,9 +308,11 @@ class Purifier:
         mu, sigma = tf.cast(self._mu, x.dtype), tf.cast(self._sigma, x.dtype)
         alpha, eps_r = tf.cast(alpha, x.dtype), tf.cast(eps_r, x.dtype)
         b1, b2 = tf.constant(ADAM_BETA_1, x.dtype), tf.constant(ADAM_BETA_2, x.dtype)
-        lr_scale = tf.reshape(p.lr_rule(self.r(x), mu, sigma), [-1, 1, 1, 1])
 
-        def step(k, x, m, v):
+        def lr_of(x0):
+            return tf.reshape(p.lr_rule(self.r(x0), mu, sigma), [-1, 1, 1, 1])
+
+        def step(k, x, m, v, lr_scale):
             if p.noise:
                 eta = tf.reshape(noise_amplitude(self.r(x), mu, sigma, eps_r), [-1, 1, 1, 1])
                 u = tf.random.stateless_uniform(tf.shape(x), tf.stack([seed, k]), -1.0, 1.0, dtype=x.dtype)
@@ -267,10 +330,14 @@ class Purifier:
                 lr_t = alpha * tf.sqrt(1.0 - tf.pow(b2, t)) / (1.0 - tf.pow(b1, t))
                 update = (m * lr_t) / (_sqrt_with_finite_gradient(v) + ADAM_EPSILON)
                 x = x - (lr_scale * update if p.lr_rule is not lr_constant else update)  # C: lr α·Φ(·)
-            return k + 1, tf.clip_by_value(x, 0.0, 1.0), m, v
+            return tf.clip_by_value(x, 0.0, 1.0), m, v
 
+        if self.checkpoint:
+            return _stepwise_gradient(step, lr_of, x, n)
+        lr_scale = lr_of(x)
         zeros = tf.zeros_like(x)
-        _, x, _, _ = tf.while_loop(lambda k, *_: k < tf.cast(n, tf.int64), step,
+        _, x, _, _ = tf.while_loop(lambda k, *_: k < tf.cast(n, tf.int64),
+                                   lambda k, x, m, v: (k + 1, *step(k, x, m, v, lr_scale)),
                                    (tf.constant(0, tf.int64), x, zeros, zeros))
         return x
 

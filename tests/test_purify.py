@@ -162,3 +162,29 @@ def test_tune_picks_the_best_validation_setting_and_purify_uses_it(tiny_models, 
 
     assert purify.default_settings("mnist", "C", tiny_models) == purify.PurifySettings(
         **profiles.get("mnist").purify_fallback)
+
+
+@pytest.mark.parametrize("variant,traced", [("A", False), ("C", True), ("D", True), ("F", True)])
+def test_checkpointed_steps_give_the_same_purification_and_gradient(dae_and_x, variant, traced):
+    # tf.recompute_grad changes what the outer tape keeps, never the values or the exact attack's gradient
+    dae, x = dae_and_x
+    r = _r(dae, x)
+    settings = purify.PurifySettings(n=3, alpha=0.02, eps_r=0.02)
+    stats = _stats(float(np.median(r)), float(r.std()))
+
+    def value_and_grad(p):
+        def run(xt):
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                out = p.function(xt, seed=3)
+                loss = tf.reduce_sum(out * tf.sin(7.0 * out))  # a loss whose gradient varies over the image
+            return out, tape.gradient(loss, xt)
+
+        out, grad = (tf.function(run) if traced else run)(tf.constant(x))  # traced: as the attacks run it
+        return out.numpy(), grad.numpy()
+
+    out, grad = value_and_grad(purify.Purifier(dae, stats, variant, settings))
+    out_c, grad_c = value_and_grad(purify.Purifier(dae, stats, variant, settings, checkpoint=True))
+    np.testing.assert_allclose(out_c, out, atol=1e-6)
+    assert np.abs(grad).max() > 0
+    np.testing.assert_allclose(grad_c, grad, atol=1e-5 * np.abs(grad).max())

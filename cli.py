@@ -419,9 +419,11 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
     model_fn = m.classifier_fn()
     defence, seen = None, None
     if adaptive:
+        from apudae_tf import profiles
         from apudae_tf.purify import Purifier, default_settings
 
-        defence = Purifier(m.dae, m.stats, variant, default_settings(ds.name, variant, folder))
+        defence = Purifier(m.dae, m.stats, variant, default_settings(ds.name, variant, folder),
+                           checkpoint=profiles.get(ds.name).checkpoint_steps)
         seen = {"variant": variant, **dataclasses.asdict(defence.settings)}
     with progress_bar(len(x), f"{method} on {len(x)} {split} images") as bar:
         x_adv = attacks.run_attack(method, model_fn, x, y, settings, batch_size,

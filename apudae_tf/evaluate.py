@@ -239,7 +239,7 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None, paper=N
         s = default_settings(ds.name, v, m.folder)
         if n_text:
             s = dataclasses.replace(s, n=int(n_text))
-        p = Purifier(m.dae, m.stats, v, s)
+        p = Purifier(m.dae, m.stats, v, s, checkpoint=profiles.get(ds.name).checkpoint_steps)
         label = f"{v} (n={n_text})" if n_text else v
         row = f"apudae {v}" + (f" n={n_text}" if n_text else "")
         if v == "direct":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from apudae_tf import models, names, profiles, store
+from apudae_tf import names, profiles, store
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 

@@ -1,7 +1,6 @@
 """ImageNet's pieces on tiny images: the U-Net of spec §1, image folders in both layouts with bad files,
 the converter's restricted unpickler, and the shipped EfficientNet-Lite0 on real validation images."""
 
-import io
 import os
 import pickle
 import sys
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from apudae_tf import data, imagefolder, models, profiles, store
+from apudae_tf import data, models, profiles, store
 from apudae_tf.errors import ApudaeError
 from conftest import data_dir
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apudae_tf import models, purify, store, train
+from apudae_tf import models, purify, store
 
 SHAPE = (28, 28, 1)
 

@@ -97,7 +97,7 @@ def test_resnet_training_checkpoints_and_resumes_after_an_interruption(tmp_path,
 
 @pytest.mark.slow
 def test_cifar10_table_runs_every_variant_and_attack_on_colour_images(tiny_cifar_models, tmp_path):
-    from apudae_tf import evaluate, table
+    from apudae_tf import evaluate
 
     rng = np.random.default_rng(0)
     x = rng.random((6, 32, 32, 3), dtype=np.float32)

@@ -64,7 +64,7 @@ def _tiny_mnist(n=12):
 
 @pytest.mark.slow
 def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny_models, tmp_path, monkeypatch):
-    from apudae_tf import attacks, evaluate, store, train
+    from apudae_tf import attacks, evaluate, store
     from apudae_tf.store import load_models
 
     ds = _tiny_mnist()

@@ -264,7 +264,7 @@ class Purifier:
         self._mu = tf.constant(stats.mu, tf.float32)
         self._sigma = tf.constant(max(stats.sigma, 1e-12), tf.float32)
         self.jit_compile, self.checkpoint = jit_compile, checkpoint
-        shape = tuple(int(d) for d in dae.input_shape[1:])
+        shape = tuple(None if d is None else int(d) for d in dae.input_shape[1:])  # the U-Net takes any size
         scalar = tf.TensorSpec([], tf.float32)
         signature = [tf.TensorSpec([None, *shape], tf.float32), tf.TensorSpec([], tf.int64),
                      tf.TensorSpec([], tf.int32), scalar, scalar, scalar, scalar]

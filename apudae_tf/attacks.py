@@ -20,7 +20,7 @@ from cleverhans.tf2.attacks.carlini_wagner_l2 import CarliniWagnerL2
 from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from apudae_tf import models, names, profiles
+from apudae_tf import fitting, models, names, profiles
 from apudae_tf.errors import ApudaeError
 
 METHODS = names.ATTACK_METHODS + names.ADAPTIVE_METHODS + names.ENSEMBLE_METHODS
@@ -333,7 +333,7 @@ def eot_gradient(model_fn, loss, x, y, target, eot: int = 1):
     args = tf.constant(x, tf.float32), tf.constant(y, tf.int64), tf.constant(target, tf.int64)
     total = None
     for _ in range(eot):
-        out = [t.numpy() for t in fn(*args)]
+        out = [t.numpy() for t in fitting.across_replicas(fn, *args)]
         total = out if total is None else [a + b for a, b in zip(total, out)]
     return [t / eot for t in total]
 

@@ -28,15 +28,47 @@ from apudae_tf.errors import ApudaeError
 DEVICES_ENV = "APUDAE_DEVICES"  # comma-separated devices to mirror training over, e.g. /cpu:0,/cpu:1
 
 
+_STRATEGIES: dict = {}
+
+
 def strategy() -> tf.distribute.Strategy:
     """MirroredStrategy over ``$APUDAE_DEVICES`` or over every visible GPU when there are several, else the
-    default strategy (one device: the code path is the same)."""
-    named = [d for d in os.environ.get(DEVICES_ENV, "").split(",") if d.strip()]
-    if len(named) > 1:
-        return tf.distribute.MirroredStrategy(devices=named)
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    default strategy (one device: the code path is the same). One object per device set, so models loaded
+    in its scope are used by the same strategy that mirrored them."""
+    named = tuple(d for d in os.environ.get(DEVICES_ENV, "").split(",") if d.strip())
+    gpus = len(tf.config.list_logical_devices("GPU"))
+    if len(named) < 2 and gpus < 2:
+        return tf.distribute.get_strategy()
+    key = named if len(named) > 1 else ("gpus", gpus)
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = (tf.distribute.MirroredStrategy(devices=list(named)) if len(named) > 1
+                            else tf.distribute.MirroredStrategy())
+    return _STRATEGIES[key]
+
+
+def across_replicas(fn, *batch):
+    """``fn(*batch)`` with the batch split into contiguous slices over the strategy's replicas and the
+    results concatenated in order: batched purification and attack gradients on several devices. On one
+    device (or a batch smaller than the replicas) it is ``fn(*batch)``. ``fn`` returns a tensor or a
+    tuple of tensors whose first axis is the batch's.
+
+    A random purification (F, G) draws its noise per replica from the same seed, so on k devices it
+    differs from one device's (still reproducible); deterministic work gives the same numbers."""
+    s = strategy()
+    k = s.num_replicas_in_sync
+    n = int(batch[0].shape[0])
+    if k == 1 or n < k:
+        return fn(*batch)
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    values = s.experimental_distribute_values_from_function(
+        lambda ctx: tuple(b[bounds[ctx.replica_id_in_sync_group]: bounds[ctx.replica_id_in_sync_group + 1]]
+                          for b in batch))
+    # a plain callable: MirroredStrategy would wrap a tf.function in its own and bind the per-replica values
+    # to its signature
+    parts = s.experimental_local_results(s.run(lambda *b: fn(*b), args=values))
+    if isinstance(parts[0], (tuple, list)):
+        return type(parts[0])(tf.concat([p[j] for p in parts], 0) for j in range(len(parts[0])))
+    return tf.concat(parts, 0)
 
 
 def verbose() -> int:

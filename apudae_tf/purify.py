@@ -35,7 +35,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from apudae_tf import models, names, profiles
+from apudae_tf import fitting, models, names, profiles
 from apudae_tf.errors import ApudaeError
 from apudae_tf.store import DaeStats
 
@@ -353,7 +353,8 @@ class Purifier:
         seed = self.settings.seed if seed is None else seed
         out = []
         for j, i in enumerate(range(0, len(x), batch_size)):
-            out.append(self.purify(x[i : i + batch_size], seed=seed + j).numpy())
+            out.append(fitting.across_replicas(lambda b, j=j: self.purify(b, seed=seed + j),
+                                               tf.constant(x[i : i + batch_size], tf.float32)).numpy())
             if progress:
                 progress(min(i + batch_size, len(x)))
         return np.concatenate(out) if out else np.zeros_like(x)

@@ -209,8 +209,11 @@ def load_model(path: str):
 
     if not os.path.isfile(path):
         raise ApudaeError(f"no model at {path}; train one with `apudae-tf train` or pass --models DIR")
+    from apudae_tf import fitting
+
     try:
-        return keras.models.load_model(path, compile=False)
+        with fitting.strategy().scope():  # mirrored variables when several devices purify and attack
+            return keras.models.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for a corrupt archive
         raise ApudaeError(f"cannot load the model {path} ({first_line(e)})") from None
 

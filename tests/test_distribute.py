@@ -51,3 +51,55 @@ def test_mirrored_training_on_two_devices_matches_one_device():
 
 def _flat(v):
     return [x for e in v for x in _flat(e)] if isinstance(v, list) else [v]
+
+
+# Purification and the attacks' gradients over two logical CPU devices: the batch is split over the
+# replicas and put back in order; a deterministic variant gives one device's numbers.
+SCRIPT_PURIFY = r"""
+import json, os, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from apudae_tf import attacks, fitting, models, purify, store
+
+rng = np.random.default_rng(0)
+x = rng.random((7, 8, 8, 1)).astype("float32")  # odd: the replicas get 3 and 4 images
+y = np.arange(7) % 3
+keras.utils.set_random_seed(0)
+dae = models.build_dae((8, 8, 1), filters=8, dropout=0.0)
+clf = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+out = {}
+for name, devices in (("one", ""), ("two", "/cpu:0,/cpu:1")):
+    os.environ[fitting.DEVICES_ENV] = devices
+    with fitting.strategy().scope():
+        d, c = keras.models.clone_model(dae), keras.models.clone_model(clf)
+    d.set_weights(dae.get_weights()); c.set_weights(clf.get_weights())
+    stats = store.DaeStats(0.5, 0.1, 0.1, (8, 8, 1), "toy", {})
+    res = {"replicas": fitting.strategy().num_replicas_in_sync}
+    for v in ("D", "F"):
+        p = purify.Purifier(d, stats, v, purify.PurifySettings(n=3, alpha=0.05, eps_r=0.02))
+        res[v] = p.purify_array(x, batch_size=7).tolist()
+        model = attacks.DefendedModel(p, lambda b: c(b), "exact", seed=1)
+        res[v + "_grad"] = attacks.eot_gradient(model, attacks.ce_loss, x, y, y, eot=2)[2].tolist()
+    out[name] = res
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_purification_and_attack_gradients_over_two_devices():
+    import numpy as np
+
+    res = subprocess.run([sys.executable, "-c", SCRIPT_PURIFY], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": REPO}, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    one, two = out["one"], out["two"]
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    np.testing.assert_allclose(two["D"], one["D"], atol=1e-5)
+    grad = np.asarray(one["D_grad"])
+    assert np.abs(grad).max() > 0
+    np.testing.assert_allclose(two["D_grad"], grad, atol=1e-5 * np.abs(grad).max())
+    # F draws its noise per replica: purified, and attacked through, but not one device's draws
+    f1, f2 = np.asarray(one["F"]), np.asarray(two["F"])
+    assert f2.shape == f1.shape and 0 <= f2.min() and f2.max() <= 1 and np.abs(np.asarray(two["F_grad"])).max() > 0

@@ -257,6 +257,9 @@ def main():
 @click.option("--dae-filters", type=click.IntRange(min=1), default=None,
               help="Channels of the DAE's layers (default: its architecture's, Table 1: 64, U-Net: 48). Wider is "
                    "an experiment, reported under its own name.")
+@click.option("--mixed-precision", is_flag=True,
+              help="--what dae: train in mixed precision (float16 on a GPU, bfloat16 on a CPU; variables and the "
+                   "saved model stay float32, so purification and attacks run in float32).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Model folder to write (default: ./apudae-runs/<dataset>/models). A folder that already holds "
                    "what this training writes is refused unless --force; so is a shipped model folder.")
@@ -278,8 +281,8 @@ def main():
                    "the options above override its fields.")
 @data_dir_option
 @friendly_errors
-def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch_size, dae_filters, out_dir, force,
-          seed, eps, steps, step_size, sigma_max, profile_path, data_dir):
+def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch_size, dae_filters, mixed_precision,
+          out_dir, force, seed, eps, steps, step_size, sigma_max, profile_path, data_dir):
     """Train the classifier and/or the DAE on DATASET.
 
     Writes OUT/classifier.keras, OUT/dae.keras and OUT/dae_stats.json (the
@@ -314,7 +317,7 @@ def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch
     for part in todo:
         n_epochs = epochs or training.default_epochs(ds.name, part)
         settings = training.TrainSettings(epochs=n_epochs, batch_size=batch_size, seed=seed, arch=arch,
-                                          dae_filters=dae_filters)
+                                          dae_filters=dae_filters, mixed_precision=mixed_precision)
         click.echo(f"training the {part} on {ds.name} ({len(ds.x_train)} images, {n_epochs} epochs) -> {out_dir}",
                    err=True)
         with contextlib.redirect_stdout(sys.stderr):  # Keras' progress lines; stdout carries the summary only

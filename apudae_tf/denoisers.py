@@ -121,14 +121,22 @@ def train_dae(x_train: np.ndarray, x_val: np.ndarray, sigma_max: float, settings
     ``backup`` (a temporary folder). ``filters``: the architecture's own width when None; ``patch``: train
     on random crops of that size (image folders)."""
     keras.utils.set_random_seed(settings.seed)
-    with fitting.strategy().scope():
-        dae = models.build_denoiser(arch, tuple(x_train.shape[1:]), filters)
-        dae.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="mse")
-    data = noisy_pairs(x_train, sigma_max, settings.batch_size, settings.seed, linf_max, given, patch)
-    val = noisy_pairs(x_val, sigma_max, settings.batch_size, settings.seed + 1, linf_max, patch=patch)
-    recipe = {**dataclasses.asdict(settings), "filters": filters, "arch": arch, "patch": patch, "sigma_max": sigma_max,
-              "linf_max": linf_max, "given": 0 if given is None else len(given[0])}
-    fitting.fit(dae, data, settings.epochs, backup, recipe, "dae", echo, resume, validation_data=val)
+    shape = tuple(x_train.shape[1:])
+    with fitting.precision(settings.mixed_precision):
+        with fitting.strategy().scope():
+            dae = models.build_denoiser(arch, shape, filters)
+            dae.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="mse")
+        data = noisy_pairs(x_train, sigma_max, settings.batch_size, settings.seed, linf_max, given, patch)
+        val = noisy_pairs(x_val, sigma_max, settings.batch_size, settings.seed + 1, linf_max, patch=patch)
+        recipe = {**dataclasses.asdict(settings), "filters": filters, "arch": arch, "patch": patch,
+                  "sigma_max": sigma_max, "linf_max": linf_max, "given": 0 if given is None else len(given[0])}
+        fitting.fit(dae, data, settings.epochs, backup, recipe, "dae", echo, resume, validation_data=val)
+    if settings.mixed_precision:
+        # the same weights (float32 variables) in a float32 model: the purification's maths stays float32
+        with fitting.strategy().scope():
+            f32 = models.build_denoiser(arch, shape, filters)
+        f32.set_weights(dae.get_weights())
+        dae = f32
     return dae
 
 

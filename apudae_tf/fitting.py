@@ -14,6 +14,7 @@ its whole history.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,6 +70,19 @@ def across_replicas(fn, *batch):
     if isinstance(parts[0], (tuple, list)):
         return type(parts[0])(tf.concat([p[j] for p in parts], 0) for j in range(len(parts[0])))
     return tf.concat(parts, 0)
+
+
+@contextlib.contextmanager
+def precision(mixed: bool):
+    """Keras' global dtype policy for the models built inside: mixed float16 on a GPU, mixed bfloat16 on a
+    CPU (float16 has few fast CPU kernels), float32 when not ``mixed``; restored on exit."""
+    before = keras.config.dtype_policy()
+    if mixed:
+        keras.config.set_dtype_policy("mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
 
 
 def verbose() -> int:

@@ -50,7 +50,7 @@ def build_dae(
     if d2.shape[1] != h or d2.shape[2] != w:
         # odd sizes: the stride-2 deconv overshoots by one pixel
         d2 = layers.Cropping2D(((0, d2.shape[1] - h), (0, d2.shape[2] - w)), name="crop")(d2)
-    out = layers.Activation("sigmoid", name="sigmoid")(d2)
+    out = layers.Activation("sigmoid", name="sigmoid", dtype=_output_dtype())(d2)
     return keras.Model(x, out, name=name)
 
 
@@ -58,6 +58,12 @@ def build_dae(
 UNET_FILTERS = 48
 UNET_STAGES = 5
 UNET_SLOPE = 0.1
+
+
+def _output_dtype():
+    """A DAE's last layer: float32 under a mixed-precision policy (the loss and r(x) in full precision),
+    else the policy's own (float32, or float64 for the gradient checks)."""
+    return "float32" if keras.config.dtype_policy().name.startswith("mixed") else None
 
 
 def build_unet(image_shape: tuple[int, int, int], filters: int = UNET_FILTERS, name: str = "dae") -> keras.Model:
@@ -91,7 +97,7 @@ def build_unet(image_shape: tuple[int, int, int], filters: int = UNET_FILTERS, n
     t = layers.Conv2D(c, 3, padding="same", name="out_conv")(t)
     if pad_h or pad_w:
         t = layers.Cropping2D(((0, pad_h), (0, pad_w)), name="crop")(t)
-    return keras.Model(x, layers.Activation("sigmoid", name="sigmoid")(t), name=name)
+    return keras.Model(x, layers.Activation("sigmoid", name="sigmoid", dtype=_output_dtype())(t), name=name)
 
 
 DAE_ARCHS = {"table1": build_dae, "unet": build_unet}

@@ -24,6 +24,7 @@ class TrainSettings:
     seed: int = 0
     arch: str | None = None  # the classifier's (names.CLASSIFIER_ARCHS); None = the profile's default
     dae_filters: int | None = None  # the DAE's channels; None: its architecture's (Table 1: 64, U-Net: 48)
+    mixed_precision: bool = False  # the DAE trains in float16 (GPU) / bfloat16 (CPU); saved in float32
 
 
 def default_epochs(dataset: str, part: str) -> int:

@@ -33,16 +33,22 @@ for name, devices in (("one", ""), ("two", "/cpu:0,/cpu:1")):
     history = fitting.fit(dae, data, 2, None, {}, "dae", echo=lambda m: None)
     out[name] = {"replicas": strategy.num_replicas_in_sync, "loss": [h["loss"] for h in history],
                  "weights": [np.asarray(w).tolist() for w in dae.get_weights()]}
-print(json.dumps(out))
+trained = out
 """
 
 
+@pytest.fixture(scope="module")
+def mirrored():
+    """Both scripts in one fresh interpreter (TensorFlow starts once)."""
+    res = subprocess.run([sys.executable, "-c", SCRIPT + SCRIPT_PURIFY], capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "PYTHONPATH": REPO}, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
-def test_mirrored_training_on_two_devices_matches_one_device():
-    res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": REPO}, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+def test_mirrored_training_on_two_devices_matches_one_device(mirrored):
+    out = mirrored["train"]
     assert out["one"]["replicas"] == 1 and out["two"]["replicas"] == 2  # the second run really is mirrored
     assert out["one"]["loss"] == pytest.approx(out["two"]["loss"], rel=1e-5)  # two steps, the same losses
     for a, b in zip(out["one"]["weights"], out["two"]["weights"]):
@@ -56,11 +62,7 @@ def _flat(v):
 # Purification and the attacks' gradients over two logical CPU devices: the batch is split over the
 # replicas and put back in order; a deterministic variant gives one device's numbers.
 SCRIPT_PURIFY = r"""
-import json, os, numpy as np, tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras
-from apudae_tf import attacks, fitting, models, purify, store
+from apudae_tf import attacks, purify, store
 
 rng = np.random.default_rng(0)
 x = rng.random((7, 8, 8, 1)).astype("float32")  # odd: the replicas get 3 and 4 images
@@ -82,19 +84,15 @@ for name, devices in (("one", ""), ("two", "/cpu:0,/cpu:1")):
         model = attacks.DefendedModel(p, lambda b: c(b), "exact", seed=1)
         res[v + "_grad"] = attacks.eot_gradient(model, attacks.ce_loss, x, y, y, eot=2)[2].tolist()
     out[name] = res
-print(json.dumps(out))
+print(json.dumps({"train": trained, "purify": out}))
 """
 
 
 @pytest.mark.slow
-def test_purification_and_attack_gradients_over_two_devices():
+def test_purification_and_attack_gradients_over_two_devices(mirrored):
     import numpy as np
 
-    res = subprocess.run([sys.executable, "-c", SCRIPT_PURIFY], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": REPO}, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    one, two = out["one"], out["two"]
+    one, two = mirrored["purify"]["one"], mirrored["purify"]["two"]
     assert (one["replicas"], two["replicas"]) == (1, 2)
     np.testing.assert_allclose(two["D"], one["D"], atol=1e-5)
     grad = np.asarray(one["D_grad"])

@@ -48,13 +48,14 @@ def test_a_unet_purifies_and_is_attacked_at_any_size_multiple_of_32():
     assert unet.input_shape[1:3] == (None, None)
     stats = store.DaeStats(0.5, 0.1, 0.15, (64, 64, 3), "imagenet", {})
     p = purify.Purifier(unet, stats, "C", purify.PurifySettings(n=2, alpha=0.01), checkpoint=True)
-    for side in (64, 96):
-        x = tf.constant(np.random.default_rng(side).random((1, side, side, 3), dtype=np.float32))
-        assert p.purify(x).shape == x.shape
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(p.function(x) ** 2)
-        assert np.abs(tape.gradient(loss, x).numpy()).max() > 0
+    big = np.random.default_rng(0).random((1, 96, 96, 3), dtype=np.float32)
+    assert p.purify(big).shape == big.shape
+    x = tf.constant(big[:, :64, :64])
+    assert p.purify(x).shape == x.shape  # the same trace
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(p.function(x) ** 2)
+    assert np.abs(tape.gradient(loss, x).numpy()).max() > 0
 
 
 def test_unet_pads_sizes_that_are_not_multiples_of_32():

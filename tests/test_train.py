@@ -39,8 +39,8 @@ def test_dae_training_lowers_the_loss():
 def test_mixed_precision_trains_the_dae_and_saves_it_in_float32():
     import keras
 
-    x_train, x_val = _digits(256, 0), _digits(64, 1)
-    settings = train.TrainSettings(epochs=2, batch_size=64, learning_rate=3e-3, mixed_precision=True)
+    x_train, x_val = _digits(128, 0), _digits(32, 1)
+    settings = train.TrainSettings(epochs=2, batch_size=32, learning_rate=3e-3, mixed_precision=True)
     dae = denoisers.train_dae(x_train, x_val, 0.5, settings, filters=8)
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     assert {layer.dtype_policy.name for layer in dae.layers} == {"float32"}  # a float32 model ...

@@ -440,7 +440,7 @@ def _images_text(result: dict) -> str:
     t = result.get("test_images")
     if t:
         return (f"the {t['kept']} of the first {t['first']} {result['dataset']} test images that the classifier "
-                "gets right (the paper's protocol for this dataset)")
+                "gets right (`--correct-only`, the paper's protocol for ImageNet)")
     return f"the first {result['n']} {result['dataset']} test images"
 
 

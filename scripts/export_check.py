@@ -24,18 +24,21 @@ from apudae_tf import data, pipeline, store
 ap = argparse.ArgumentParser()
 ap.add_argument("--n", type=int, default=10000)
 ap.add_argument("--out", default="results/mnist/export.json")
+ap.add_argument("--models", default=None, help="model folder (default: the shipped saved_models/mnist)")
 args = ap.parse_args()
 
 ds = data.load_dataset("mnist")
 x, y = ds.x_test[: args.n], ds.y_test[: args.n]
-report = {"command": f"python scripts/export_check.py --n {args.n}", "n": int(len(x)), "split": "test",
+models = ["--models", args.models] if args.models else []
+report = {"command": "python scripts/export_check.py " + " ".join(sys.argv[1:]), "n": int(len(x)), "split": "test",
+          "models": args.models or "saved_models/mnist",
           "tensorflow": tf.__version__, "variants": {}}
 with tempfile.TemporaryDirectory() as tmp:
     clean = os.path.join(tmp, "clean.npz")
     pipeline.write(pipeline.Batch(x=x, y=y, meta={"dataset": "mnist"}), clean)
     for variant in ("F", "B"):
         base = os.path.join(tmp, f"apudae_mnist_{variant}")
-        subprocess.run(["apudae-tf", "export", "--dataset", "mnist", "--variant", variant, "--out", base],
+        subprocess.run(["apudae-tf", "export", "--dataset", "mnist", "--variant", variant, "--out", base, *models],
                        check=True, stdout=subprocess.DEVNULL)
         loaded = tf.saved_model.load(os.path.join(base, "1"))
         # B, deterministic, must give what `apudae-tf purify` gives when batched alike: requests of
@@ -51,7 +54,7 @@ with tempfile.TemporaryDirectory() as tmp:
                 served = np.concatenate([o["purified"].numpy() for o in outs])
         if variant == "B":
             purified = os.path.join(tmp, "purified.npz")
-            subprocess.run(["apudae-tf", "purify", "--variant", "B", "--batch-size", str(request), "-i", clean,
+            subprocess.run(["apudae-tf", "purify", "--variant", "B", "--batch-size", str(request), "-i", clean, *models,
                             "-o", purified], check=True, stderr=subprocess.DEVNULL)
             diff = np.abs(served - pipeline.read(purified).x).reshape(len(x), -1).max(axis=1)
             row["max_abs_diff_vs_apudae_tf_purify"] = float(diff.max())

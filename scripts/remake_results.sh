@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Re-make the committed results with the current code, into a scratch folder (never over results/), and
+# compare each with the committed one cell by cell (scripts/compare_reports.py). Resumable: a step whose
+# output exists is skipped, and the evaluations resume from their caches. The outcome is docs/remake.md.
+#
+#   APUDAE_DATA_DIR=../shared/data bash scripts/remake_results.sh [OUT]      (default OUT: apudae-runs/remake)
+#
+# Hours on 2 CPU cores (the three tables ~1 h, the tuning runs ~1 h, the pipelines and the export check
+# ~30 min). The adaptive reports are re-made in place by their own commands (results/*/adaptive.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-apudae-runs/remake}
+mkdir -p "$out/compare"
+step() {  # step NAME OUTPUT COMMAND...: run unless OUTPUT exists
+  local name=$1 output=$2
+  shift 2
+  if [ -e "$output" ]; then echo "== $name: $output exists, skipped" >&2; return; fi
+  echo "== $name: $*" >&2
+  "$@"
+}
+compare() {  # compare NAME COMMITTED REMADE
+  python scripts/compare_reports.py "$2" "$3" --json "$out/compare/$1.json" | tee "$out/compare/$1.txt"
+}
+
+step "MNIST table" "$out/mnist/table.json" apudae-tf evaluate mnist --out "$out/mnist"
+compare mnist-table results/mnist/table.json "$out/mnist/table.json"
+step "CIFAR-10 table" "$out/cifar10/table.json" \
+  apudae-tf evaluate cifar10 --variants all --n 2000 --out "$out/cifar10"
+compare cifar10-table results/cifar10/table.json "$out/cifar10/table.json"
+step "CIFAR-10 adapted table" "$out/cifar10-adapted/table.json" \
+  apudae-tf evaluate cifar10 --models saved_models/cifar10-adapted --variants all --n 2000 --no-adv-training \
+  --out "$out/cifar10-adapted"
+compare cifar10-adapted-table results/cifar10-adapted/table.json "$out/cifar10-adapted/table.json"
+
+all=direct,A,B,C,D,E,F,G
+step "MNIST tune" "$out/tune-mnist/tune.json" \
+  apudae-tf tune mnist --variants $all --n-val 300 --seed 0 --out "$out/tune-mnist"
+compare mnist-tune results/mnist/tune.json "$out/tune-mnist/tune.json"
+step "MNIST (paper recipe) tune" "$out/tune-mnist-paper/tune.json" \
+  apudae-tf tune mnist --models saved_models/mnist-paper --variants $all --n-val 300 --seed 0 \
+  --out "$out/tune-mnist-paper"
+compare mnist-paper-tune results/mnist-paper/tune.json "$out/tune-mnist-paper/tune.json"
+step "CIFAR-10 tune" "$out/tune-cifar10/tune.json" \
+  apudae-tf tune cifar10 --variants $all --n-val 500 --seed 0 --out "$out/tune-cifar10"
+compare cifar10-tune results/cifar10/tune.json "$out/tune-cifar10/tune.json"
+
+step "MNIST pipeline" "$out/mnist/pipeline_pgd.json" \
+  bash scripts/mnist_pipeline.sh 500 saved_models/mnist "$out/mnist/pipeline_pgd.json"
+step "MNIST (paper recipe) pipeline" "$out/mnist-paper/pipeline_pgd.json" \
+  bash scripts/mnist_pipeline.sh 500 saved_models/mnist-paper "$out/mnist-paper/pipeline_pgd.json"
+python - "$out" <<'EOF'
+import json, sys
+out = sys.argv[1]
+for name in ("mnist", "mnist-paper"):
+    old = json.load(open(f"results/{name}/pipeline_pgd.json"))["rows"]
+    new = json.load(open(f"{out}/{name}/pipeline_pgd.json"))["rows"]
+    diff = {f"{v} {c}": [old[v][c], new[v][c]] for v in old for c in old[v] if old[v][c] != new.get(v, {}).get(c)}
+    print(f"{name} pipeline: {sum(len(r) for r in old.values())} cells, differ: {diff or 'none'}")
+EOF
+step "export check" "$out/mnist-paper/export.json" \
+  python scripts/export_check.py --n 10000 --models saved_models/mnist-paper --out "$out/mnist-paper/export.json"
+python - "$out" <<'EOF2'
+import json, sys
+old = json.load(open("results/mnist-paper/export.json"))["variants"]
+new = json.load(open(f"{sys.argv[1]}/mnist-paper/export.json"))["variants"]
+diff = {f"{v} {k}": [old[v][k], new[v].get(k)] for v in old for k in old[v] if old[v][k] != new[v].get(k)}
+print(f"mnist-paper export: differ: {diff or 'none'}")
+EOF2

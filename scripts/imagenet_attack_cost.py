@@ -23,7 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def measure(args):
     """One configuration, in this process: prints one JSON line."""
     import numpy as np
-    import tensorflow as tf
 
     from apudae_tf import attacks, data, models, profiles, purify, store
 

@@ -316,13 +316,12 @@ def correctly_classified(ds: Dataset, classifier_fn, n: int, batch_size: int = 1
     import dataclasses
     import hashlib
 
-    x, y = ds.x_test, ds.y_test[:n]
-    pred = np.concatenate([np.argmax(models.predict_in_batches(classifier_fn, x[a : min(a + batch_size, n)], batch_size), 1)
-                           for a in range(0, n, batch_size)]) if n else np.zeros(0, np.int64)
-    keep = np.flatnonzero(pred == y)
+    # take: a view of an image folder (decoded a batch at a time by predict_in_batches), a copy of an array
+    logits = models.predict_in_batches(classifier_fn, ds.x_test.take(np.arange(n), axis=0), batch_size)
+    keep = np.flatnonzero(np.argmax(logits, -1) == ds.y_test[:n]) if n else np.zeros(0, np.int64)
     if not len(keep):
         raise ApudaeError(f"the classifier gets none of the first {n} test images right: nothing to attack")
-    x_kept = x.take(keep) if hasattr(x, "take") else x[keep]
+    x_kept = ds.x_test.take(keep, axis=0)
     digest = hashlib.sha256(keep.astype(np.int64).tobytes()).hexdigest()[:16]
     kept = dataclasses.replace(ds, x_test=x_kept, y_test=ds.y_test[keep],
                                source=f"{ds.source} | correctly classified of the first {n}: {digest}")

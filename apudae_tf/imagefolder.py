@@ -132,8 +132,11 @@ class FolderImages:
     def __array__(self, dtype=None, copy=None):
         return self[:] if dtype is None else self[:].astype(dtype)
 
-    def take(self, index) -> "FolderImages":
-        """A sub-folder view (no decoding): the files at ``index``."""
+    def take(self, index, axis: int = 0) -> "FolderImages":
+        """A sub-folder view (no decoding): the files at ``index``; ``numpy.take``'s signature, so code that
+        selects images works on arrays and folders alike (``x.take(idx, axis=0)``)."""
+        if axis != 0:
+            raise ValueError("an image folder is taken along its first axis only")
         return FolderImages([self.files[i] for i in np.arange(len(self.files))[index]], self.size, self.resize)
 
     def load(self, path):

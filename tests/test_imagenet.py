@@ -225,3 +225,9 @@ def test_reports_can_keep_only_the_images_the_classifier_gets_right(tmp_path):
     with pytest.raises(ApudaeError, match="none of the first 1"):
         evaluate.correctly_classified(ds, always_one, 1)
     assert profiles.get("imagenet").correct_only and not profiles.get("mnist").correct_only
+    # arrays take the same path (numpy's take without axis would flatten them)
+    arrays = data.Dataset("toy", *[np.zeros((0, 4, 4, 3), np.float32), np.zeros(0, np.int64)] * 2,
+                          np.asarray(ds.x_test[:5]), np.asarray(labels), "toy")
+    kept_a, facts_a = evaluate.correctly_classified(arrays, always_one, 4, batch_size=3)
+    assert facts_a["indices"] == [1, 2] and kept_a.x_test.shape == (2, 224, 224, 3)
+    np.testing.assert_allclose(kept_a.x_test, kept.x_test[:], atol=0)

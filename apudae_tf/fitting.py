@@ -131,7 +131,12 @@ def _check_resume(folder: str, settings: dict, resume: bool, what: str) -> None:
     if os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
-        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        # A setting added by a later version is absent from an older checkpoint; when the run asks for it
+        # off (None or False) the recipe is the one the checkpoint was started with.
+        changed = sorted(k for k in set(saved) | set(settings)
+                         if saved.get(k) != settings.get(k)
+                         and not (k not in saved and settings[k] in (None, False))
+                         and not (k not in settings and saved[k] in (None, False)))
         if changed:
             raise ApudaeError(f"{what}: the checkpoint in {folder} was started with other settings "
                               f"({', '.join(f'{k}: {saved.get(k)} -> {settings.get(k)}' for k in changed)}); "

@@ -257,3 +257,14 @@ def test_cifar10_adaptive_report_attacks_the_chosen_variant_beside_the_papers_co
     assert set(chosen) == {"clean", "pgd", "bpda", "weighted", "apgd-ce", "apgd-t", "square", "worst"}
     assert chosen["bpda"]["paper"] == 0.680 and chosen["weighted"]["paper"] == 0.507
     assert chosen["apgd-ce"]["settings"]["defence"]["n"] == 2
+
+
+def test_a_resume_refuses_changed_settings_but_not_a_later_version_s_new_setting_left_off(tmp_path):
+    backup = tmp_path / ".dae_backup"
+    backup.mkdir()
+    store.write_json(str(backup / "settings.json"), {"epochs": 60, "patch": 128})
+    fitting._check_resume(str(backup), {"epochs": 60, "patch": 128, "mixed_precision": False}, True, "dae")
+    with pytest.raises(ApudaeError, match=r"mixed_precision: None -> True"):
+        fitting._check_resume(str(backup), {"epochs": 60, "patch": 128, "mixed_precision": True}, True, "dae")
+    with pytest.raises(ApudaeError, match=r"patch: 128 -> 64"):
+        fitting._check_resume(str(backup), {"epochs": 60, "patch": 64}, True, "dae")

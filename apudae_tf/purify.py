@@ -216,8 +216,12 @@ def _stepwise_gradient(step, lr_of, x0, n):
                                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
                 return k, gx, gm, gv, dlr + gl
 
+            # One iteration at a time: each step's recomputation depends only on its stored state, so with
+            # the default parallel_iterations (10) the executor would run ten of them ahead of the chained
+            # vector-Jacobian products and hold their activations, the memory this function exists to save.
             _, dx0, _, _, dlr = tf.while_loop(lambda k, *_: k > 0, backward,
-                                              (n, dx, tf.zeros_like(dx), tf.zeros_like(dx), tf.zeros_like(lr)))
+                                              (n, dx, tf.zeros_like(dx), tf.zeros_like(dx), tf.zeros_like(lr)),
+                                              parallel_iterations=1)
             with tf.GradientTape() as tape:
                 tape.watch(x0)
                 scale = lr_of(x0)

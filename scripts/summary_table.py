@@ -33,6 +33,6 @@ for path in sorted(glob.glob(os.path.join(ROOT, "results", "*", "adaptive.json")
     for name in dict.fromkeys(r["defence"] for r in report["records"]):
         worst = cells[(name, "worst")]
         lo, hi = worst["ci95"]
-        print(f"| [{report['dataset']}]({rel}) | {name} | {cells[(name, 'clean')]['accuracy']:.3f} | "
+        print(f"| [{os.path.basename(os.path.dirname(path))}]({rel}) | {name} | {cells[(name, 'clean')]['accuracy']:.3f} | "
               f"{cells[(name, 'pgd')]['accuracy']:.3f} | **{worst['accuracy']:.3f}** [{lo:.3f}, {hi:.3f}] | "
               f"{worst['n']} |")

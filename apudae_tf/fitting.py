@@ -120,6 +120,15 @@ class EpochLog(keras.callbacks.Callback):
                   + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
 
 
+def _same_setting(saved: dict, settings: dict, key: str) -> bool:
+    """Equal values; or a setting a later version added, absent from one side and off on the other (None,
+    False or 0): the recipe is then the one the checkpoint was started with."""
+    if key in saved and key in settings:
+        return saved[key] == settings[key]
+    present = saved.get(key, settings.get(key))
+    return present in (None, False)
+
+
 def _check_resume(folder: str, settings: dict, resume: bool, what: str) -> None:
     """Refuse a leftover backup unless --resume, and a resume with other settings."""
     if not os.path.isdir(folder) or not os.listdir(folder):
@@ -131,12 +140,7 @@ def _check_resume(folder: str, settings: dict, resume: bool, what: str) -> None:
     if os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
-        # A setting added by a later version is absent from an older checkpoint; when the run asks for it
-        # off (None or False) the recipe is the one the checkpoint was started with.
-        changed = sorted(k for k in set(saved) | set(settings)
-                         if saved.get(k) != settings.get(k)
-                         and not (k not in saved and settings[k] in (None, False))
-                         and not (k not in settings and saved[k] in (None, False)))
+        changed = sorted(k for k in set(saved) | set(settings) if not _same_setting(saved, settings, k))
         if changed:
             raise ApudaeError(f"{what}: the checkpoint in {folder} was started with other settings "
                               f"({', '.join(f'{k}: {saved.get(k)} -> {settings.get(k)}' for k in changed)}); "

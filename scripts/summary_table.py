@@ -18,8 +18,13 @@ print("|---|---|---:|---:|---:|---:|")
 PAPER_FIRST = ["mnist", "cifar10", "cifar10-adapted", "imagenet"]  # the paper's datasets, then a user's
 
 
+def report_name(path):
+    """A report is named by its folder under results/ (cifar10 and cifar10-adapted share a dataset)."""
+    return os.path.basename(os.path.dirname(path))
+
+
 def order(path):
-    name = os.path.basename(os.path.dirname(path))
+    name = report_name(path)
     return (PAPER_FIRST.index(name) if name in PAPER_FIRST else len(PAPER_FIRST), name)
 
 
@@ -33,6 +38,6 @@ for path in sorted(glob.glob(os.path.join(ROOT, "results", "*", "adaptive.json")
     for name in dict.fromkeys(r["defence"] for r in report["records"]):
         worst = cells[(name, "worst")]
         lo, hi = worst["ci95"]
-        print(f"| [{os.path.basename(os.path.dirname(path))}]({rel}) | {name} | {cells[(name, 'clean')]['accuracy']:.3f} | "
+        print(f"| [{report_name(path)}]({rel}) | {name} | {cells[(name, 'clean')]['accuracy']:.3f} | "
               f"{cells[(name, 'pgd')]['accuracy']:.3f} | **{worst['accuracy']:.3f}** [{lo:.3f}, {hi:.3f}] | "
               f"{worst['n']} |")

@@ -382,7 +382,8 @@ def info(dataset, model_dir, classifier_path, as_json, data_dir):
 @click.option("--lam", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Counter B's weight on r(x) (weighted), >= 0.")
 @click.option("--eot", type=click.IntRange(min=1), default=None,
-              help="Samples of the defence's randomness per gradient (default: 8 for F and G, else 1).")
+              help="Samples of the defence's randomness per gradient, or per score for square (default: 8 for F and G, "
+                   "else 1).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output npz (default: stdout, when it is not a terminal).")
 @models_option
@@ -705,7 +706,8 @@ def _load_generator(folder, dataset, command):
               help="With --adaptive: Square attack queries per image (AutoAttack's standard evaluation: 5000; each "
                    "query through an iterative purifier costs a purification).")
 @click.option("--eot", type=click.IntRange(min=1), default=names.ADAPTIVE_BUDGET["eot"], show_default=True,
-              help="With --adaptive: draws of a random defence's randomness per gradient (EOT; F, G, Defense-GAN).")
+              help="With --adaptive: draws of a random defence's randomness per gradient, and per score for Square "
+                   "(EOT; F, G, Defense-GAN).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
 @click.option("--correct-only/--all-images", default=None,
               help="Score only those of the first N test images that the classifier gets right (the paper's "

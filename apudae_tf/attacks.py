@@ -543,14 +543,24 @@ def square(model_fn, x, y, s: AttackSettings):
     """Square attack, L∞, untargeted, margin loss (Andriushchenko et al. 2020, Algorithm 1): random
     search over squares of ±ε, score-based and gradient-free, so gradient masking cannot stop it.
     ``s.steps`` queries per image; an image stops being queried once misclassified. Uses only
-    ``model_fn.forward`` (the real defence) when the model has one. numpy in and out."""
+    ``model_fn.forward`` (the defence's forward) when the model has one. numpy in and out.
+
+    On a random model (``model_fn.is_random``) every score is the margin averaged over ``s.eot``
+    draws (EOT on the scores). With one draw a lucky sample ends an image's search at once, and the
+    best-so-far margin, a minimum over noisy samples, rejects real progress afterwards."""
     forward = getattr(model_fn, "forward", model_fn)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
     n, h, w, c = x.shape
     rng = np.random.default_rng(s.seed)
+    draws = max(int(s.eot), 1) if getattr(model_fn, "is_random", False) else 1
+    chunk = max(n, 1)  # never a larger forward batch than the first query's
 
     def margins(images, labels):
-        return margin(np.asarray(forward(tf.constant(images))), labels)
+        # the draws are per image, so K copies of an image in one batch are K draws
+        tiled, labels = np.repeat(images, draws, axis=0), np.repeat(labels, draws)
+        logits = np.concatenate([np.asarray(forward(tf.constant(tiled[i : i + chunk])))
+                                 for i in range(0, len(tiled), chunk)])
+        return margin(logits, labels).reshape(-1, draws).mean(axis=1)
 
     # start: vertical stripes of ±ε, one sign per column and channel
     x_best = np.clip(x + s.eps * rng.choice([-1.0, 1.0], size=(n, 1, w, c)), 0.0, 1.0).astype(np.float32)

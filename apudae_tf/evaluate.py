@@ -645,7 +645,8 @@ def adaptive_notes(result: dict) -> list[str]:
         "the purification itself (`Purifier.function`: the exact gradient through every step of the loop and the "
         f"DAE gradients inside it, second-order tapes), averaged over {b['eot']} draws of the defence's randomness "
         "(EOT) for the random variants F and G; a deterministic variant needs one draw, which is exact. Square "
-        "queries the real purifier. A random defence is scored twice, with the draws `apudae-tf purify` uses and "
+        "queries the purifier's forward (scores only); on a random defence each score is the margin averaged over "
+        f"the same {b['eot']} draws. A random defence is scored twice, with the draws `apudae-tf purify` uses and "
         "with fresh ones no attack has seen; an image is robust only if it is right both times (both accuracies are "
         "in adaptive.json). The row 'adversarially trained classifier' puts the chosen purifier in front of the "
         "adversarially trained classifier and attacks the whole pipeline.",
@@ -654,7 +655,8 @@ def adaptive_notes(result: dict) -> list[str]:
         lines += ["", f"**Defense-GAN** has no counter A or B (they target a DAE). Its gradient attacks use BPDA "
                   "(the latent search forward, the identity backward, Athalye et al. 2018) with EOT: each attack step "
                   f"runs the search with {result['defense_gan_attacker_restarts']} fresh random restart(s) instead "
-                  "of L, a cheaper forward for the attacker; the score is always the full defence's."]
+                  "of L, a cheaper forward for the attacker, and Square queries that same forward (its scores averaged over "
+                  "the EOT draws); the score is always the full defence's."]
     per = result.get("seconds_per_image") or {}
     if per:
         lines += ["", "**Attack time per attacked image** (seconds, 2 CPU cores; cells from the cache keep the time "

@@ -373,7 +373,7 @@ def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps
     clean = attacks.settings_for("none", dataset, seed=seed)
     apgd = dict(steps=budget.apgd_steps, restarts=budget.restarts, eot=budget.eot)
     ensemble = {"apgd-ce": apgd, "apgd-t": {**apgd, "targets": budget.targets},
-                "square": {"steps": budget.square_queries}}
+                "square": {"steps": budget.square_queries, "eot": budget.eot}}  # EOT: on a random defence's scores
     return ([Column("clean", "none", clean, n), Column("pgd", "pgd", base, n), Column("bpda", "bpda", base, n)]
             + [Column("weighted", "weighted", dataclasses.replace(base, lam=lam), n) for lam in lambdas]
             + [Column(k, k, dataclasses.replace(attacks.settings_for(k, dataset, seed=seed), **ensemble[k]), n,

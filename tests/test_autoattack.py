@@ -87,6 +87,31 @@ def test_square_needs_no_gradient(tiny):
     assert square <= 0.3 and square < apgd - 0.5
 
 
+class _Coin:
+    """A random model that ignores its input: right with margin +1 for 80 % of draws, wrong with
+    margin −1 for the rest (independent per image and call). Its expected margin is +0.6, so an honest
+    score says "not fooled" forever; a single draw says "fooled" within a few queries."""
+
+    is_random = True
+
+    def __init__(self):
+        self.scored, self.rng = 0, np.random.default_rng(1)  # image-draws scored
+
+    def __call__(self, x):
+        self.scored += len(x)
+        sign = np.where(self.rng.random(len(x)) < 0.8, 1.0, -1.0).astype(np.float32)
+        return tf.constant(np.stack([sign, np.zeros_like(sign)], 1))
+
+
+def test_square_averages_the_scores_of_a_random_model_over_its_eot_draws():
+    x, y = np.full((4, *SHAPE), 0.5, np.float32), np.zeros(4, np.int64)
+    one, many = _Coin(), _Coin()
+    attacks.square(one, x, y, attacks.AttackSettings(eps=0.1, steps=50, step=0.1, eot=1))
+    attacks.square(many, x, y, attacks.AttackSettings(eps=0.1, steps=50, step=0.1, eot=64))
+    assert one.scored < 50 * 4  # one draw: every image "fell" to a lucky sample and its search stopped early
+    assert many.scored == 50 * 4 * 64  # the mean of 64 draws (+0.6 ± 0.1) never says fooled: every query is spent
+
+
 def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(tiny):
     _, fn, x, y = tiny
     eps, steps = 0.02, 20

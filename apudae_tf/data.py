@@ -6,7 +6,9 @@ folder holding ``<name>.npz`` in Keras' layout), then tensorflow-datasets
 (the default for online users). ``npz:PATH`` reads a user's own file with the
 keys x_train, y_train, x_test, y_test (uint8, NHWC or NHW). ``folder:PATH`` and
 ``imagenet`` (``<data dir>/imagenet/``) are folders of image files
-(imagefolder.py), decoded only when a command takes them.
+(imagefolder.py), decoded only when a command takes them; with no such folder,
+``imagenet`` is read the same way from tensorflow-datasets' ``imagenet2012`` if it
+has been prepared from its manual download (tfdsimages.py).
 
 Every tuning decision in this project uses the validation split carved here
 from train, never the test set.
@@ -139,6 +141,37 @@ def _from_folder(name: str, root: str) -> Dataset:
     return Dataset(name, x.take(train), y[train], x.take(val), y[val], x_test, y_test, root)
 
 
+def _from_tfds_splits(name: str) -> Dataset:
+    """A dataset tensorflow-datasets has prepared (the profile's ``tfds_splits``; its folder: $TFDS_DATA_DIR
+    or tfds' default), read when a command takes images (tfdsimages.py). The validation split is the
+    profile's number of training records, the last ones; with no prepared train split, train and
+    validation are empty."""
+    from apudae_tf import tfdsimages
+
+    size, resize = _folder_geometry(name)
+    if not profiles.get(name).tfds_splits:
+        raise ApudaeError("its profile names no tensorflow-datasets source")
+    builder, train_split, test_split = profiles.get(name).tfds_splits
+    tfds_dir = os.environ.get("TFDS_DATA_DIR") or None
+    test = tfdsimages.TfdsSplit(builder, test_split, tfds_dir)
+    everything = np.arange(test.size)
+    x_test, y_test = tfdsimages.TfdsImages(test, everything, size, resize), tfdsimages.TfdsLabels(test, everything)
+    try:
+        train = tfdsimages.TfdsSplit(builder, train_split, tfds_dir)
+    except ApudaeError:
+        return Dataset(name, x_test.take([]), y_test.take([]), x_test.take([]), y_test.take([]), x_test, y_test,
+                       f"tfds:{builder}")
+    everything = np.arange(train.size)
+    x, y = tfdsimages.TfdsImages(train, everything, size, resize), tfdsimages.TfdsLabels(train, everything)
+    # tfds shuffled the records when it prepared them: the last ones are a random sample, read in one range
+    n_val = profiles.validation_size(name, train.size)
+    if n_val >= train.size:
+        raise ApudaeError(f"tfds:{builder}: {train.size} training images leave none after a {n_val}-image "
+                          "validation split")
+    val, kept = everything[train.size - n_val:], everything[: train.size - n_val]
+    return Dataset(name, x.take(kept), y.take(kept), x.take(val), y.take(val), x_test, y_test, f"tfds:{builder}")
+
+
 def _validation_split(name: str, n_train: int, source: str) -> tuple[np.ndarray, np.ndarray]:
     """(validation, training) indices of ``n_train`` training images, both sorted: the profile's
     validation size drawn by the fixed permutation, so every command sees the same split."""
@@ -214,10 +247,14 @@ def load_dataset(name: str, data_dir: str | None = None, test_only: bool = False
         return _from_folder(profiles.dataset_name(name), name[7:])
     folder = resolve_data_dir(data_dir)
     if name in IMAGE_FOLDERS:
-        if not folder or not os.path.isdir(os.path.join(folder, name)):
+        if folder and os.path.isdir(os.path.join(folder, name)):
+            return _from_folder(name, os.path.join(folder, name))
+        try:
+            return _from_tfds_splits(name)
+        except ApudaeError as e:
             raise ApudaeError(f"{name}: no {name}/ image folder in {folder or 'the data folder'} (--data-dir or "
-                              f"${DATA_DIR_ENV}); or pass folder:PATH (a folder with val/ and train/ splits)")
-        return _from_folder(name, os.path.join(folder, name))
+                              f"${DATA_DIR_ENV}), and {e}; or pass folder:PATH (a folder with val/ and train/ "
+                              "splits)") from None
     if name not in BUILTIN:
         raise ApudaeError(f"unknown dataset {name!r}; use one of {', '.join(BUILTIN + IMAGE_FOLDERS)}, "
                           "npz:PATH or folder:PATH")

@@ -18,6 +18,7 @@ import tensorflow as tf
 from apudae_tf import fitting, models, profiles, store
 from apudae_tf.data import Dataset
 from apudae_tf.imagefolder import FolderImages
+from apudae_tf.tfdsimages import TfdsImages
 
 # adv-dae: PGD examples of this many training images join the DAE's noisy pairs
 ADV_DAE_IMAGES = 30000
@@ -55,11 +56,11 @@ def noisy_pairs(x: np.ndarray, sigma_max: float, batch_size: int, seed: int, lin
     """Shuffled (x̃, x) batches, x̃ = add_noise(x), drawn afresh each epoch.
 
     ``given`` = (inputs, targets) adds fixed pairs that get no noise: the adv-dae recipe's
-    adversarial examples and their clean images. An image folder (``FolderImages``) is streamed
-    from its files instead of held in memory, as random ``patch`` x ``patch`` crops (random flips)
+    adversarial examples and their clean images. An image folder (``FolderImages``) or a prepared
+    tfds split (``TfdsImages``) is streamed instead of held in memory, as random ``patch`` x ``patch`` crops (random flips)
     when ``patch`` > 0."""
-    if isinstance(x, FolderImages):
-        return _folder_pairs(x, sigma_max, batch_size, seed, linf_max, patch)
+    if isinstance(x, (FolderImages, TfdsImages)):
+        return _streamed_pairs(x, sigma_max, batch_size, seed, linf_max, patch)
     inputs, targets, fixed = x, x, np.zeros(len(x), bool)
     if given is not None:
         inputs, targets = np.concatenate([x, given[0]]), np.concatenate([x, given[1]])
@@ -77,8 +78,8 @@ def noisy_pairs(x: np.ndarray, sigma_max: float, batch_size: int, seed: int, lin
     )
 
 
-def _folder_pairs(x: FolderImages, sigma_max: float, batch_size: int, seed: int, linf_max: float,
-                  patch: int) -> tf.data.Dataset:
+def _streamed_pairs(x, sigma_max: float, batch_size: int, seed: int, linf_max: float,
+                    patch: int) -> tf.data.Dataset:
     def crop(img):
         if patch:
             img = tf.image.random_crop(img, [patch, patch, 3])
@@ -87,9 +88,8 @@ def _folder_pairs(x: FolderImages, sigma_max: float, batch_size: int, seed: int,
     def pair(clean):
         return add_noise(clean, sigma_max, linf_max), clean
 
-    return (tf.data.Dataset.from_tensor_slices(x.files)
-            .shuffle(len(x.files), seed=seed, reshuffle_each_iteration=True)
-            .map(lambda f: crop(x.load(f)), num_parallel_calls=tf.data.AUTOTUNE)
+    return (x.images(seed)
+            .map(crop, num_parallel_calls=tf.data.AUTOTUNE)
             .batch(batch_size)
             .map(pair, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))

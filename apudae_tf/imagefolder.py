@@ -143,12 +143,15 @@ class FolderImages:
         """One file (a string tensor) decoded and preprocessed as graph ops, for ``tf.data`` pipelines."""
         return preprocess(_read(path), self.size, self.resize)
 
-    def batches(self, batch_size: int):
-        """A ``tf.data`` pipeline of decoded batches (parallel decoding), for a pass over a large folder."""
+    def images(self, seed: int | None = None):
+        """A ``tf.data`` pass over the images (decoded in parallel), reshuffled each epoch when ``seed`` is
+        given; the same for a prepared tfds split (tfdsimages.py), so training streams either."""
         import tensorflow as tf
 
-        return (tf.data.Dataset.from_tensor_slices(self.files).map(self.load, num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        ds = tf.data.Dataset.from_tensor_slices(self.files)
+        if seed is not None:
+            ds = ds.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
+        return ds.map(self.load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def preprocess(img, size: int, resize: int):

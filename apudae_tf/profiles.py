@@ -66,6 +66,7 @@ class Profile:
     train_patch: int = 0  # the DAE trains on random crops of this side (0: whole images)
     correct_only: bool = False  # reports score only the test images the classifier gets right (spec §6, Table 4)
     checkpoint_steps: bool = False  # attacks through the purification recompute its steps (Purifier checkpoint)
+    tfds_splits: tuple = ()  # (builder, train split, test split): a prepared tfds dataset read lazily (tfdsimages.py)
     paper: dict = dataclasses.field(default_factory=dict)
     paper_adaptive: dict = dataclasses.field(default_factory=dict)
 
@@ -77,7 +78,8 @@ class Profile:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        d["columns"], d["all_variants"] = list(self.columns), list(self.all_variants)
+        d["columns"], d["all_variants"], d["tfds_splits"] = list(self.columns), list(self.all_variants), list(
+            self.tfds_splits)
         return d
 
 
@@ -175,6 +177,7 @@ REGISTRY: dict[str, Profile] = {
         train_patch=128,  # the U-Net is fully convolutional: crops train it faster and vary each epoch
         correct_only=True,  # the paper's Table 4 protocol: attacks on the images the classifier gets right
         checkpoint_steps=True,  # the exact gradient through n U-Net steps at 224 px would not fit otherwise
+        tfds_splits=("imagenet2012", "train", "validation"),  # with no imagenet/ folder: tfds' manual download
         purify_fallback={"n": 15, "alpha": 2 / 255, "eps_r": 1 / 255},  # CIFAR-10's, the paper's (spec §3)
         columns=("clean", "random", "bim4", "bim16"),
         all_variants=("direct", "A:n=12", "A:n=15", "A:n=18", "B", "C", "F", "G"),
@@ -232,7 +235,7 @@ def from_json(d: dict, where: str) -> Profile:
                              norm=str(flat.get("norm", "linf")), rand_init=bool(flat.get("rand_init", True)))
         fields = {f.name for f in dataclasses.fields(Profile)} - {"name", "threat"}
         given = {k: d[k] for k in fields if k in d}
-        for k in ("columns", "all_variants"):
+        for k in ("columns", "all_variants", "tfds_splits"):
             if k in given:
                 given[k] = tuple(given[k])
         profile = Profile(name=str(flat["name"]), threat=threat.check(where),

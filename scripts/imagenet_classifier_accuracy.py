@@ -26,7 +26,7 @@ if os.path.exists(args.out) and not args.force:
 ds = data.load_dataset("imagenet")
 model = keras.models.load_model(os.path.join(args.models, store.CLASSIFIER))
 t0 = time.time()
-pred = np.concatenate([model.predict_on_batch(b).argmax(1) for b in ds.x_test.batches(100)])
+pred = np.concatenate([model.predict_on_batch(b).argmax(1) for b in ds.x_test.images().batch(100)])
 seconds = time.time() - t0
 right = pred == ds.y_test
 here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

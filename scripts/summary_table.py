@@ -2,7 +2,7 @@
 
   python scripts/summary_table.py
 
-For every adaptive report under results/ (adaptive.json), one row per defence: clean accuracy, the
+For every adaptive report under results/ (adaptive.json, also one folder deeper), one row per defence: clean accuracy, the
 blind PGD column (attacks made on the classifier alone, the paper's protocol) and the worst case over
 every attack that sees the defence (the number to quote), each with its number of test images.
 """
@@ -19,16 +19,19 @@ PAPER_FIRST = ["mnist", "cifar10", "cifar10-adapted", "imagenet"]  # the paper's
 
 
 def report_name(path):
-    """A report is named by its folder under results/ (cifar10 and cifar10-adapted share a dataset)."""
-    return os.path.basename(os.path.dirname(path))
+    """A report is named by its folder under results/ (cifar10 and cifar10-adapted share a dataset;
+    mnist/defensegan is MNIST's report with the Defense-GAN row)."""
+    return os.path.relpath(os.path.dirname(path), os.path.join(ROOT, "results"))
 
 
 def order(path):
     name = report_name(path)
-    return (PAPER_FIRST.index(name) if name in PAPER_FIRST else len(PAPER_FIRST), name)
+    first = name.split("/")[0]
+    return (PAPER_FIRST.index(first) if first in PAPER_FIRST else len(PAPER_FIRST), name)
 
 
-for path in sorted(glob.glob(os.path.join(ROOT, "results", "*", "adaptive.json")), key=order):
+for path in sorted((glob.glob(os.path.join(ROOT, "results", "*", "adaptive.json"))
+                          + glob.glob(os.path.join(ROOT, "results", "*", "*", "adaptive.json"))), key=order):
     with open(path) as f:
         report = json.load(f)
     if not any(r["attack"] == "worst" for r in report["records"]):

@@ -113,7 +113,7 @@ def test_a_dataset_folder_splits_train_val_test(tmp_path, monkeypatch):
     assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (8, 4, 3)
     assert ds.image_shape == (96, 96, 3) and ds.x_val[:2].shape == (2, 96, 96, 3)
     assert not set(ds.x_train.files) & set(ds.x_val.files)  # validation images are not training images
-    batches = [np.asarray(b) for b in ds.x_test.batches(2)]
+    batches = [np.asarray(b) for b in ds.x_test.images().batch(2)]
     np.testing.assert_allclose(np.concatenate(batches), ds.x_test[:], atol=1e-6)
 
 
@@ -231,3 +231,75 @@ def test_reports_can_keep_only_the_images_the_classifier_gets_right(tmp_path):
     kept_a, facts_a = evaluate.correctly_classified(arrays, always_one, 4, batch_size=3)
     assert facts_a["indices"] == [1, 2] and kept_a.x_test.shape == (2, 224, 224, 3)
     np.testing.assert_allclose(kept_a.x_test, kept.x_test[:], atol=0)
+
+
+# the labels tfds gives ILSVRC-2012 validation images 1 to 6 (its validation_labels.txt)
+TFDS_VAL_LABELS = [65, 970, 230, 809, 516, 57]
+
+
+@pytest.mark.slow
+def test_imagenet_reads_a_prepared_tfds_imagenet2012_when_the_data_folder_has_none(tmp_path, monkeypatch):
+    """tfds' manual-download path, offline: a tiny ILSVRC2012_img_val.tar prepared by tfds' own builder."""
+    import dataclasses
+    import io
+    import tarfile
+
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    rng = np.random.default_rng(3)
+    photos = _images(rng, 6, 300, 400)
+    (tmp_path / "manual").mkdir()
+    with tarfile.open(tmp_path / "manual" / "ILSVRC2012_img_val.tar", "w") as tar:
+        for i, img in enumerate(photos, 1):
+            blob = tf.io.encode_jpeg(img, quality=95).numpy()
+            info = tarfile.TarInfo(f"ILSVRC2012_val_{i:08d}.JPEG")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+            (tmp_path / f"{i}.jpg").write_bytes(blob)
+    # the training archive: one archive per class (synset), 3 images each
+    with tarfile.open(tmp_path / "manual" / "ILSVRC2012_img_train.tar", "w") as tar:
+        for synset, first in (("n01440764", 0), ("n01443537", 3)):
+            inner = io.BytesIO()
+            with tarfile.open(fileobj=inner, mode="w") as sub:
+                for j, img in enumerate(_images(rng, 3, 240, 260)):
+                    blob = tf.io.encode_jpeg(img).numpy()
+                    info = tarfile.TarInfo(f"{synset}_{first + j}.JPEG")
+                    info.size = len(blob)
+                    sub.addfile(info, io.BytesIO(blob))
+            info = tarfile.TarInfo(f"{synset}.tar")
+            info.size = len(inner.getvalue())
+            tar.addfile(info, io.BytesIO(inner.getvalue()))
+    tfds.builder("imagenet2012", data_dir=str(tmp_path / "tfds")).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "manual")))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("APUDAE_DATA_DIR", str(tmp_path / "empty"))  # no imagenet/ folder there
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+
+    monkeypatch.setitem(profiles.REGISTRY, "imagenet", dataclasses.replace(profiles.get("imagenet"), val_size=2))
+    ds = data.load_dataset("imagenet")
+    assert ds.source == "tfds:imagenet2012" and len(ds.x_test) == 6
+    assert (len(ds.x_train), len(ds.x_val)) == (4, 2) and sorted(np.concatenate([ds.y_train[:], ds.y_val[:]])) == [
+        0, 0, 0, 1, 1, 1]
+    from apudae_tf import denoisers
+
+    noisy, clean = next(iter(denoisers.noisy_pairs(ds.x_train, 0.1, 4, seed=0, patch=64)))  # DAE training streams
+    assert noisy.shape == clean.shape == (4, 64, 64, 3)
+    assert ds.image_shape == (224, 224, 3) and ds.num_classes == 1000
+    y = np.asarray(ds.y_test)
+    assert sorted(y.tolist()) == sorted(TFDS_VAL_LABELS)  # tfds keeps its own record order
+    # each record is its JPEG with the folders' preprocessing (300 x 400: shorter side to 256, central 224)
+    from apudae_tf import imagefolder
+
+    for k in (4, 1):
+        source = tmp_path / f"{TFDS_VAL_LABELS.index(y[k]) + 1}.jpg"
+        np.testing.assert_allclose(ds.x_test[k], imagefolder.decode(str(source), 224, 256).numpy(), atol=1e-6)
+    picked = ds.x_test.take([5, 2])
+    np.testing.assert_allclose(picked[:], ds.x_test[[5, 2]], atol=0)
+    np.testing.assert_array_equal(ds.y_test[[5, 2]], y[[5, 2]])
+    streamed = np.concatenate([np.asarray(b) for b in ds.x_test.images().batch(4)])
+    np.testing.assert_allclose(streamed, ds.x_test[:], atol=1e-6)
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))  # nothing prepared: one clear error
+    with pytest.raises(ApudaeError, match="no imagenet/ image folder.*tfds:imagenet2012: no prepared validation"):
+        data.load_dataset("imagenet")

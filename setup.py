@@ -23,6 +23,6 @@ setup(
         "click>=8",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "pytest-xdist"]},
     entry_points={"console_scripts": ["apudae-tf=cli:main"]},
 )

@@ -3,7 +3,8 @@
   python scripts/compare_reports.py results/mnist/table.json apudae-runs/remake/mnist/table.json
 
 For table/adaptive reports: every (defence, attack, λ) cell's accuracy in both, and the cells that
-differ; for tune reports: each variant's chosen settings and validation accuracies. Prints a Markdown
+differ; for tune reports: each variant's chosen settings and validation accuracies; for any other json
+(the scripts' outputs): every leaf except timings and paths. Prints a Markdown
 summary; with --json, writes the comparison as data. Exit status 0 whatever the differences: they are
 listed, with their size, for a reader to judge (docs/remake.md).
 """
@@ -35,8 +36,26 @@ def tune_cells(report: dict) -> dict:
     return out
 
 
+# leaves of any other json that say how long a run took or where it ran, not what it found
+PROVENANCE = ("second", "time", "ms", "per_s", "command", "models", "path", "host", "date")
+
+
+def leaf_cells(report, prefix: str = "") -> dict:
+    """Any other json (scripts' outputs): every leaf by its key path, numbers compared as numbers."""
+    if isinstance(report, (dict, list)):
+        items = report.items() if isinstance(report, dict) else enumerate(report)
+        out = {}
+        for k, v in items:
+            if not any(word in str(k).lower() for word in PROVENANCE):
+                out.update(leaf_cells(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(report, (int, float)) and not isinstance(report, bool):
+        return {prefix: {"accuracy": float(report)}}
+    return {prefix: {"value": report}}
+
+
 def compare(old: dict, new: dict, tolerance: float) -> dict:
-    kind = cells if "records" in old else tune_cells
+    kind = cells if "records" in old else tune_cells if "criterion" in old else leaf_cells
     a, b = kind(old), kind(new)
     rows, same = [], 0
     for key in sorted(set(a) | set(b)):

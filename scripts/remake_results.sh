@@ -66,3 +66,33 @@ new = json.load(open(f"{sys.argv[1]}/mnist-paper/export.json"))["variants"]
 diff = {f"{v} {k}": [old[v][k], new[v].get(k)] for v in old for k in old[v] if old[v][k] != new[v].get(k)}
 print(f"mnist-paper export: differ: {diff or 'none'}")
 EOF2
+
+# -- the rest of results/: the Defense-GAN table and tune, the validation sweeps, the independent checks --
+step "MNIST Defense-GAN table" "$out/mnist-defensegan/table.json" \
+  apudae-tf evaluate mnist --n 1000 --cw-l2-n 0 --defense-gan --out "$out/mnist-defensegan"
+compare mnist-defensegan-table results/mnist/defensegan/table.json "$out/mnist-defensegan/table.json"
+step "MNIST Defense-GAN tune" "$out/tune-gan/tune_gan.json" \
+  apudae-tf tune mnist --defense-gan --n-val 200 --seed 0 --out "$out/tune-gan"
+compare mnist-tune-gan results/mnist/tune_gan.json "$out/tune-gan/tune_gan.json"
+step "MNIST validation attacks" "$out/mnist/val_attacks.json" \
+  python scripts/mnist_val_attacks.py 500 --sweep-d --out "$out/mnist/val_attacks.json"
+compare mnist-val-attacks results/mnist/val_attacks.json "$out/mnist/val_attacks.json"
+if python -c "import foolbox" 2>/dev/null; then  # the independent checks use another library's attacks
+  for name in mnist mnist-paper; do
+    step "$name foolbox PGD" "$out/$name/independent_pgd.json" \
+      bash scripts/mnist_independent_pgd.sh 500 "saved_models/$name" "$out/$name/independent_pgd.json"
+    compare "$name-independent-pgd" "results/$name/independent_pgd.json" "$out/$name/independent_pgd.json"
+  done
+  step "MNIST foolbox BPDA+EOT" "$out/mnist/independent_bpda_eot.json" \
+    bash scripts/mnist_independent_bpda_eot.sh D 500 1 "$out/mnist/independent_bpda_eot.json"
+  compare mnist-independent-bpda-eot results/mnist/independent_bpda_eot.json "$out/mnist/independent_bpda_eot.json"
+else
+  echo "== the foolbox checks: skipped (pip install foolbox)" >&2
+fi
+if python -c "import art" 2>/dev/null; then
+  step "ART APGD cross-check" "$out/mnist/cross_check_apgd.json" \
+    python scripts/cross_check_apgd.py --out "$out/mnist/cross_check_apgd.json"
+  compare mnist-cross-check-apgd results/mnist/cross_check_apgd.json "$out/mnist/cross_check_apgd.json"
+else
+  echo "== the ART cross-check: skipped (pip install adversarial-robustness-toolbox==1.20.1)" >&2
+fi

@@ -59,3 +59,19 @@ def test_the_readme_summary_is_what_the_committed_reports_say():
     assert table.count("\n") >= 2, table
     with open(os.path.join(REPO, "README.md")) as f:
         assert table in f.read(), "README's summary differs from `python scripts/summary_table.py`"
+
+
+def test_compare_reports_lists_a_changed_number_but_not_a_changed_timing(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    old = {"command": "x", "n": 500, "pgd_accuracy": {"none": 0.0, "D": 0.93}, "seconds": 10}
+    new = {"command": "y", "n": 500, "pgd_accuracy": {"none": 0.0, "D": 0.91}, "seconds": 99}
+    for name, d in (("old.json", old), ("new.json", new)):
+        (tmp_path / name).write_text(json.dumps(d))
+    out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "compare_reports.py"), str(tmp_path / "old.json"),
+                          str(tmp_path / "new.json"), "--json", str(tmp_path / "cmp.json")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "2 of 3 cells agree" in out and "pgd_accuracy.D: 0.9300 -> 0.9100" in out
+    assert [r["cell"] for r in json.loads((tmp_path / "cmp.json").read_text())["differ"]] == ["pgd_accuracy.D"]

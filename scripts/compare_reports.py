@@ -12,6 +12,7 @@ listed, with their size, for a reader to judge (docs/remake.md).
 import argparse
 import json
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,8 +37,14 @@ def tune_cells(report: dict) -> dict:
     return out
 
 
-# leaves of any other json that say how long a run took or where it ran, not what it found
-PROVENANCE = ("second", "time", "ms", "per_s", "command", "models", "path", "host", "date")
+# leaves of any other json that say how long a run took or where it ran, not what it found: keys with
+# a word that starts with one of these (seconds_per_image, ms, images_per_s, command, models, ...)
+PROVENANCE = ("second", "time", "ms", "command", "model", "path", "host", "date")
+
+
+def provenance(key) -> bool:
+    words = re.split(r"[^a-z0-9]+", str(key).lower())
+    return any(w.startswith(p) for w in words for p in PROVENANCE) or str(key).lower().endswith("per_s")
 
 
 def leaf_cells(report, prefix: str = "") -> dict:
@@ -46,7 +53,7 @@ def leaf_cells(report, prefix: str = "") -> dict:
         items = report.items() if isinstance(report, dict) else enumerate(report)
         out = {}
         for k, v in items:
-            if not any(word in str(k).lower() for word in PROVENANCE):
+            if not provenance(k):
                 out.update(leaf_cells(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     if isinstance(report, (int, float)) and not isinstance(report, bool):
@@ -55,7 +62,8 @@ def leaf_cells(report, prefix: str = "") -> dict:
 
 
 def compare(old: dict, new: dict, tolerance: float) -> dict:
-    kind = cells if "records" in old else tune_cells if "criterion" in old else leaf_cells
+    report = "records" in old and all("defence" in r for r in old["records"])
+    kind = cells if report else tune_cells if "criterion" in old else leaf_cells
     a, b = kind(old), kind(new)
     rows, same = [], 0
     for key in sorted(set(a) | set(b)):

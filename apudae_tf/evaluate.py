@@ -522,7 +522,7 @@ def table_notes(result: dict) -> list[str]:
 GAN_ATTACK_RESTARTS = 1
 # the adaptive report's column headers
 ADAPTIVE_LABELS = {"clean": "clean", "pgd": "blind PGD", "bpda": "counter A", "weighted": "counter B (worst λ)",
-                   "apgd-ce": "+ APGD-CE", "apgd-t": "+ APGD-T", "square": "+ Square", "worst": "**worst case**"}
+                   "apgd-ce": "+ APGD-CE", "apgd-dlr": "+ APGD-DLR", "apgd-t": "+ APGD-T", "square": "+ Square", "worst": "**worst case**"}
 
 
 def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed: int = 0, budget=None,
@@ -556,7 +556,7 @@ def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed
         attacker = defensegan.DefenseGan(gan.generator, dataclasses.replace(gan.settings, restarts=gan_attack_restarts))
         defences.append(_gan_defence(m, gan, m.classifier_fn(), files, attacker))
     lambdas = table.LAMBDAS if lambdas is None else tuple(lambdas)
-    columns = table.adaptive_columns(ds.name, n, seed, lambdas, steps, budget)
+    columns = table.adaptive_columns(ds.name, n, seed, lambdas, steps, budget, classes=ds.num_classes)
     result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
                                    progress_bar=progress_bar, paper=paper, per_image=True)
     result["records"] = table.worst_over_lambda(result["records"])

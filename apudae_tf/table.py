@@ -352,6 +352,14 @@ def _worst_record(d: Defence, robust: np.ndarray, records: list[dict]) -> dict:
 ENSEMBLE = ("apgd-ce", "apgd-t", "square")
 
 
+def ensemble_for(classes: int) -> tuple[str, ...]:
+    """The cascade for a classifier with ``classes`` outputs: the targeted DLR loss needs a fourth-ranked
+    logit, so 3 classes get the untargeted DLR (APGD-DLR) in its place and 2 classes neither."""
+    if classes >= 4:
+        return ENSEMBLE
+    return ("apgd-ce", "apgd-dlr", "square") if classes == 3 else ("apgd-ce", "square")
+
+
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """What the ensemble may spend per image: APGD iterations, random restarts and target classes
@@ -365,19 +373,19 @@ class Budget:
 
 
 def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps: int | None = None,
-                     budget: Budget = Budget()) -> list[Column]:
+                     budget: Budget = Budget(), classes: int = 10) -> list[Column]:
     """The adaptive report's columns, in order: clean, blind PGD (the reference), counter A, counter B at
     every λ (all on every image), then the AutoAttack-grade cascade: APGD-CE and APGD-T through the
     defence's gradient, and Square on its scores, each on the images every earlier column left standing."""
     base = attacks.settings_for("pgd", dataset, steps=steps, seed=seed)
     clean = attacks.settings_for("none", dataset, seed=seed)
     apgd = dict(steps=budget.apgd_steps, restarts=budget.restarts, eot=budget.eot)
-    ensemble = {"apgd-ce": apgd, "apgd-t": {**apgd, "targets": budget.targets},
+    ensemble = {"apgd-ce": apgd, "apgd-dlr": apgd, "apgd-t": {**apgd, "targets": budget.targets},
                 "square": {"steps": budget.square_queries, "eot": budget.eot}}  # EOT: on a random defence's scores
     return ([Column("clean", "none", clean, n), Column("pgd", "pgd", base, n), Column("bpda", "bpda", base, n)]
             + [Column("weighted", "weighted", dataclasses.replace(base, lam=lam), n) for lam in lambdas]
             + [Column(k, k, dataclasses.replace(attacks.settings_for(k, dataset, seed=seed), **ensemble[k]), n,
-                      cascade=True) for k in ENSEMBLE])
+                      cascade=True) for k in ensemble_for(classes)])
 
 
 def worst_over_lambda(records: list[dict]) -> list[dict]:

@@ -303,3 +303,78 @@ def test_imagenet_reads_a_prepared_tfds_imagenet2012_when_the_data_folder_has_no
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))  # nothing prepared: one clear error
     with pytest.raises(ApudaeError, match="no imagenet/ image folder.*tfds:imagenet2012: no prepared validation"):
         data.load_dataset("imagenet")
+
+
+@pytest.mark.slow
+def test_the_whole_workflow_runs_on_an_image_folder_with_the_unet_and_a_users_classifier(tmp_path):
+    """ImageNet's workflow in miniature, as a user runs it from the shell: an image folder (class
+    sub-folders of photos), a profile file like `imagenet`'s (U-Net DAE on random crops, BIM columns at
+    4/255 and 16/255, reports on the images the classifier gets right, step-wise gradients), the user's
+    own Keras classifier; train the DAE only, tune, attack | purify | classify, the table and the
+    adaptive report."""
+    import json
+    import subprocess
+
+    import keras
+
+    rng = np.random.default_rng(4)
+    root = tmp_path / "tinynet"
+    for split, n in (("train", 12), ("val", 9)):
+        for i in range(n):
+            k = i % 3  # class k: channel k brighter
+            img = (rng.random((80, 90, 3)) * 120).astype(np.uint8)
+            img[..., k] += 100
+            (root / split / f"c{k}").mkdir(parents=True, exist_ok=True)
+            _jpeg(root / split / f"c{k}" / f"{i}.jpg", img)
+    # the user's classifier: mean brightness per channel, scaled (it gets these images right)
+    clf = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.GlobalAveragePooling2D(),
+                            keras.layers.Dense(3, use_bias=False)])
+    clf.layers[-1].set_weights([np.eye(3, dtype=np.float32) * 20.0])
+    clf.save(tmp_path / "mine.keras")
+    profile = tmp_path / "tinynet-profile.json"
+    profile.write_text(json.dumps({
+        "name": "tinynet", "eps": 16 / 255, "steps": 2, "step": 8 / 255, "rand_init": False, "sigma_max": 0.15,
+        "val_size": 3, "dae_arch": "unet", "crop": 64, "resize": 72, "train_patch": 32, "correct_only": True,
+        "checkpoint_steps": True, "columns": ["clean", "random", "bim4", "bim16"], "figure_column": "bim16",
+        "all_variants": ["direct", "C"], "epochs": {"dae": 1},
+        "purify_fallback": {"n": 2, "alpha": 2 / 255, "eps_r": 1 / 255},
+        "tune_grid": {"A": {"n": [2], "alpha": [2 / 255]}, "adam": {"n": [2], "alpha": [2 / 255]},
+                      "noise": {"eps_r": [1 / 255]}}}))
+    ds, models, mine = f"folder:{root}", str(tmp_path / "models"), str(tmp_path / "mine.keras")
+    env = {k: v for k, v in os.environ.items() if k != "APUDAE_DATA_DIR"}
+
+    def ok(*args, stdin=None):
+        res = subprocess.run([sys.executable, os.path.join(REPO, "cli.py"), *args], cwd=tmp_path, env=env,
+                             capture_output=True, timeout=900, input=stdin)
+        assert res.returncode == 0, (args, res.stderr.decode()[-2000:])
+        return res
+
+    ok("train", ds, "--what", "dae", "--profile", str(profile), "--batch-size", "4", "--out", models)
+    assert models_unet(models)
+    ok("tune", ds, "--models", models, "--classifier", mine, "--variants", "C", "--n-val", "3", "--out", models,
+       "--force")
+    adv = ok("attack", "--dataset", ds, "--models", models, "--classifier", mine, "--method", "pgd", "--n", "4").stdout
+    purified = ok("purify", "--variant", "C", "--models", models, stdin=adv).stdout
+    answer = json.loads(ok("classify", "--models", models, "--classifier", mine, "--json", stdin=purified).stdout)
+    assert answer["n"] == 4 and answer["dataset"] == "tinynet"
+    report = str(tmp_path / "report")
+    ok("evaluate", ds, "--models", models, "--classifier", mine, "--n", "6", "--no-adv-training", "--variants",
+       "direct,C", "--out", report)
+    table = json.load(open(os.path.join(report, "table.json")))
+    assert {r["attack"] for r in table["records"]} == {"clean", "random", "bim4", "bim16"}
+    assert table["test_images"]["kept"] == 6 and all(r["n"] == 6 for r in table["records"])
+    ok("evaluate", ds, "--models", models, "--classifier", mine, "--n", "3", "--no-adv-training", "--adaptive",
+       "--apgd-steps", "2", "--apgd-targets", "1", "--square-queries", "3", "--out", report)
+    adaptive = json.load(open(os.path.join(report, "adaptive.json")))
+    # three classes: the targeted DLR loss needs four, so APGD-DLR takes APGD-T's place in the cascade
+    assert {r["attack"] for r in adaptive["records"]} >= {"bpda", "weighted", "apgd-ce", "apgd-dlr", "worst"}
+    worst = {r["defence"]: r["accuracy"] for r in adaptive["records"] if r["attack"] == "worst"}
+    assert len(worst) == 2 and all(0 <= a <= 1 for a in worst.values())
+
+
+def models_unet(folder) -> bool:
+    """Whether a model folder's DAE is the U-Net (its pooling stages)."""
+    import keras
+
+    dae = keras.models.load_model(os.path.join(folder, store.DAE), compile=False)
+    return sum(type(layer).__name__ == "MaxPooling2D" for layer in dae.layers) == 5

@@ -149,9 +149,10 @@ def _from_tfds_splits(name: str) -> Dataset:
     from apudae_tf import tfdsimages
 
     size, resize = _folder_geometry(name)
-    if not profiles.get(name).tfds_splits:
+    source = profiles.get(name).tfds_splits
+    if not source:
         raise ApudaeError("its profile names no tensorflow-datasets source")
-    builder, train_split, test_split = profiles.get(name).tfds_splits
+    builder, train_split, test_split = source
     tfds_dir = os.environ.get("TFDS_DATA_DIR") or None
     test = tfdsimages.TfdsSplit(builder, test_split, tfds_dir)
     everything = np.arange(test.size)

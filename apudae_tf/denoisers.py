@@ -57,8 +57,8 @@ def noisy_pairs(x: np.ndarray, sigma_max: float, batch_size: int, seed: int, lin
 
     ``given`` = (inputs, targets) adds fixed pairs that get no noise: the adv-dae recipe's
     adversarial examples and their clean images. An image folder (``FolderImages``) or a prepared
-    tfds split (``TfdsImages``) is streamed instead of held in memory, as random ``patch`` x ``patch`` crops (random flips)
-    when ``patch`` > 0."""
+    tfds split (``TfdsImages``) is streamed instead of held in memory, as random ``patch`` x ``patch``
+    crops (random flips) when ``patch`` > 0."""
     if isinstance(x, (FolderImages, TfdsImages)):
         return _streamed_pairs(x, sigma_max, batch_size, seed, linf_max, patch)
     inputs, targets, fixed = x, x, np.zeros(len(x), bool)

@@ -522,7 +522,8 @@ def table_notes(result: dict) -> list[str]:
 GAN_ATTACK_RESTARTS = 1
 # the adaptive report's column headers
 ADAPTIVE_LABELS = {"clean": "clean", "pgd": "blind PGD", "bpda": "counter A", "weighted": "counter B (worst λ)",
-                   "apgd-ce": "+ APGD-CE", "apgd-dlr": "+ APGD-DLR", "apgd-t": "+ APGD-T", "square": "+ Square", "worst": "**worst case**"}
+                   "apgd-ce": "+ APGD-CE", "apgd-dlr": "+ APGD-DLR", "apgd-t": "+ APGD-T", "square": "+ Square",
+                   "worst": "**worst case**"}
 
 
 def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed: int = 0, budget=None,
@@ -655,8 +656,8 @@ def adaptive_notes(result: dict) -> list[str]:
         lines += ["", f"**Defense-GAN** has no counter A or B (they target a DAE). Its gradient attacks use BPDA "
                   "(the latent search forward, the identity backward, Athalye et al. 2018) with EOT: each attack step "
                   f"runs the search with {result['defense_gan_attacker_restarts']} fresh random restart(s) instead "
-                  "of L, a cheaper forward for the attacker, and Square queries that same forward (its scores averaged over "
-                  "the EOT draws); the score is always the full defence's."]
+                  "of L, a cheaper forward for the attacker, and Square queries that same forward (its scores "
+                  "averaged over the EOT draws); the score is always the full defence's."]
     per = result.get("seconds_per_image") or {}
     if per:
         lines += ["", "**Attack time per attacked image** (seconds, 2 CPU cores; cells from the cache keep the time "

@@ -86,19 +86,37 @@ def decode(path: str, size: int, resize: int):
     import tensorflow as tf
 
     try:
-        img = _read(path)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+        blob = tf.io.read_file(path)
+    except tf.errors.NotFoundError as e:
         raise ApudaeError(f"cannot decode the image {path} ({first_line(e.message, 80)})") from None
+    return decode_blob(blob, size, resize, path)
+
+
+def decode_blob(blob, size: int, resize: int, where: str):
+    """Encoded image bytes (eager) as ``decode`` gives a file; one error naming ``where`` if they do not decode."""
+    import tensorflow as tf
+
+    try:
+        img = pixels(blob)
+    except tf.errors.InvalidArgumentError as e:
+        raise ApudaeError(f"cannot decode the image {where} ({first_line(e.message, 80)})") from None
     return preprocess(img, size, resize)
 
 
-def _read(path):
-    """A file's pixels as uint8 RGB (grayscale and CMYK converted), eager or as graph ops."""
+def pixels(blob):
+    """Encoded image bytes as uint8 RGB pixels (grayscale and CMYK converted), eager or as graph ops."""
     import tensorflow as tf
 
-    img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    img = tf.io.decode_image(blob, channels=3, expand_animations=False)
     img.set_shape([None, None, 3])
     return img
+
+
+def _read(path):
+    """A file's pixels, eager or as graph ops."""
+    import tensorflow as tf
+
+    return pixels(tf.io.read_file(path))
 
 
 class FolderImages:

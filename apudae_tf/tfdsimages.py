@@ -58,23 +58,14 @@ class TfdsSplit:
             if wanted[k]:
                 got_y[lo + k] = label
                 if images:
-                    got_x[lo + k] = _decode(blob, size, resize, f"tfds:{self.name} {self.split}[{lo + k}]")
+                    where = f"tfds:{self.name} {self.split}[{lo + k}]"
+                    got_x[lo + k] = imagefolder.decode_blob(blob, size, resize, where).numpy()
         y = np.asarray([got_y[int(p)] for p in positions], np.int64)
         return (np.stack([got_x[int(p)] for p in positions]) if images else None), y
 
 
-def _decode(blob: bytes, size: int, resize: int, where: str) -> np.ndarray:
-    import tensorflow as tf
-
-    try:
-        img = tf.io.decode_image(blob, channels=3, expand_animations=False)
-    except tf.errors.InvalidArgumentError as e:
-        raise ApudaeError(f"cannot decode the image {where} ({first_line(e.message, 80)})") from None
-    return imagefolder.preprocess(img, size, resize).numpy()
-
-
 class _View:
-    """Records of a split at ``positions``: numpy-style indexing reads just those."""
+    """Records of a split at ``positions``: numpy-style indexing reads just those (``_read``, per kind)."""
 
     ndim = 1
 
@@ -86,6 +77,14 @@ class _View:
 
     def _chosen(self, index) -> np.ndarray:
         return self.positions[np.arange(len(self.positions))[index]]
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self[np.asarray([index])][0]
+        return self._read(self._chosen(index))
+
+    def __array__(self, dtype=None, copy=None):
+        return self[:] if dtype is None else self[:].astype(dtype)
 
     def take(self, index, axis: int = 0):
         if axis != 0:
@@ -105,14 +104,8 @@ class TfdsLabels(_View):
     def _with(self, positions):
         return TfdsLabels(self.source, positions)
 
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            return self[np.asarray([index])][0]
-        return self.source.read(self._chosen(index), images=False)[1]
-
-    def __array__(self, dtype=None, copy=None):
-        y = self[:]
-        return y if dtype is None else y.astype(dtype)
+    def _read(self, positions):
+        return self.source.read(positions, images=False)[1]
 
     def max(self):
         """The largest label the split can hold (its class count − 1), without reading it."""
@@ -136,13 +129,8 @@ class TfdsImages(_View):
     def _with(self, positions):
         return TfdsImages(self.source, positions, self.size, self.resize)
 
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            return self[np.asarray([index])][0]
-        return self.source.read(self._chosen(index), images=True, size=self.size, resize=self.resize)[0]
-
-    def __array__(self, dtype=None, copy=None):
-        return self[:] if dtype is None else self[:].astype(dtype)
+    def _read(self, positions):
+        return self.source.read(positions, images=True, size=self.size, resize=self.resize)[0]
 
     def images(self, seed: int | None = None):
         """A ``tf.data`` pass over the images (decoded in parallel), reshuffled each epoch when ``seed`` is
@@ -154,9 +142,8 @@ class TfdsImages(_View):
         keep = tf.constant(keep)
         ds = (self.source.records().enumerate()
               .filter(lambda k, rec: tf.gather(keep, k))
-              .map(lambda k, rec: imagefolder.preprocess(
-                  tf.ensure_shape(tf.io.decode_image(rec[0], channels=3, expand_animations=False), [None, None, 3]),
-                  self.size, self.resize), num_parallel_calls=tf.data.AUTOTUNE))
+              .map(lambda k, rec: imagefolder.preprocess(imagefolder.pixels(rec[0]), self.size, self.resize),
+                   num_parallel_calls=tf.data.AUTOTUNE))
         if seed is not None:  # records come in file order: a shuffle buffer mixes them
             ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
         return ds

@@ -2,8 +2,8 @@
 
   python scripts/summary_table.py
 
-For every adaptive report under results/ (adaptive.json, also one folder deeper), one row per defence: clean accuracy, the
-blind PGD column (attacks made on the classifier alone, the paper's protocol) and the worst case over
+For every adaptive report under results/ (adaptive.json, also one folder deeper), one row per defence:
+clean accuracy, the blind PGD column (attacks made on the classifier alone, the paper's protocol) and the worst case over
 every attack that sees the defence (the number to quote), each with its number of test images.
 """
 
@@ -30,8 +30,8 @@ def order(path):
     return (PAPER_FIRST.index(first) if first in PAPER_FIRST else len(PAPER_FIRST), name)
 
 
-for path in sorted((glob.glob(os.path.join(ROOT, "results", "*", "adaptive.json"))
-                          + glob.glob(os.path.join(ROOT, "results", "*", "*", "adaptive.json"))), key=order):
+reports = [p for depth in ("*", "*/*") for p in glob.glob(os.path.join(ROOT, "results", depth, "adaptive.json"))]
+for path in sorted(reports, key=order):
     with open(path) as f:
         report = json.load(f)
     if not any(r["attack"] == "worst" for r in report["records"]):

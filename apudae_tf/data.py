@@ -153,6 +153,7 @@ def _from_tfds_splits(name: str) -> Dataset:
     if not source:
         raise ApudaeError("its profile names no tensorflow-datasets source")
     builder, train_split, test_split = source
+    _quiet_tfds()
     tfds_dir = os.environ.get("TFDS_DATA_DIR") or None
     test = tfdsimages.TfdsSplit(builder, test_split, tfds_dir)
     everything = np.arange(test.size)
@@ -205,11 +206,16 @@ def _online() -> bool:
         return False
 
 
-def _from_tfds(name: str) -> dict[str, np.ndarray]:
+def _quiet_tfds() -> None:
     import absl.logging
-    import tensorflow_datasets as tfds
 
     absl.logging.set_verbosity(absl.logging.ERROR)  # tfds' notes on its cache folder are not the user's business
+
+
+def _from_tfds(name: str) -> dict[str, np.ndarray]:
+    import tensorflow_datasets as tfds
+
+    _quiet_tfds()
     out = {}
     for split in ("train", "test"):
         try:  # prepared earlier on this machine: no network needed

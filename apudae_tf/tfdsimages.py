@@ -24,13 +24,15 @@ class TfdsSplit:
         self.name, self.split, self.data_dir = name, split, data_dir
         try:
             builder = tfds.builder(name, data_dir=data_dir)
-            info = builder.info.splits[split]
-            if not builder.is_prepared():
-                raise FileNotFoundError("not prepared")
-        except Exception as e:  # tfds raises its own types for an unknown or unprepared dataset
+            info = builder.info.splits[split] if builder.is_prepared() else None
+        except Exception as e:  # tfds raises its own types for an unknown dataset or a split it lacks
+            info, why = None, first_line(e, 80)
+        else:
+            why = "not prepared" if info is None else ""
+        if info is None:
             raise ApudaeError(f"tfds:{name}: no prepared {split} split in {data_dir or 'the tensorflow-datasets folder'}"
-                              f" ({first_line(e, 80)}); prepare it first (its manual download, then "
-                              f"`tfds build {name} --manual_dir DIR`)") from None
+                              f" ({why}); prepare it first (its manual download, then "
+                              f"`tfds build {name} --manual_dir DIR`)")
         self.size = int(info.num_examples)
         self.num_classes = int(builder.info.features["label"].num_classes)
 

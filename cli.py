@@ -151,6 +151,11 @@ def write_batch(batch, path):
         write_stdout(pipeline.dumps(batch), f"{len(batch.x)} images")
 
 
+BATCH_HELP = ("Images per batch (default: 500 for MNIST- and CIFAR-sized images, fewer for large ones: 10 at 224 px, "
+              "to stay within a few GB). Random draws (random starts, a random variant's noise) are made per batch, "
+              "so it is part of the result.")
+
+
 def model_folder(dataset, model_dir):
     """--models DIR if given, else the shipped saved_models/<dataset>, else what `train` and `tune` made here
     by default (./apudae-runs/<dataset>/tuned, then .../models). The profile the folder was trained with
@@ -370,7 +375,7 @@ def info(dataset, model_dir, classifier_path, as_json, data_dir):
 @click.option("--n", "n_images", type=click.IntRange(min=1), default=None, help="Attack the first N images.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help=BATCH_HELP)
 @click.option("--variant", type=click.Choice(names.PURIFY_VARIANTS), default=None,
               help="The purification variant the attack sees: for bpda-eot and adaptive (default F), and for "
                    "apgd-ce, apgd-dlr, apgd-t and square, which then attack classifier ∘ purifier through its exact "
@@ -452,7 +457,7 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
               help="Rotation range θ_max in degrees (G; eq. 13), in [0, 180].")
 @click.option("--seed", type=int, default=None, help="Seed of the random variants F and G.")
 @click.option("--dataset", default=None, help="Dataset whose models to use, when the input's meta names none.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help=BATCH_HELP)
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False), default=None,
               help="Input npz (default: stdin).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,

@@ -638,9 +638,10 @@ ENSEMBLE_ATTACKS = {"apgd-ce": apgd_ce, "apgd-dlr": apgd_dlr, "apgd-t": apgd_t, 
 ATTACKS = {"none": no_attack, "random": random_noise, "fgsm": fgsm, "r-fgsm": r_fgsm, "pgd": pgd, "cw": cw_linf, "cw-l2": cw_l2}
 
 
-def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size: int = 500, progress=None,
+def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size: int | None = None, progress=None,
                defence=None):
-    """Attack ``x`` (numpy) in batches; returns float32 numpy adversarial images.
+    """Attack ``x`` (numpy) in batches (default: ``models.batch_for`` its image size at ``GRADIENT_PIXELS``);
+    returns float32 numpy adversarial images.
 
     The attacks of ``DEFENCE_ATTACKS`` also need ``defence``, the Purifier in front of ``model_fn``."""
     if method in DEFENCE_ATTACKS:
@@ -656,6 +657,7 @@ def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size
     else:
         raise ApudaeError(f"unknown attack {method!r}; use one of {', '.join(METHODS)}")
     y = np.asarray(y, np.int64)
+    batch_size = batch_size or models.batch_for(x.shape[1:], models.GRADIENT_PIXELS)
     out = []
     for i in range(0, len(x), batch_size):
         batch = dataclasses.replace(settings, seed=settings.seed + i)  # batches get distinct random draws

@@ -190,9 +190,15 @@ def reconstruction_errors(dae, x: np.ndarray, batch_size: int | None = None) -> 
     return predict_in_batches(lambda b: reconstruction_error(dae, b), x, batch_size or batch_for(x.shape[1:]))
 
 
-def batch_for(image_shape, pixels: int = 2 ** 22) -> int:
-    """A batch of at most ``pixels`` pixels (at most 500 images): MNIST and CIFAR-10 take 500 at once, a
-    224-px image 83, so that a U-Net's activations stay within a few GB."""
+# pixels per batch, for forward passes (logits, r(x)) and for work that also holds a gradient's activations
+# (purification steps, attacks): MNIST and CIFAR-10 take 500 images either way, a 224-px image 83 and 10,
+# which keeps a U-Net or an EfficientNet within a few GB (one 224-px image through a 15-step purification
+# and its gradient holds ~1.2 GB: results/imagenet/attack_cost.json)
+FORWARD_PIXELS, GRADIENT_PIXELS = 2 ** 22, 2 ** 19
+
+
+def batch_for(image_shape, pixels: int = FORWARD_PIXELS) -> int:
+    """A batch of at most ``pixels`` pixels, at most 500 images."""
     return int(max(1, min(500, pixels // int(np.prod(image_shape[:2])))))
 
 
@@ -201,7 +207,9 @@ def inference_fn(model):
     return tf.function(lambda x: model(x, training=False))
 
 
-def predict_in_batches(fn, x, batch_size: int = 500):
-    """Apply ``fn`` to ``x`` in chunks and concatenate (numpy in, numpy out)."""
+def predict_in_batches(fn, x, batch_size: int | None = None):
+    """Apply ``fn`` to ``x`` in chunks (default: ``batch_for`` its image size) and concatenate (numpy in,
+    numpy out)."""
+    batch_size = batch_size or batch_for(x.shape[1:])
     outs = [np.asarray(fn(tf.constant(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

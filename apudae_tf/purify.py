@@ -351,10 +351,13 @@ class Purifier:
         Also callable while tracing (the SavedModel export does); ``seed`` may then be a tensor."""
         return self._compiled(tf.convert_to_tensor(x, tf.float32), self._seed(seed), *self._settings_tensors())
 
-    def purify_array(self, x: np.ndarray, batch_size: int = 500, progress=None, seed: int | None = None) -> np.ndarray:
-        """Purify a numpy array in batches; batch i uses seed ``seed + i`` (default: ``settings.seed + i``),
-        so the result is reproducible."""
+    def purify_array(self, x: np.ndarray, batch_size: int | None = None, progress=None,
+                     seed: int | None = None) -> np.ndarray:
+        """Purify a numpy array in batches (default: ``models.batch_for`` its image size at
+        ``GRADIENT_PIXELS``); batch i uses seed ``seed + i`` (default: ``settings.seed + i``), so the
+        result is reproducible for a given batch size."""
         seed = self.settings.seed if seed is None else seed
+        batch_size = batch_size or models.batch_for(x.shape[1:], models.GRADIENT_PIXELS)
         out = []
         for j, i in enumerate(range(0, len(x), batch_size)):
             out.append(fitting.across_replicas(lambda b, j=j: self.purify(b, seed=seed + j),

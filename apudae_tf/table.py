@@ -214,7 +214,7 @@ def _attack_settings(d: Defence, c: Column, method: str, purifier) -> attacks.At
 
 
 def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dict, columns: list[Column],
-          out_dir: str | None, echo=None, progress_bar=None, batch_size: int = 500, paper=None,
+          out_dir: str | None, echo=None, progress_bar=None, batch_size: int | None = None, paper=None,
           per_image: bool = False) -> tuple[dict, dict]:
     """Score every defence on every column (the first ``column.n`` test images).
 
@@ -431,7 +431,7 @@ def roc(r_clean: np.ndarray, r_adv: np.ndarray) -> dict:
 # -- the defences ----------------------------------------------------------------------------
 
 
-def classify_fn(model_fn, batch_size=500):
+def classify_fn(model_fn, batch_size=None):
     def predict(x):
         return np.argmax(models.predict_in_batches(model_fn, x, batch_size), 1)
 
@@ -466,7 +466,7 @@ def magnet_fn(dae, model_fn, threshold: float):
 FRESH_SEEDS = 1_000_003
 
 
-def purify_fn(purifier, model_fn, batch_size=500, fresh: bool = False):
+def purify_fn(purifier, model_fn, batch_size=None, fresh: bool = False):
     seed = purifier.settings.seed + (FRESH_SEEDS if fresh else 0)
 
     def predict(x):

@@ -219,3 +219,20 @@ def test_the_step_wise_gradient_s_memory_does_not_grow_with_the_steps():
         return int(done.stdout.split()[-1]) / 1024
 
     assert peak_mib(12) - peak_mib(2) < 250
+
+
+def test_default_batches_keep_large_images_within_memory_and_small_ones_at_500(dae_and_x):
+    assert models.batch_for((28, 28, 1)) == models.batch_for((32, 32, 3), models.GRADIENT_PIXELS) == 500
+    assert models.batch_for((224, 224, 3)) == 83 and models.batch_for((224, 224, 3), models.GRADIENT_PIXELS) == 10
+    seen = []
+    out = models.predict_in_batches(lambda b: (seen.append(len(b)), tf.reduce_mean(b, [1, 2]))[1],
+                                    np.zeros((90, 224, 224, 1), np.float32))
+    assert seen == [83, 7] and out.shape == (90, 1)
+    dae, x = dae_and_x  # a purifier's batches follow the gradient budget: 2 ** 19 pixels
+    p = purify.Purifier(dae, store.DaeStats(1.0, 1.0, 0.0, x.shape[1:], "t", {}), "A", purify.PurifySettings(n=1))
+    calls = []
+    p.purify = lambda b, seed: (calls.append(int(b.shape[0])), b)[1]
+    big = np.zeros((600, 32, 32) + x.shape[3:], np.float32)
+    p.purify_array(big)
+    p.purify_array(np.zeros((3, 512, 512) + x.shape[3:], np.float32))
+    assert calls == [500, 100, 2, 1]

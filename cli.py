@@ -585,6 +585,8 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
     the defence), keeps the setting with the best mean of clean and PGD
     accuracy, and writes it to OUT/purify_settings.json, which `purify
     --models OUT` then uses by default. The whole sweep goes to the report.
+    Each scored setting is kept in ./apudae-runs/<dataset>/tune-cache, so the
+    same command run again after an interruption resumes.
     """
     from apudae_tf import attacks, data, evaluate, store
 
@@ -593,8 +595,12 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
     out_dir = out_dir or store.run_dir(dataset, "tuned")
     same = os.path.realpath(out_dir) == os.path.realpath(folder)
     holds = (store.GENERATOR_INFO,) if defense_gan and same else () if defense_gan else (store.PURIFY_SETTINGS,)
-    if not same:  # a new folder is checked before the copy brings the base's settings along
-        store.check_output_folder(out_dir, "--out", holds + (store.CLASSIFIER, store.DAE), force)
+    if not same:  # a new folder is checked before the copy brings the base's settings along; copies of the
+        # very files it would copy are no conflict (a tune that was interrupted, run again: it resumes)
+        sources = {store.CLASSIFIER: classifier_path or os.path.join(folder, store.CLASSIFIER),
+                   store.DAE: os.path.join(folder, store.DAE)}
+        differ = tuple(f for f, src in sources.items() if not store.same_file(src, os.path.join(out_dir, f)))
+        store.check_output_folder(out_dir, "--out", holds + differ, force)
     else:
         store.check_output_folder(out_dir, "--out", holds, force)
     report_path = report_path or os.path.join(out_dir, "tune_gan.json" if defense_gan else "tune.json")
@@ -616,7 +622,9 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
         click.echo(f"{variant}: n={s['n']} alpha={s['alpha']:.4g} eps_r={s['eps_r']:.4g} "
                    f"clean {row['clean']:.3f} pgd {row['pgd']:.3f}", err=True)
 
-    report = evaluate.tune(m, ds, chosen_variants, n_val, attacks.preset(ds.name, seed=seed), seed, progress=show)
+    # every scored setting is kept, so an interrupted tune resumes (at ImageNet size one costs minutes)
+    report = evaluate.tune(m, ds, chosen_variants, n_val, attacks.preset(ds.name, seed=seed), seed, progress=show,
+                           cache_dir=store.run_dir(dataset, "tune-cache"))
     report["command"] = "apudae-tf tune " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     report["models"] = store.shown_path(folder)
     store.write_json(report_path, report)

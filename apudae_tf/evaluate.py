@@ -82,38 +82,55 @@ def _val_probe(m: Models, ds: Dataset, n_val: int, attack_settings) -> tuple:
     return x, x_adv, acc, head
 
 
-def _sweep(candidates, make_defence, x, x_adv, acc, progress=None) -> tuple[dict, list[dict]]:
-    """Score each candidate's defence on clean and PGD validation images; the best and the sweep."""
+def _sweep(candidates, make_defence, x, x_adv, acc, progress=None, cache=None, key=()) -> tuple[dict, list[dict]]:
+    """Score each candidate's defence on clean and PGD validation images; the best and the sweep.
+    With ``cache`` (a table.Cache) each scored candidate is kept under ``key`` and its settings, so an
+    interrupted sweep resumes where it stopped."""
     import dataclasses
     import time
 
+    from apudae_tf import table
+
     sweep = []
     for s in candidates:
-        d = make_defence(s)
-        t0 = time.perf_counter()
-        row = {"settings": dataclasses.asdict(s), "clean": acc(d.purify_array(x))}
-        row["ms_per_image"] = 1000 * (time.perf_counter() - t0) / max(len(x), 1)
-        row["pgd"] = acc(d.purify_array(x_adv))
-        row["score"] = (row["clean"] + row["pgd"]) / 2
+        cell = table.digest(*key, dataclasses.asdict(s))
+        row = cache.cell(cell) if cache else None
+        if row is None:
+            d = make_defence(s)
+            t0 = time.perf_counter()
+            row = {"settings": dataclasses.asdict(s), "clean": acc(d.purify_array(x))}
+            row["ms_per_image"] = 1000 * (time.perf_counter() - t0) / max(len(x), 1)
+            row["pgd"] = acc(d.purify_array(x_adv))
+            row["score"] = (row["clean"] + row["pgd"]) / 2
+            if cache:
+                cache.put_cell(cell, row)
         sweep.append(row)
         if progress:
             progress(row)
     return max(sweep, key=lambda r: r["score"]), sweep
 
 
-def tune(m: Models, ds: Dataset, variants, n_val: int, attack_settings, seed: int = 0, progress=None) -> dict:
+def tune(m: Models, ds: Dataset, variants, n_val: int, attack_settings, seed: int = 0, progress=None,
+         cache_dir: str | None = None) -> dict:
     """Pick each variant's settings on validation images: maximise the mean of clean and
-    PGD accuracy (PGD from the preset, blind to the defence)."""
+    PGD accuracy (PGD from the preset, blind to the defence). With ``cache_dir``, each scored setting
+    is kept there (keyed by the models' files, the images and the attack), so a rerun resumes."""
     import dataclasses
+    import os
 
+    from apudae_tf import store, table
     from apudae_tf.purify import Purifier
 
     x, x_adv, acc, report = _val_probe(m, ds, n_val, attack_settings)
+    cache = table.Cache(cache_dir) if cache_dir else None
+    files = [store.file_digest(m.classifier_file or os.path.join(m.folder, store.CLASSIFIER)),
+             store.file_digest(os.path.join(m.folder, store.DAE))]
     report["variants"] = {}
     for variant in variants:
         best, sweep = _sweep([dataclasses.replace(s, seed=seed) for s in tune_candidates(ds.name, variant)],
                              lambda s: Purifier(m.dae, m.stats, variant, s), x, x_adv, acc,
-                             progress and (lambda row: progress(variant, row)))
+                             progress and (lambda row: progress(variant, row)), cache,
+                             ("tune", variant, *files, ds.source, len(x), report["attack"]))
         report["variants"][variant] = {"settings": best["settings"], "val_clean": best["clean"],
                                        "val_pgd": best["pgd"], "sweep": sweep}
     return report

@@ -154,6 +154,13 @@ def check_output_folder(path: str, option: str, holds: tuple[str, ...], force: b
     probe_folder(path, option, path)
 
 
+def same_file(a: str, b: str) -> bool:
+    """Both files exist and hold the same bytes."""
+    import filecmp
+
+    return os.path.isfile(a) and os.path.isfile(b) and filecmp.cmp(a, b, shallow=False)
+
+
 def copy_file(src: str, dst: str) -> None:
     """Copy a file atomically."""
     import shutil

@@ -95,7 +95,8 @@ def unpack(text: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:n].astype(bool)
 
 
-def _digest(*parts) -> str:
+def digest(*parts) -> str:
+    """A short hash of JSON-able parts: the caches' keys."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -250,8 +251,8 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
             else:
                 seen = {"variant": purifier.variant, **dataclasses.asdict(purifier.settings),
                         purifier.model_key: target_files[purifier.model_key]}
-            subset = _digest(idx.tolist()) if c.cascade else None
-            ekey = f"{name}-{method}-n{c.n}-" + _digest(dataclasses.asdict(s), target_files[d.target], seen, ds.source,
+            subset = digest(idx.tolist()) if c.cascade else None
+            ekey = f"{name}-{method}-n{c.n}-" + digest(dataclasses.asdict(s), target_files[d.target], seen, ds.source,
                                                          *([subset] if subset else []))
             if (name, ekey) not in kept:
                 got, spent = (x, 0.0) if method == "none" or not len(idx) else cache.examples(ekey)
@@ -275,7 +276,7 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
                                                 "seconds": round(spent, 2)}
             examples = kept[(name, ekey)]
             kept[(name, c.key, s.lam)] = (examples, idx)
-            key = _digest(d.name, d.settings, c.key, method, c.n, dataclasses.asdict(s), target_files[d.target],
+            key = digest(d.name, d.settings, c.key, method, c.n, dataclasses.asdict(s), target_files[d.target],
                           ds.source, per_image, *([subset] if subset else []))
             rec = cache.cell(key)
             if rec is None:

@@ -104,6 +104,13 @@ def test_existing_outputs_are_kept_unless_forced(tiny_models, tiny_npz, tmp_path
     (open(os.path.join(tiny_models, store.PURIFY_SETTINGS), "w")).write('{"variants": {}}')
     res = _cli(["tune", "mnist", "--models", tiny_models, "--out", tiny_models], tmp_path)
     assert "already holds purify_settings.json" in _one_error_line(res)
+    # tuning into a folder that holds another DAE (copies of the same files would be a resumed tune)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / store.DAE).write_bytes(b"not the same DAE")
+    res = _cli(["tune", "mnist", "--models", tiny_models, "--out", str(other)], tmp_path)
+    assert "already holds dae.keras" in _one_error_line(res)
+    assert (other / store.DAE).read_bytes() == b"not the same DAE"
 
 
 @pytest.mark.slow
@@ -246,10 +253,18 @@ def test_a_new_dataset_is_one_profile_and_every_command_runs_on_it(tmp_path):
     ok(["train", ds, "--profile", str(profile), "--out", models])
     recorded = json.load(open(os.path.join(models, "profile.json")))
     assert recorded["name"] == "quads" and recorded["threat"]["eps"] == 0.1 and recorded["epochs"]["dae"] == 2
-    ok(["tune", ds, "--models", models, "--variants", "D", "--n-val", "8", "--out", str(tmp_path / "tuned")])
     tuned = str(tmp_path / "tuned")
+    ok(["tune", ds, "--models", models, "--variants", "D", "--n-val", "8", "--out", tuned])
     chosen = json.load(open(os.path.join(tuned, store.PURIFY_SETTINGS)))["variants"]["D"]["settings"]
     assert chosen["alpha"] in (0.1 / 8, 0.1 / 4, 0.1 / 2)  # the generic grid, scaled by this ε
+    # the same tune run again after an interruption resumes: its copies are no conflict, and every scored
+    # setting comes from ./apudae-runs/quads/tune-cache (its measured time too: nothing was re-run)
+    first = json.load(open(os.path.join(tuned, "tune.json")))
+    os.remove(os.path.join(tuned, store.PURIFY_SETTINGS))
+    os.remove(os.path.join(tuned, "tune.json"))
+    ok(["tune", ds, "--models", models, "--variants", "D", "--n-val", "8", "--out", tuned])
+    assert json.load(open(os.path.join(tuned, "tune.json")))["variants"] == first["variants"]
+    assert os.path.isfile(tmp_path / "apudae-runs" / "quads" / "tune-cache" / "cells.json")
     adv = tmp_path / "adv.npz"
     ok(["attack", "--dataset", ds, "--models", tuned, "--n", "20", "-o", str(adv)])
     batch = pipeline.read(str(adv))

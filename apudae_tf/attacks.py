@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -639,9 +640,10 @@ ATTACKS = {"none": no_attack, "random": random_noise, "fgsm": fgsm, "r-fgsm": r_
 
 
 def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size: int | None = None, progress=None,
-               defence=None):
+               defence=None, done=None):
     """Attack ``x`` (numpy) in batches (default: ``models.batch_for`` its image size at ``GRADIENT_PIXELS``);
-    returns float32 numpy adversarial images.
+    returns float32 numpy adversarial images. ``done`` (``get(i)``/``put(i, x)`` by the batch's first
+    index, e.g. ``table.BatchStore``) keeps finished batches, so an interrupted attack resumes.
 
     The attacks of ``DEFENCE_ATTACKS`` also need ``defence``, the Purifier in front of ``model_fn``."""
     if method in DEFENCE_ATTACKS:
@@ -660,9 +662,16 @@ def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size
     batch_size = batch_size or models.batch_for(x.shape[1:], models.GRADIENT_PIXELS)
     out = []
     for i in range(0, len(x), batch_size):
-        batch = dataclasses.replace(settings, seed=settings.seed + i)  # batches get distinct random draws
-        out.append(np.asarray(fn(model_fn, tf.constant(x[i : i + batch_size]), tf.constant(y[i : i + batch_size]),
-                                 batch), np.float32))
+        kept = done.get(i) if done is not None else None
+        if kept is not None and len(kept) == len(x[i : i + batch_size]):
+            out.append(kept)
+        else:
+            batch = dataclasses.replace(settings, seed=settings.seed + i)  # batches get distinct random draws
+            t0 = time.perf_counter()
+            out.append(np.asarray(fn(model_fn, tf.constant(x[i : i + batch_size]),
+                                     tf.constant(y[i : i + batch_size]), batch), np.float32))
+            if done is not None:
+                done.put(i, out[-1], time.perf_counter() - t0)
         if progress:
             progress(min(i + batch_size, len(x)))
     return np.concatenate(out) if out else np.zeros_like(x)

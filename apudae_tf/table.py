@@ -151,6 +151,45 @@ class Cache:
     def put_examples(self, key, x, meta):
         if self.folder:
             pipeline.write(pipeline.Batch(x=x, y=None, meta=meta), os.path.join(self.folder, f"{key}.npz"))
+            for path in self._batch_paths(key):  # the finished examples replace their batches
+                os.remove(path)
+
+    def batches(self, key) -> "BatchStore | None":
+        """Where an attack keeps its finished batches while it runs (``attacks.run_attack(done=...)``), so a
+        cell that takes hours resumes from its last batch; None without a folder."""
+        return BatchStore(self.folder, key) if self.folder else None
+
+    def _batch_paths(self, key):
+        import glob
+
+        return glob.glob(os.path.join(glob.escape(self.folder), f"{key}.batch-*.npz"))
+
+
+class BatchStore:
+    """One attack's finished batches, by their first image's index: ``get(i)`` and ``put(i, x, seconds)``.
+    ``reused_seconds``: what the batches ``get`` returned took when they were made (a resumed attack's
+    time is the sum of both runs')."""
+
+    def __init__(self, folder: str, key: str):
+        self.folder, self.key, self.reused_seconds = folder, key, 0.0
+
+    def _path(self, i: int) -> str:
+        return os.path.join(self.folder, f"{self.key}.batch-{i}.npz")
+
+    def get(self, i: int):
+        path = self._path(i)
+        if os.path.isfile(path):
+            try:
+                batch = pipeline.read(path)
+            except ApudaeError:
+                return None  # a damaged batch is recomputed
+            self.reused_seconds += float(batch.meta.get("seconds", 0.0))
+            return batch.x
+        return None
+
+    def put(self, i: int, x, seconds: float = 0.0) -> None:
+        pipeline.write(pipeline.Batch(x=np.asarray(x, np.float32), y=None,
+                                      meta={"first": int(i), "seconds": float(seconds)}), self._path(i))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,14 +298,15 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
                 if got is None or len(got) != len(idx):
                     t0 = time.time()
                     label = f"{method} on {name} ({len(idx)} images)"
+                    batches = cache.batches(ekey)
                     run = functools.partial(attacks.run_attack, method, targets[d.target], x, y, s,
-                                            batch_size=batch_size, defence=purifier)
+                                            batch_size=batch_size, defence=purifier, done=batches)
                     if progress_bar:
                         with progress_bar(len(idx), label) as bar:
                             got = run(progress=lambda k: bar.update(k - bar.pos))
                     else:
                         got = run()
-                    spent = time.time() - t0
+                    spent = time.time() - t0 + (batches.reused_seconds if batches else 0.0)
                     echo(f"{label}: {spent:.0f} s")
                     cache.put_examples(ekey, got, {"dataset": ds.name, "attack": method, "target": name,
                                                    "settings": dataclasses.asdict(s), "defence": seen,

@@ -304,3 +304,35 @@ def test_report_names_every_apudae_cell_below_the_paper_and_only_those():
     assert "fgsm: 0.915 vs 0.964 (the paper" not in text
     result["records"] = result["records"][2:]
     assert evaluate._below_paper(result) == []
+
+
+
+def test_an_interrupted_attack_resumes_from_its_finished_batches(tmp_path, monkeypatch):
+    from apudae_tf import attacks
+
+    firsts, stop_at = [], [None]
+
+    def fake(model_fn, x, y, settings):  # an attack whose output shows which batch (seed) made it
+        if len(firsts) == stop_at[0]:
+            raise KeyboardInterrupt  # the session ends mid-cell
+        firsts.append(settings.seed)
+        return x.numpy() + settings.seed / 1000
+
+    monkeypatch.setitem(attacks.ATTACKS, "fake", fake)
+    x = np.zeros((10, 4, 4, 1), np.float32)
+    s = attacks.AttackSettings(eps=0.1, steps=1, step=0.1, seed=7)
+    whole = attacks.run_attack("fake", None, x, np.zeros(10), s, batch_size=4)
+    firsts.clear()
+    cache = table.Cache(str(tmp_path))
+    stop_at[0] = 2
+    with pytest.raises(KeyboardInterrupt):
+        attacks.run_attack("fake", None, x, np.zeros(10), s, batch_size=4, done=cache.batches("k"))
+    assert firsts == [7, 11]
+    firsts.clear()
+    stop_at[0] = None
+    done = cache.batches("k")
+    again = attacks.run_attack("fake", None, x, np.zeros(10), s, batch_size=4, done=done)
+    assert firsts == [15] and np.array_equal(again, whole)  # only the last batch was run again
+    assert len(cache._batch_paths("k")) == 3 and done.reused_seconds >= 0
+    cache.put_examples("k", again, {})
+    assert cache._batch_paths("k") == [] and np.array_equal(cache.examples("k")[0], whole)

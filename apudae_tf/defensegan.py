@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from apudae_tf import store
+from apudae_tf import models, store
 from apudae_tf.errors import ApudaeError
 
 LATENT_DIM = 128
@@ -151,9 +151,11 @@ class DefenseGan:
         return self._search(self.generator, x, z0, tf.constant(s.restarts), tf.constant(s.steps),
                             tf.constant(s.lr, tf.float32), tf.constant(s.momentum, tf.float32))
 
-    def purify_array(self, x: np.ndarray, batch_size: int = 500, progress=None, seed: int | None = None) -> np.ndarray:
+    def purify_array(self, x: np.ndarray, batch_size: int | None = None, progress=None,
+                     seed: int | None = None) -> np.ndarray:
         seed = self.settings.seed if seed is None else seed
         out = []
+        batch_size = batch_size or models.batch_for(x.shape[1:], models.GRADIENT_PIXELS)  # as Purifier's
         for i in range(0, len(x), batch_size):
             # batch i gets its own draws, the same whatever the batch size before it
             out.append(np.asarray(self.purify(x[i : i + batch_size], seed=seed + i)))

@@ -110,21 +110,29 @@ def _sweep(candidates, make_defence, x, x_adv, acc, progress=None, cache=None, k
     return max(sweep, key=lambda r: r["score"]), sweep
 
 
+def _model_digests(m: Models) -> dict:
+    """The digests of the classifier's and the DAE's files: what keys the caches to these models."""
+    import os
+
+    from apudae_tf import store
+
+    return {"classifier": store.file_digest(m.classifier_file or os.path.join(m.folder, store.CLASSIFIER)),
+            "dae": store.file_digest(os.path.join(m.folder, store.DAE))}
+
+
 def tune(m: Models, ds: Dataset, variants, n_val: int, attack_settings, seed: int = 0, progress=None,
          cache_dir: str | None = None) -> dict:
     """Pick each variant's settings on validation images: maximise the mean of clean and
     PGD accuracy (PGD from the preset, blind to the defence). With ``cache_dir``, each scored setting
     is kept there (keyed by the models' files, the images and the attack), so a rerun resumes."""
     import dataclasses
-    import os
 
-    from apudae_tf import store, table
+    from apudae_tf import table
     from apudae_tf.purify import Purifier
 
     x, x_adv, acc, report = _val_probe(m, ds, n_val, attack_settings)
     cache = table.Cache(cache_dir) if cache_dir else None
-    files = [store.file_digest(m.classifier_file or os.path.join(m.folder, store.CLASSIFIER)),
-             store.file_digest(os.path.join(m.folder, store.DAE))]
+    files = _model_digests(m).values()
     report["variants"] = {}
     for variant in variants:
         best, sweep = _sweep([dataclasses.replace(s, seed=seed) for s in tune_candidates(ds.name, variant)],
@@ -216,8 +224,7 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None, paper=N
 
     fn = m.classifier_fn()
     targets = {"classifier": fn}
-    files = {"classifier": store.file_digest(m.classifier_file or os.path.join(m.folder, store.CLASSIFIER)),
-             "dae": store.file_digest(os.path.join(m.folder, store.DAE))}
+    files = _model_digests(m)
     recipe = (m.stats.training or {}).get("recipe", "paper")
     tag = "" if recipe == "paper" else f" ({recipe} DAE)"
     adapted = _adapted_to(m.folder)

@@ -62,6 +62,39 @@ def tune_candidates(dataset: str, variant: str):
     return [PurifySettings(n=n, alpha=a, eps_r=e) for n, a, e in itertools.product(base["n"], base["alpha"], noise)]
 
 
+def environment() -> dict:
+    """What a report's numbers were computed with: a re-run under other library versions or another CPU
+    can move a cell by an image or two (docs/remake.md), so each report records its own."""
+    import os
+    import platform
+    from importlib import metadata
+
+    import tensorflow as tf
+
+    versions = {}
+    for dist in ("tensorflow", "keras", "numpy", "cleverhans", "tensorflow-datasets"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"python": platform.python_version(), **versions, "machine": platform.machine(),
+            "processor": _cpu_model(), "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU"))}
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def _val_probe(m: Models, ds: Dataset, n_val: int, attack_settings) -> tuple:
     """Validation images, their blind PGD versions, an accuracy scorer and the report's head:
     what every sweep on validation shares. The test split is never touched."""
@@ -78,7 +111,7 @@ def _val_probe(m: Models, ds: Dataset, n_val: int, attack_settings) -> tuple:
 
     head = {"dataset": ds.name, "split": "val", "n": int(len(x)), "criterion": "mean of clean and pgd accuracy",
             "attack": {"method": "pgd", **dataclasses.asdict(attack_settings), "saw_defence": False},
-            "undefended": {"clean": acc(x), "pgd": acc(x_adv)}}
+            "undefended": {"clean": acc(x), "pgd": acc(x_adv)}, "environment": environment()}
     return x, x_adv, acc, head
 
 
@@ -366,7 +399,8 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
     columns = table.table_columns(ds.name, n, seed, table.CW_L2_N if cw_l2_n is None else cw_l2_n, steps)
     result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
                                    progress_bar=progress_bar)
-    result.update({"command": command, "models": shown_path(m.folder), "dae_recipe": facts["dae_recipe"],
+    result.update({"command": command, "environment": environment(), "models": shown_path(m.folder),
+                   "dae_recipe": facts["dae_recipe"],
                    "classifier_adapted_to": facts["classifier_adapted_to"],
                    "chosen_variant": facts["chosen_variant"], "magnet_threshold": facts["magnet_threshold"],
                    "adv_classifier": facts.get("adv_classifier"),
@@ -422,9 +456,12 @@ def _gan_notes(g: dict, dataset: str) -> list[str]:
 def _cost(result: dict) -> str:
     """What a report cost, honestly when part of it came from the cache of earlier runs."""
     total, run = result["compute_seconds"] / 60, result["seconds"] / 60
+    env = result.get("environment")  # reports made before it was recorded ran on this project's 2 cores
+    where = ("2 CPU cores" if env is None else f"{env['gpus']} GPU(s)" if env.get("gpus")
+             else f"{env['cpu_cores']} CPU cores ({env['processor']}; TensorFlow {env['tensorflow']})")
     if run >= total:
-        return f"{run:.1f} min on 2 CPU cores"
-    return (f"{total:.1f} min of attacks and defences on 2 CPU cores, summed over the runs that filled its cache "
+        return f"{run:.1f} min on {where}"
+    return (f"{total:.1f} min of attacks and defences on {where}, summed over the runs that filled its cache "
             f"(the last run: {run:.1f} min)")
 
 
@@ -585,7 +622,8 @@ def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed
     result, examples = table.build(ds, defences, targets, files, columns, out_dir, echo=echo,
                                    progress_bar=progress_bar, paper=paper, per_image=True)
     result["records"] = table.worst_over_lambda(result["records"])
-    result.update({"command": command, "models": shown_path(m.folder), "dae_recipe": facts["dae_recipe"],
+    result.update({"command": command, "environment": environment(), "models": shown_path(m.folder),
+                   "dae_recipe": facts["dae_recipe"],
                    "classifier_adapted_to": facts["classifier_adapted_to"],
                    "chosen_variant": facts["chosen_variant"], "budget": dataclasses.asdict(budget),
                    "lambdas": list(lambdas), "labels": ADAPTIVE_LABELS,

@@ -39,7 +39,7 @@ def tune_cells(report: dict) -> dict:
 
 # leaves of any other json that say how long a run took or where it ran, not what it found: keys with
 # a word that starts with one of these (seconds_per_image, ms, images_per_s, command, models, ...)
-PROVENANCE = ("second", "time", "ms", "command", "model", "path", "host", "date")
+PROVENANCE = ("second", "time", "ms", "command", "model", "path", "host", "date", "environment")
 
 
 def provenance(key) -> bool:

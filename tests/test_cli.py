@@ -280,6 +280,9 @@ def test_a_new_dataset_is_one_profile_and_every_command_runs_on_it(tmp_path):
         "--cw-l2-n", "0", "--out", report])
     table = json.load(open(os.path.join(report, "table.json")))
     assert {r["attack"] for r in table["records"]} == {"clean", "random", "fgsm", "r-fgsm", "pgd", "cw"}
+    # every report records what computed it: a re-run under other library versions can move a cell
+    import tensorflow as tf
+    assert table["environment"]["tensorflow"] == tf.__version__ and first["environment"]["cpu_cores"] >= 1
     ok(["evaluate", ds, "--models", tuned, "--n", "6", "--no-adv-training", "--adaptive", "--apgd-steps", "2",
         "--apgd-targets", "1", "--square-queries", "3", "--out", report])
     adaptive = json.load(open(os.path.join(report, "adaptive.json")))

@@ -28,12 +28,22 @@ def cells(report: dict) -> dict:
 
 
 def tune_cells(report: dict) -> dict:
-    out = {}
-    for variant, v in report.get("variants", {}).items():
-        out[f"{variant} settings"] = {"value": json.dumps(v.get("settings"), sort_keys=True)}
+    """A tuning report: each variant's (and Defense-GAN's) choice, its validation scores, and every
+    setting of its sweep, keyed by the setting."""
+    out = {f"undefended {k}": {"accuracy": a} for k, a in report.get("undefended", {}).items()}
+    groups = dict(report.get("variants", {}))
+    if "defense_gan" in report:
+        groups["Defense-GAN"] = report["defense_gan"]
+    for name, v in groups.items():
+        out[f"{name} settings"] = {"value": json.dumps(v.get("settings"), sort_keys=True)}
         for k in ("val_clean", "val_pgd"):
             if k in v:
-                out[f"{variant} {k}"] = {"accuracy": v[k]}
+                out[f"{name} {k}"] = {"accuracy": v[k]}
+        for row in v.get("sweep", []):
+            tag = ",".join(f"{k}={x:g}" for k, x in sorted(row["settings"].items()) if k != "seed")
+            for k in ("clean", "pgd"):
+                if k in row:
+                    out[f"{name} [{tag}] {k}"] = {"accuracy": row[k]}
     return out
 
 

@@ -21,6 +21,6 @@ acc() { apudae-tf classify --json --models "$models" | python -c "import json,sy
   done
   printf '}}\n'
 } > "$tmp/out.json"
-python -c "import json,sys; json.dump(json.load(open(sys.argv[1])), open(sys.argv[2], 'w'), indent=2)" \
+python -c "import json,sys; from apudae_tf.store import write_json; write_json(sys.argv[2], json.load(open(sys.argv[1])))" \
   "$tmp/out.json" "$out"
 cat "$out"

@@ -75,3 +75,25 @@ def test_compare_reports_lists_a_changed_number_but_not_a_changed_timing(tmp_pat
                          capture_output=True, text=True, check=True).stdout
     assert "2 of 3 cells agree" in out and "pgd_accuracy.D: 0.9300 -> 0.9100" in out
     assert [r["cell"] for r in json.loads((tmp_path / "cmp.json").read_text())["differ"]] == ["pgd_accuracy.D"]
+
+
+def test_compare_reports_compares_a_tuning_sweep_setting_by_setting(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def tune(pgd_b, gan_clean):
+        row = {"clean": 0.9, "pgd": pgd_b, "ms_per_image": 3.0, "settings": {"n": 10, "alpha": 0.05, "seed": 0}}
+        return {"criterion": "mean of clean and pgd accuracy", "undefended": {"clean": 0.99, "pgd": 0.0},
+                "variants": {"B": {"settings": row["settings"], "val_clean": 0.9, "val_pgd": 0.93, "sweep": [row]}},
+                "defense_gan": {"settings": {"steps": 25}, "val_clean": gan_clean, "val_pgd": 0.7, "sweep": []}}
+
+    (tmp_path / "old.json").write_text(json.dumps(tune(0.94, 0.975)))
+    (tmp_path / "new.json").write_text(json.dumps(tune(0.9433, 0.975)))
+    out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "compare_reports.py"), str(tmp_path / "old.json"),
+                          str(tmp_path / "new.json"), "--json", str(tmp_path / "cmp.json")],
+                         capture_output=True, text=True, check=True).stdout
+    differ = json.loads((tmp_path / "cmp.json").read_text())["differ"]
+    assert [r["cell"] for r in differ] == ["B [alpha=0.05,n=10] pgd"], differ
+    # undefended clean and pgd; each of B and Defense-GAN: its choice and its two scores; B's sweep row: 2
+    assert "9 of 10 cells agree" in out, out

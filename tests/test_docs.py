@@ -97,3 +97,14 @@ def test_compare_reports_compares_a_tuning_sweep_setting_by_setting(tmp_path):
     assert [r["cell"] for r in differ] == ["B [alpha=0.05,n=10] pgd"], differ
     # undefended clean and pgd; each of B and Defense-GAN: its choice and its two scores; B's sweep row: 2
     assert "9 of 10 cells agree" in out, out
+
+
+def test_remake_results_refuses_an_unknown_part_before_any_work(tmp_path):
+    import subprocess
+
+    out = subprocess.run(["bash", os.path.join(REPO, "scripts", "remake_results.sh"), str(tmp_path / "remake"), "tables",
+                          "tabels"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("error: PART 'tabels' is not one of: tables tunes pipelines export defensegan "
+                                  "checks"), out.stderr
+    assert not (tmp_path / "remake").exists()  # nothing made before the check

@@ -223,11 +223,11 @@ def test_the_step_wise_gradient_s_memory_does_not_grow_with_the_steps():
 
 def test_default_batches_keep_large_images_within_memory_and_small_ones_at_500(dae_and_x):
     assert models.batch_for((28, 28, 1)) == models.batch_for((32, 32, 3), models.GRADIENT_PIXELS) == 500
-    assert models.batch_for((224, 224, 3)) == 83 and models.batch_for((224, 224, 3), models.GRADIENT_PIXELS) == 10
+    assert models.batch_for((224, 224, 3)) == 10 and models.batch_for((224, 224, 3), models.GRADIENT_PIXELS) == 10
     seen = []
     out = models.predict_in_batches(lambda b: (seen.append(len(b)), tf.reduce_mean(b, [1, 2]))[1],
                                     np.zeros((90, 224, 224, 1), np.float32))
-    assert seen == [83, 7] and out.shape == (90, 1)
+    assert seen == [10] * 9 and out.shape == (90, 1)
     dae, x = dae_and_x  # a purifier's batches follow the gradient budget: 2 ** 19 pixels
     p = purify.Purifier(dae, store.DaeStats(1.0, 1.0, 0.0, x.shape[1:], "t", {}), "A", purify.PurifySettings(n=1))
     calls = []

@@ -193,8 +193,8 @@ def reconstruction_errors(dae, x: np.ndarray, batch_size: int | None = None) -> 
 # pixels per batch, for forward passes (logits, r(x)) and for work that also holds a gradient's activations
 # (purification steps, attacks): MNIST and CIFAR-10 take 500 images either way, a 224-px image 10. The
 # U-Net's forward pass alone holds ~175 MB per 224-px image (eager r(x): 2.4 GiB peak at 10 images, 4.2 at
-# 20), so a forward budget 8x larger (83 images, ~15 GB) got Table 4's run killed for memory beside another job; one image
-# through a 15-step purification and its gradient holds ~1.2 GB (results/imagenet/attack_cost.json)
+# 20): a forward budget 8x larger (83 images, ~15 GB) got Table 4's run killed for memory beside another
+# job. One image through a 15-step purification and its gradient holds ~1.2 GB (attack_cost.json).
 FORWARD_PIXELS, GRADIENT_PIXELS = 2 ** 19, 2 ** 19
 
 

@@ -65,7 +65,6 @@ def tune_candidates(dataset: str, variant: str):
 def environment() -> dict:
     """What a report's numbers were computed with: a re-run under other library versions or another CPU
     can move a cell by an image or two (docs/remake.md), so each report records its own."""
-    import os
     import platform
     from importlib import metadata
 
@@ -78,11 +77,18 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     return {"python": platform.python_version(), **versions, "machine": platform.machine(),
-            "processor": _cpu_model(), "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU"))}
+            "processor": cpu_model(), "cpu_cores": usable_cores(), "gpus": len(tf.config.list_physical_devices("GPU"))}
 
 
-def _cpu_model() -> str:
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), not the machine's count."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says, else "unknown"."""
     import platform
 
     try:
@@ -92,7 +98,7 @@ def _cpu_model() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor()
+    return platform.processor() or "unknown"
 
 
 def _val_probe(m: Models, ds: Dataset, n_val: int, attack_settings) -> tuple:

@@ -37,19 +37,9 @@ import numpy as np
 import tensorflow as tf
 
 from apudae_tf import models, purify, store
+from apudae_tf.evaluate import cpu_model, usable_cores
 
 VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn, min_seconds: float = 1.0, min_reps: int = 2) -> float:
@@ -174,7 +164,7 @@ def main():
     variants = args.variants.split(",")
     machine = {
         "cpu": cpu_model(), "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "tensorflow": tf.__version__, "python": platform.python_version(),
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads() or "default",

@@ -721,6 +721,15 @@ def _load_generator(folder, dataset, command):
 @click.option("--eot", type=click.IntRange(min=1), default=names.ADAPTIVE_BUDGET["eot"], show_default=True,
               help="With --adaptive: draws of a random defence's randomness per gradient, and per score for Square "
                    "(EOT; F, G, Defense-GAN).")
+@click.option("--cascade/--no-cascade", default=None,
+              help="With --adaptive: every attack column runs only on the images still standing (each cell is then "
+                   "the robust accuracy so far; the worst case is the same), or only the AutoAttack ensemble does. "
+                   "Default: the dataset profile's (imagenet: on, where one attack through the purifier costs "
+                   "minutes per image; others: off).")
+@click.option("--chunk", type=click.IntRange(min=0), default=None,
+              help="With --adaptive: attack, score and cache each cell this many images at a time, so that a cell "
+                   "taking hours resumes from its last finished chunk from OUT/cache/cells.json alone (0: a cell at "
+                   "once). Default: the dataset profile's (imagenet: 10; others: 0).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
 @click.option("--correct-only/--all-images", default=None,
               help="Score only those of the first N test images that the classifier gets right (the paper's "
@@ -731,8 +740,8 @@ def _load_generator(folder, dataset, command):
 @data_dir_option
 @friendly_errors
 def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_training, defense_gan, gan_restarts,
-             gan_steps, gan_attack_restarts, adaptive, apgd_steps, restarts, apgd_targets, square_queries, eot, seed,
-             correct_only, model_dir, classifier_path, data_dir):
+             gan_steps, gan_attack_restarts, adaptive, apgd_steps, restarts, apgd_targets, square_queries, eot, cascade,
+             chunk, seed, correct_only, model_dir, classifier_path, data_dir):
     """Rebuild the paper's table for DATASET (spec §6): defences x attacks.
 
     Rows: no defence, adversarial training (MODELS/adv_classifier.keras, from
@@ -785,7 +794,7 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_traini
         result = ev.adaptive_report(m, ds, n, out_dir, adv=adv, seed=seed, budget=budget, command=command,
                                     echo=echo, progress_bar=progress_bar, gan=gan,
                                     gan_attack_restarts=gan_attack_restarts, variants=chosen,
-                                    test_images=test_images)
+                                    test_images=test_images, cascade=cascade, chunk=chunk)
     else:
         result = ev.table_report(m, ds, n, chosen, out_dir, adv=adv, seed=seed, cw_l2_n=cw_l2_n, command=command,
                                  echo=echo, progress_bar=progress_bar, gan=gan, test_images=test_images)

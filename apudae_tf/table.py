@@ -255,7 +255,7 @@ def _attack_settings(d: Defence, c: Column, method: str, purifier) -> attacks.At
 
 def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dict, columns: list[Column],
           out_dir: str | None, echo=None, progress_bar=None, batch_size: int | None = None, paper=None,
-          per_image: bool = False) -> tuple[dict, dict]:
+          per_image: bool = False, chunk: int = 0, detector=None) -> tuple[dict, dict]:
     """Score every defence on every column (the first ``column.n`` test images).
 
     ``targets`` maps a target name to its ``x -> logits`` function; ``target_files`` maps it to
@@ -263,14 +263,21 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
     numbers by row and column. With ``per_image`` (the adaptive report) every record also holds
     which images were robust (``robust``, see ``pack``), a random defence is scored with its fixed
     draws and with fresh ones (robust = right under both), and each row gets a ``worst`` record: an
-    image counts only if it survived every column. Returns ``({"records": [...], ...}, examples)``,
-    examples[(target, column key, λ)] being (the attacked images, their indices in the test split).
+    image counts only if it survived every column. ``chunk`` (with ``per_image``): each cell is attacked
+    and scored ``chunk`` images at a time and each chunk's record is cached as it finishes, so a cell
+    that takes hours resumes from its last chunk even where the attack examples are gone (only
+    cells.json is needed). ``detector`` (with ``per_image``): ``images -> r(x)``; every record then keeps
+    the score of each attacked image (``r_adv``: image indices and values) for the detection view.
+    Returns ``({"records": [...], ...}, examples)``, examples[(target, column key, λ)] being (the
+    attacked images, their indices in the test split) where this run has them.
     """
     echo = echo or (lambda m: None)
     paper = profiles.get(ds.name).paper if paper is None else paper
     cache = Cache(os.path.join(out_dir, "cache") if out_dir else None)
     records, started, kept, attack_seconds = [], time.time(), {}, {}
+    made = {}  # (attacked model, examples key) -> (examples, seconds): one attack serves every row that shares it
     standing = {}  # row -> images that survived every column so far
+    chunk = chunk if per_image else 0
     total, done = sum(applies(d, c) for c in columns for d in defences), 0
     for c in columns:
         for d in defences:
@@ -282,7 +289,6 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
             idx = np.arange(c.n)
             if c.cascade and d.name in standing:
                 idx = np.flatnonzero(standing[d.name][: c.n])
-            x, y = ds.x_test[idx], ds.y_test[idx]
             if purifier is None:
                 seen = None
             elif method in attacks.DAE_ONLY_ATTACKS:
@@ -293,39 +299,63 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
             subset = digest(idx.tolist()) if c.cascade else None
             ekey = f"{name}-{method}-n{c.n}-" + digest(dataclasses.asdict(s), target_files[d.target], seen, ds.source,
                                                          *([subset] if subset else []))
-            if (name, ekey) not in kept:
-                got, spent = (x, 0.0) if method == "none" or not len(idx) else cache.examples(ekey)
-                if got is None or len(got) != len(idx):
-                    t0 = time.time()
-                    label = f"{method} on {name} ({len(idx)} images)"
-                    batches = cache.batches(ekey)
-                    run = functools.partial(attacks.run_attack, method, targets[d.target], x, y, s,
-                                            batch_size=batch_size, defence=purifier, done=batches)
-                    if progress_bar:
-                        with progress_bar(len(idx), label) as bar:
-                            got = run(progress=lambda k: bar.update(k - bar.pos))
-                    else:
-                        got = run()
-                    spent = time.time() - t0 + (batches.reused_seconds if batches else 0.0)
-                    echo(f"{label}: {spent:.0f} s")
-                    cache.put_examples(ekey, got, {"dataset": ds.name, "attack": method, "target": name,
-                                                   "settings": dataclasses.asdict(s), "defence": seen,
-                                                   "seconds": spent, "indices": idx.tolist()})
-                kept[(name, ekey)] = got
-                attack_seconds[(name, ekey)] = {"target": name, "attack": method, "column": c.key, "n": int(len(idx)),
-                                                "seconds": round(spent, 2)}
-            examples = kept[(name, ekey)]
-            kept[(name, c.key, s.lam)] = (examples, idx)
             key = digest(d.name, d.settings, c.key, method, c.n, dataclasses.asdict(s), target_files[d.target],
                           ds.source, per_image, *([subset] if subset else []))
-            rec = cache.cell(key)
-            if rec is None:
-                rec = _score_cell(d, c, method, s, purifier, examples, idx, y, per_image, paper)
-                rec["attack_seconds"] = attack_seconds[(name, ekey)]["seconds"]
-                cache.put_cell(key, rec)
-                echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} (n={c.n}, {rec['seconds']:.0f} s)")
-            else:
-                echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} (cached)")
+            # a chunk's attack seeds continue the whole cell's (run_attack seeds batch i with seed + i), so a
+            # chunk that is a multiple of the batch size attacks exactly as the unchunked cell would
+            parts = ([(0, idx, ekey, key)] if not chunk else
+                     [(a, idx[a : a + chunk], f"{ekey}-{a}", digest(key, a, idx[a : a + chunk].tolist()))
+                      for a in range(0, max(len(idx), 1), chunk)])
+            got_parts, recs, spent_parts, scored = [], [], [], False
+            for a, part, pekey, pkey in parts:
+                rec = cache.cell(pkey)
+                if rec is None or not per_image:  # the table's figures need its examples even when cached
+                    x, y = ds.x_test[part], ds.y_test[part]
+                    if (name, pekey) in made:  # made for another row in this run
+                        got, spent = made[(name, pekey)]
+                    else:
+                        got, spent = (x, 0.0) if method == "none" or not len(part) else cache.examples(pekey)
+                    if (name, pekey) not in made and (got is None or len(got) != len(part)):
+                        t0 = time.time()
+                        label = f"{method} on {name} ({len(part)} images" + (
+                            f", chunk {a // chunk + 1} of {len(parts)})" if chunk else ")")
+                        batches = cache.batches(pekey)
+                        run = functools.partial(attacks.run_attack, method, targets[d.target], x, y,
+                                                dataclasses.replace(s, seed=s.seed + a),
+                                                batch_size=batch_size, defence=purifier, done=batches)
+                        if progress_bar:
+                            with progress_bar(len(part), label) as bar:
+                                got = run(progress=lambda k: bar.update(k - bar.pos))
+                        else:
+                            got = run()
+                        spent = time.time() - t0 + (batches.reused_seconds if batches else 0.0)
+                        echo(f"{label}: {spent:.0f} s")
+                        cache.put_examples(pekey, got, {"dataset": ds.name, "attack": method, "target": name,
+                                                        "settings": dataclasses.asdict(s), "defence": seen,
+                                                        "seconds": spent, "indices": part.tolist()})
+                    made[(name, pekey)] = got, spent
+                    got_parts.append(got)
+                    if rec is None:
+                        rec, scored = _score_cell(d, c, method, s, purifier, got, part, y, per_image, paper), True
+                        rec["attack_seconds"] = round(spent, 2)
+                        if detector is not None and per_image:
+                            rec["r_adv"] = {"idx": part.tolist(),
+                                            "r": [round(float(v), 6) for v in detector(got)] if len(part) else []}
+                        cache.put_cell(pkey, rec)
+                        if chunk and len(parts) > 1:
+                            echo(f"  {d.name} × {c.key}, chunk {a // chunk + 1} of {len(parts)}: "
+                                 f"{int(unpack(rec['robust'], c.n).sum())} of {len(part)} robust")
+                    spent_parts.append(spent)
+                else:
+                    spent_parts.append(rec.get("attack_seconds", 0.0))
+                recs.append(rec)
+            rec = _merge_parts(recs, c.n)
+            if len(got_parts) == len(parts):
+                kept[(name, c.key, s.lam)] = (np.concatenate(got_parts) if len(parts) > 1 else got_parts[0], idx)
+            attack_seconds[(name, ekey)] = {"target": name, "attack": method, "column": c.key, "n": int(len(idx)),
+                                            "seconds": round(sum(spent_parts), 2)}
+            echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} "
+                 + (f"(n={c.n}, {rec['seconds']:.0f} s)" if scored else "(cached)"))
             if per_image:
                 robust = unpack(rec["robust"], c.n)
                 before = standing.get(d.name, robust)
@@ -343,6 +373,26 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
               # where the time goes: each set of attacked images once (records hold the scoring time)
               "attack_seconds": list(attack_seconds.values()), "attacks": used, "records": records}
     return result, kept
+
+
+def _merge_parts(recs: list[dict], n: int) -> dict:
+    """One cell's record from its chunks' records (each robust only on its own images)."""
+    if len(recs) == 1:
+        return recs[0]
+    robust = np.zeros(n, bool)
+    for r in recs:
+        robust |= unpack(r["robust"], n)
+    k = int(robust.sum())
+    out = dict(recs[0], accuracy=k / n, ci95=list(wilson(k, n)), robust=pack(robust),
+               seconds=round(sum(r["seconds"] for r in recs), 2),
+               attack_seconds=round(sum(r.get("attack_seconds", 0.0) for r in recs), 2))
+    for f in ("accuracy_fixed_draws", "accuracy_fresh_draws", "attacked"):
+        if f in recs[0]:
+            out[f] = sum(r.get(f, 0) for r in recs)
+    if "r_adv" in recs[0]:
+        out["r_adv"] = {"idx": [i for r in recs for i in r["r_adv"]["idx"]],
+                        "r": [v for r in recs for v in r["r_adv"]["r"]]}
+    return out
 
 
 def _score_cell(d: Defence, c: Column, method: str, s, purifier, examples, idx, y, per_image: bool,
@@ -388,6 +438,9 @@ def _worst_record(d: Defence, robust: np.ndarray, records: list[dict]) -> dict:
             "seconds": 0.0, "robust": pack(robust), "settings": {"defence": d.settings, "over": columns}}
 
 
+# The adaptive report's attacks before the ensemble, in order (``adaptive_columns``): blind PGD, counter A,
+# counter B over λ; a profile may add "bpda-eot" (PGD through the real purifier forward, BPDA backward).
+ADAPTIVE_ATTACKS = ("pgd", "bpda", "weighted")
 # The AutoAttack-grade part of the adaptive report, run in this order as a cascade (each attack on
 # the images still standing): APGD-CE, APGD-T, then Square as the check on gradient masking.
 ENSEMBLE = ("apgd-ce", "apgd-t", "square")
@@ -414,17 +467,27 @@ class Budget:
 
 
 def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps: int | None = None,
-                     budget: Budget = Budget(), classes: int = 10) -> list[Column]:
-    """The adaptive report's columns, in order: clean, blind PGD (the reference), counter A, counter B at
-    every λ (all on every image), then the AutoAttack-grade cascade: APGD-CE and APGD-T through the
-    defence's gradient, and Square on its scores, each on the images every earlier column left standing."""
+                     budget: Budget = Budget(), classes: int = 10, before=ADAPTIVE_ATTACKS,
+                     cascade_all: bool = False) -> list[Column]:
+    """The adaptive report's columns, in order: clean, then the attacks ``before`` the ensemble (blind PGD,
+    the reference; counter A; counter B at every λ; optionally BPDA+EOT through the purification), all on
+    every image, then the AutoAttack-grade cascade: APGD-CE and APGD-T through the defence's gradient, and
+    Square on its scores, each on the images every earlier column left standing. ``cascade_all``: every
+    column after clean is a cascade column (the worst case is the same; attacks that cost minutes per
+    image through an iterative purifier then spend them only on the images still standing)."""
     base = attacks.settings_for("pgd", dataset, steps=steps, seed=seed)
     clean = attacks.settings_for("none", dataset, seed=seed)
     apgd = dict(steps=budget.apgd_steps, restarts=budget.restarts, eot=budget.eot)
     ensemble = {"apgd-ce": apgd, "apgd-dlr": apgd, "apgd-t": {**apgd, "targets": budget.targets},
                 "square": {"steps": budget.square_queries, "eot": budget.eot}}  # EOT: on a random defence's scores
-    return ([Column("clean", "none", clean, n), Column("pgd", "pgd", base, n), Column("bpda", "bpda", base, n)]
-            + [Column("weighted", "weighted", dataclasses.replace(base, lam=lam), n) for lam in lambdas]
+    first = []
+    for k in before:
+        if k == "weighted":
+            first += [Column("weighted", "weighted", dataclasses.replace(base, lam=lam), n) for lam in lambdas]
+        else:  # PGD's preset budget; BPDA+EOT averages its gradient over the budget's draws
+            first.append(Column(k, k, dataclasses.replace(base, eot=budget.eot) if k == "bpda-eot" else base, n))
+    first = [dataclasses.replace(c, cascade=cascade_all) for c in first]
+    return ([Column("clean", "none", clean, n)] + first
             + [Column(k, k, dataclasses.replace(attacks.settings_for(k, dataset, seed=seed), **ensemble[k]), n,
                       cascade=True) for k in ensemble_for(classes)])
 

@@ -278,6 +278,61 @@ def test_adaptive_report_end_to_end_cascades_and_keeps_each_rows_worst_case(tiny
     assert open(os.path.join(out, "adaptive.md")).read() == md
 
 
+@pytest.mark.slow
+def test_chunked_cells_equal_whole_ones_and_resume_from_cells_json_alone(tiny_models, tmp_path, monkeypatch):
+    from apudae_tf import attacks, evaluate, models, store
+
+    ds = _tiny_mnist()
+    m = store.load_models(tiny_models)
+    defences, targets, files, _ = evaluate.table_defences(m, ds, evaluate.parse_variants("mnist", "direct,F:n=2"))
+    defences = [d for d in defences if d.purifier is not None]
+    budget = table.Budget(apgd_steps=2, targets=1, square_queries=2, eot=2)
+    columns = table.adaptive_columns("mnist", 6, lambdas=(1.0,), steps=1, budget=budget,
+                                     before=("bpda", "weighted", "pgd", "bpda-eot"), cascade_all=True)
+    r_fn = lambda x: models.reconstruction_errors(m.dae, x)  # noqa: E731
+    whole, _ = table.build(ds, defences, targets, files, columns, str(tmp_path / "whole"), batch_size=2,
+                           per_image=True, detector=r_fn)
+    out = str(tmp_path / "chunked")
+    chunked, _ = table.build(ds, defences, targets, files, columns, out, batch_size=2, per_image=True, chunk=2,
+                             detector=r_fn)
+    # chunks of whole batches continue the cell's seeds: the same adversarial images, the same bits
+    assert [(r["defence"], r["attack"], r["robust"]) for r in chunked["records"]] == \
+        [(r["defence"], r["attack"], r["robust"]) for r in whole["records"]]
+    for r in chunked["records"]:
+        if r["attack"] not in ("clean", "worst"):
+            assert sorted(r["r_adv"]["idx"]) == r["r_adv"]["idx"] and len(r["r_adv"]["r"]) == r["attacked"]
+    # every column after clean attacks only the images still standing in its row
+    for d in defences:
+        recs = [r for r in chunked["records"] if r["defence"] == d.name and r["attack"] != "worst"]
+        standing = table.unpack(recs[0]["robust"], 6)
+        for r in recs[1:]:
+            robust = table.unpack(r["robust"], 6)
+            assert r["attacked"] == standing.sum() and not (robust & ~standing).any()
+            standing &= robust
+    # a new checkout keeps cells.json only: the report comes back without attacking anything
+    for f in os.listdir(os.path.join(out, "cache")):
+        if f.endswith(".npz"):
+            os.remove(os.path.join(out, "cache", f))
+    monkeypatch.setattr(attacks, "run_attack", lambda *a, **k: pytest.fail("attacked again"))
+    again, _ = table.build(ds, defences, targets, files, columns, out, batch_size=2, per_image=True, chunk=2,
+                           detector=r_fn)
+    assert again["records"] == chunked["records"]
+    assert 0 < sum(r["attacked"] for r in chunked["records"] if r["attack"] not in ("clean", "worst"))
+
+
+def test_a_profile_file_with_an_unknown_adaptive_attack_or_a_bad_chunk_is_one_error():
+    from apudae_tf import profiles
+    from apudae_tf.errors import ApudaeError
+
+    base = {"name": "mine", "eps": 0.1, "steps": 5, "step": 0.02, "sigma_max": 0.2}
+    assert profiles.from_json(dict(base, adaptive_attacks=["bpda", "bpda-eot"]), "p.json").adaptive_attacks == (
+        "bpda", "bpda-eot")
+    with pytest.raises(ApudaeError, match="adaptive_attacks .*'deepfool'.* may hold only pgd, bpda"):
+        profiles.from_json(dict(base, adaptive_attacks=["deepfool"]), "p.json")
+    with pytest.raises(ApudaeError, match="adaptive_chunk must be an integer >= 0"):
+        profiles.from_json(dict(base, adaptive_chunk=-3), "p.json")
+
+
 def test_two_reports_sharing_a_cache_folder_keep_each_others_cells(tmp_path):
     folder = str(tmp_path / "cache")
     table_run, adaptive_run = table.Cache(folder), table.Cache(folder)  # both opened before either writes

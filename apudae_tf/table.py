@@ -338,7 +338,7 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
                     if rec is None:
                         rec, scored = _score_cell(d, c, method, s, purifier, got, part, y, per_image, paper), True
                         rec["attack_seconds"] = round(spent, 2)
-                        if detector is not None and per_image:
+                        if detector is not None and per_image and method != "none":
                             rec["r_adv"] = {"idx": part.tolist(),
                                             "r": [round(float(v), 6) for v in detector(got)] if len(part) else []}
                         cache.put_cell(pkey, rec)

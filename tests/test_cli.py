@@ -283,6 +283,9 @@ def test_a_new_dataset_is_one_profile_and_every_command_runs_on_it(tmp_path):
     # every report records what computed it: a re-run under other library versions can move a cell
     import tensorflow as tf
     assert table["environment"]["tensorflow"] == tf.__version__ and first["environment"]["cpu_cores"] >= 1
+    # and the memory the run took: TensorFlow alone holds more than 100 MB
+    assert table["environment"]["peak_rss_gib"] > 0.1
+    assert f"peak memory {table['environment']['peak_rss_gib']:.1f} GiB" in open(os.path.join(report, "table.md")).read()
     ok(["evaluate", ds, "--models", tuned, "--n", "6", "--no-adv-training", "--adaptive", "--apgd-steps", "2",
         "--apgd-targets", "1", "--square-queries", "3", "--out", report])
     adaptive = json.load(open(os.path.join(report, "adaptive.json")))

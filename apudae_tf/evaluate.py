@@ -435,6 +435,29 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
     return result
 
 
+def _column_text(key: str, u: dict) -> str:
+    """What a table column's attack was, from its recorded settings."""
+    from apudae_tf import attacks
+
+    m, eps = u["method"], f"ε = {u['eps']:g}"
+    if m == "random":
+        return f"{key} = uniform noise in [−ε, ε] ({eps})"
+    if m == "fgsm":
+        return f"{key} = FGSM ({eps})"
+    if m == "r-fgsm":
+        return f"{key} = R-FGSM, a random step of ε/2 then FGSM with ε/2 ({eps})"
+    iterative = (f"{u['steps']} steps of {u['step']:g} "
+                 + ("from a random start" if u.get("rand_init") else "from the clean image"))
+    if m == "pgd":
+        return f"{key} = {'PGD (Madry)' if u.get('rand_init') else 'BIM'}, {iterative} ({eps})"
+    if m == "cw":
+        return f"{key} = PGD on the Carlini–Wagner margin loss (κ = {attacks.CW_KAPPA:g}), {iterative} ({eps})"
+    if m == "cw-l2":
+        return (f"{key} = cleverhans' Carlini–Wagner L2, {attacks.CW_L2_SEARCH} binary-search steps × {u['steps']} "
+                "Adam steps, no ε (L2-minimal)")
+    return f"{key} = {m} ({eps})"
+
+
 def _gan_facts(folder: str, gan) -> dict:
     """How the Defense-GAN row's generator was trained and whether its search was chosen on validation."""
     import dataclasses
@@ -525,18 +548,12 @@ def table_notes(result: dict) -> list[str]:
     from apudae_tf import attacks, table
 
     used = result["attacks"]
-    s = attacks.AttackSettings(**{k: v for k, v in used.get("pgd", used[next(iter(used))]).items()
-                                  if k not in ("n", "method", "cascade")})
-    cw_l2_steps = used.get("cw-l2", {}).get("steps", attacks.CW_L2_STEPS)
     lines = [
         f"Made by `{result['command']}` on {_images_text(result)}; "
         f"{_cost(result)}; {_models_text(result)}.",
         "",
-        "**Attacks** (ε = %g): FGSM; R-FGSM (random step ε/2, then FGSM with ε/2); PGD = %d steps of %g with a "
-        "random start (Madry); CW = the same PGD on the Carlini–Wagner margin loss, κ = %g"
-        % (s.eps, s.steps, s.step, attacks.CW_KAPPA)
-        + ("; CW-L2 = cleverhans' Carlini–Wagner L2, %d binary-search steps × %d Adam steps, no ε (L2-minimal)."
-           % (attacks.CW_L2_SEARCH, cw_l2_steps) if "cw-l2" in used else "."),
+        "**Attacks**: " + "; ".join(_column_text(k, used[k]) for k in dict.fromkeys(r["attack"] for r in result["records"])
+                                    if k in used and used[k]["method"] != "none") + ".",
         "Every purifying row (MagNet, APuDAE) is attacked **blind**: the examples are white-box attacks on the "
         "undefended classifier, which then classifies the purified images (the paper's protocol). The adversarial-"
         "training row is attacked white-box on its own model. Attacks that see the purifier: the adaptive report.",

@@ -545,7 +545,7 @@ def _images_text(result: dict) -> str:
 
 def table_notes(result: dict) -> list[str]:
     """The prose under table.md's table: how every number was made."""
-    from apudae_tf import attacks, table
+    from apudae_tf import table
 
     used = result["attacks"]
     lines = [

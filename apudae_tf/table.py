@@ -204,6 +204,7 @@ class Column:
     settings: attacks.AttackSettings
     n: int
     cascade: bool = False
+    chunk: int | None = None  # the adaptive report's images per cached chunk for this column (None: build's)
 
 
 def table_columns(dataset: str, n: int, seed: int = 0, cw_l2_n: int = CW_L2_N, steps: int | None = None,
@@ -277,7 +278,6 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
     records, started, kept, attack_seconds = [], time.time(), {}, {}
     made = {}  # (attacked model, examples key) -> (examples, seconds): one attack serves every row that shares it
     standing = {}  # row -> images that survived every column so far
-    chunk = chunk if per_image else 0
     total, done = sum(applies(d, c) for c in columns for d in defences), 0
     for c in columns:
         for d in defences:
@@ -303,9 +303,10 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
                           ds.source, per_image, *([subset] if subset else []))
             # a chunk's attack seeds continue the whole cell's (run_attack seeds batch i with seed + i), so a
             # chunk that is a multiple of the batch size attacks exactly as the unchunked cell would
-            parts = ([(0, idx, ekey, key)] if not chunk else
-                     [(a, idx[a : a + chunk], f"{ekey}-{a}", digest(key, a, idx[a : a + chunk].tolist()))
-                      for a in range(0, max(len(idx), 1), chunk)])
+            size = (chunk if c.chunk is None else c.chunk) if per_image else 0
+            parts = ([(0, idx, ekey, key)] if not size else
+                     [(a, idx[a : a + size], f"{ekey}-{a}", digest(key, a, idx[a : a + size].tolist()))
+                      for a in range(0, max(len(idx), 1), size)])
             got_parts, recs, spent_parts, scored = [], [], [], False
             for a, part, pekey, pkey in parts:
                 rec = cache.cell(pkey)
@@ -318,7 +319,7 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
                     if (name, pekey) not in made and (got is None or len(got) != len(part)):
                         t0 = time.time()
                         label = f"{method} on {name} ({len(part)} images" + (
-                            f", chunk {a // chunk + 1} of {len(parts)})" if chunk else ")")
+                            f", chunk {a // size + 1} of {len(parts)})" if size else ")")
                         batches = cache.batches(pekey)
                         run = functools.partial(attacks.run_attack, method, targets[d.target], x, y,
                                                 dataclasses.replace(s, seed=s.seed + a),
@@ -342,8 +343,8 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
                             rec["r_adv"] = {"idx": part.tolist(),
                                             "r": [round(float(v), 6) for v in detector(got)] if len(part) else []}
                         cache.put_cell(pkey, rec)
-                        if chunk and len(parts) > 1:
-                            echo(f"  {d.name} × {c.key}, chunk {a // chunk + 1} of {len(parts)}: "
+                        if size and len(parts) > 1:
+                            echo(f"  {d.name} × {c.key}, chunk {a // size + 1} of {len(parts)}: "
                                  f"{int(unpack(rec['robust'], c.n).sum())} of {len(part)} robust")
                     spent_parts.append(spent)
                 else:
@@ -468,13 +469,15 @@ class Budget:
 
 def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps: int | None = None,
                      budget: Budget = Budget(), classes: int = 10, before=ADAPTIVE_ATTACKS,
-                     cascade_all: bool = False) -> list[Column]:
+                     cascade_all: bool = False, ensemble_chunk: int | None = None) -> list[Column]:
     """The adaptive report's columns, in order: clean, then the attacks ``before`` the ensemble (blind PGD,
     the reference; counter A; counter B at every λ; optionally BPDA+EOT through the purification), all on
     every image, then the AutoAttack-grade cascade: APGD-CE and APGD-T through the defence's gradient, and
     Square on its scores, each on the images every earlier column left standing. ``cascade_all``: every
     column after clean is a cascade column (the worst case is the same; attacks that cost minutes per
-    image through an iterative purifier then spend them only on the images still standing)."""
+    image through an iterative purifier then spend them only on the images still standing).
+    ``ensemble_chunk``: the ensemble's images per cached chunk, where it differs from the other columns'
+    (its attacks can cost an hour per image through an iterative purifier)."""
     base = attacks.settings_for("pgd", dataset, steps=steps, seed=seed)
     clean = attacks.settings_for("none", dataset, seed=seed)
     apgd = dict(steps=budget.apgd_steps, restarts=budget.restarts, eot=budget.eot)
@@ -489,7 +492,7 @@ def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps
     first = [dataclasses.replace(c, cascade=cascade_all) for c in first]
     return ([Column("clean", "none", clean, n)] + first
             + [Column(k, k, dataclasses.replace(attacks.settings_for(k, dataset, seed=seed), **ensemble[k]), n,
-                      cascade=True) for k in ensemble_for(classes)])
+                      cascade=True, chunk=ensemble_chunk) for k in ensemble_for(classes)])
 
 
 def worst_over_lambda(records: list[dict]) -> list[dict]:

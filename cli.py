@@ -729,8 +729,8 @@ def _load_generator(folder, dataset, command):
 @click.option("--chunk", type=click.IntRange(min=0), default=None,
               help="With --adaptive: attack, score and cache each cell this many images at a time, so that a cell "
                    "taking hours resumes from its last finished chunk from OUT/cache/cells.json alone (0: a cell at "
-                   "once). Default: the dataset profile's (imagenet: 10, and 1 in the AutoAttack cascade, whose "
-                   "attacks through G cost ~20 min per image; others: 0).")
+                   "once). Default: the dataset profile's (imagenet: 10, and 1 for BPDA+EOT and the AutoAttack "
+                   "cascade, whose attacks run G's purification at every step; others: 0).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
 @click.option("--correct-only/--all-images", default=None,
               help="Score only those of the first N test images that the classifier gets right (the paper's "

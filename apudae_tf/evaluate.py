@@ -633,8 +633,8 @@ def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed
     AutoAttack-grade cascade (APGD-CE, APGD-T, Square) through each row's own gradient, and the
     per-image worst case over all of them, the number to quote for the defence. ``cascade`` (default: the
     profile's ``adaptive_cascade``): every column after clean attacks only the images still standing.
-    ``chunk`` (default: the profile's ``adaptive_chunk``, and ``adaptive_ensemble_chunk`` for the AutoAttack
-    cascade): cells are attacked, scored and cached that many images at a time."""
+    ``chunk`` (default: the profile's ``adaptive_chunk``, and ``adaptive_purifier_chunk`` for the attacks that
+    run the purification at every step): cells are attacked, scored and cached that many images at a time."""
     import dataclasses
     import os
 
@@ -657,11 +657,11 @@ def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed
     lambdas = table.LAMBDAS if lambdas is None else tuple(lambdas)
     profile = profiles.get(ds.name)
     cascade = profile.adaptive_cascade if cascade is None else cascade
-    ensemble_chunk = (profile.adaptive_ensemble_chunk or None) if chunk is None else None
+    purifier_chunk = (profile.adaptive_purifier_chunk or None) if chunk is None else None
     chunk = profile.adaptive_chunk if chunk is None else chunk
     columns = table.adaptive_columns(ds.name, n, seed, lambdas, steps, budget, classes=ds.num_classes,
                                      before=profile.adaptive_attacks, cascade_all=cascade,
-                                     ensemble_chunk=ensemble_chunk)
+                                     purifier_chunk=purifier_chunk)
 
     # detection: r(x) of each attack's examples (kept in the records) against r(x) of the same clean images
     def r(images):
@@ -677,7 +677,7 @@ def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed
                    "classifier_adapted_to": facts["classifier_adapted_to"],
                    "chosen_variant": facts["chosen_variant"], "budget": dataclasses.asdict(budget),
                    "lambdas": list(lambdas), "labels": ADAPTIVE_LABELS, "cascade_all": bool(cascade),
-                   "chunk": int(chunk), "ensemble_chunk": int(ensemble_chunk or chunk),
+                   "chunk": int(chunk), "purifier_chunk": int(purifier_chunk or chunk),
                    "seconds_per_image": _seconds_per_image(result["attack_seconds"])})
     if test_images:
         result["test_images"] = test_images
@@ -778,9 +778,10 @@ def adaptive_notes(result: dict) -> list[str]:
                   "clean); the paper's numbers beside later cells are each attack's alone, so ours are lower "
                   "than such an attack alone would give."]
     if result.get("chunk"):
-        each = result.get("ensemble_chunk", result["chunk"])
+        each = result.get("purifier_chunk", result["chunk"])
         lines += ["", f"Cells were attacked, scored and cached {result['chunk']} images at a time"
-                  + (f" ({each} at a time in the AutoAttack cascade)" if each != result["chunk"] else "")
+                  + (f" ({each} at a time in the attacks that run the purification at every step)"
+                     if each != result["chunk"] else "")
                   + ", so an interrupted run resumes from its last finished chunk."]
     if "defense_gan_attacker_restarts" in result:
         lines += ["", f"**Defense-GAN** has no counter A or B (they target a DAE). Its gradient attacks use BPDA "

@@ -73,7 +73,9 @@ class Profile:
     adaptive_attacks: tuple = ("pgd", "bpda", "weighted")
     adaptive_cascade: bool = False
     adaptive_chunk: int = 0  # 0: a cell at once
-    adaptive_ensemble_chunk: int = 0  # the AutoAttack cascade's chunk, where smaller (0: adaptive_chunk's)
+    # the chunk of the attacks that run the purification at every step (BPDA+EOT, the AutoAttack cascade),
+    # where smaller (0: adaptive_chunk's)
+    adaptive_purifier_chunk: int = 0
     paper: dict = dataclasses.field(default_factory=dict)
     paper_adaptive: dict = dataclasses.field(default_factory=dict)
 
@@ -194,7 +196,7 @@ REGISTRY: dict[str, Profile] = {
         adaptive_attacks=("bpda", "weighted", "pgd", "bpda-eot"),  # counter A first: its cell is its own
         adaptive_cascade=True,
         adaptive_chunk=10,
-        adaptive_ensemble_chunk=1,  # APGD through G: ~20 min per image at 10 iterations and 4 draws
+        adaptive_purifier_chunk=1,  # through G: BPDA+EOT ~4 min per image, APGD ~20 min (10 iterations, 4 draws)
         purify_fallback={"n": 15, "alpha": 2 / 255, "eps_r": 1 / 255},  # CIFAR-10's, the paper's (spec §3)
         # a U-Net step at 224 px costs ~0.35 s per image on 2 CPU cores, so the grid is the paper's
         # setting and one neighbour each way that can still undo ε = 16/255 in 15 steps (choice)
@@ -272,7 +274,7 @@ def from_json(d: dict, where: str) -> Profile:
     if any(a not in allowed for a in profile.adaptive_attacks):
         raise ApudaeError(f"{where}: adaptive_attacks {list(profile.adaptive_attacks)} may hold only "
                           f"{', '.join(allowed)}")
-    for k in ("adaptive_chunk", "adaptive_ensemble_chunk"):
+    for k in ("adaptive_chunk", "adaptive_purifier_chunk"):
         v = getattr(profile, k)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ApudaeError(f"{where}: {k} must be an integer >= 0 (0: a cell at once), got {v!r}")

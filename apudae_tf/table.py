@@ -469,15 +469,16 @@ class Budget:
 
 def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps: int | None = None,
                      budget: Budget = Budget(), classes: int = 10, before=ADAPTIVE_ATTACKS,
-                     cascade_all: bool = False, ensemble_chunk: int | None = None) -> list[Column]:
+                     cascade_all: bool = False, purifier_chunk: int | None = None) -> list[Column]:
     """The adaptive report's columns, in order: clean, then the attacks ``before`` the ensemble (blind PGD,
     the reference; counter A; counter B at every λ; optionally BPDA+EOT through the purification), all on
     every image, then the AutoAttack-grade cascade: APGD-CE and APGD-T through the defence's gradient, and
     Square on its scores, each on the images every earlier column left standing. ``cascade_all``: every
     column after clean is a cascade column (the worst case is the same; attacks that cost minutes per
     image through an iterative purifier then spend them only on the images still standing).
-    ``ensemble_chunk``: the ensemble's images per cached chunk, where it differs from the other columns'
-    (its attacks can cost an hour per image through an iterative purifier)."""
+    ``purifier_chunk``: the images per cached chunk of the attacks that run the purification at every step
+    (BPDA+EOT and the ensemble), where it differs from the other columns' (through an iterative purifier
+    they can cost an hour per image)."""
     base = attacks.settings_for("pgd", dataset, steps=steps, seed=seed)
     clean = attacks.settings_for("none", dataset, seed=seed)
     apgd = dict(steps=budget.apgd_steps, restarts=budget.restarts, eot=budget.eot)
@@ -488,11 +489,13 @@ def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps
         if k == "weighted":
             first += [Column("weighted", "weighted", dataclasses.replace(base, lam=lam), n) for lam in lambdas]
         else:  # PGD's preset budget; BPDA+EOT averages its gradient over the budget's draws
-            first.append(Column(k, k, dataclasses.replace(base, eot=budget.eot) if k == "bpda-eot" else base, n))
-    first = [dataclasses.replace(c, cascade=cascade_all) for c in first]
+            through = k not in attacks.DAE_ONLY_ATTACKS and k in attacks.DEFENCE_ATTACKS  # bpda-eot, adaptive
+            first.append(Column(k, k, dataclasses.replace(base, eot=budget.eot) if through else base, n,
+                                chunk=purifier_chunk if through else None))
+    first = [dataclasses.replace(c, cascade=cascade_all) for c in first]  # keeps each column's chunk
     return ([Column("clean", "none", clean, n)] + first
             + [Column(k, k, dataclasses.replace(attacks.settings_for(k, dataset, seed=seed), **ensemble[k]), n,
-                      cascade=True, chunk=ensemble_chunk) for k in ensemble_for(classes)])
+                      cascade=True, chunk=purifier_chunk) for k in ensemble_for(classes)])
 
 
 def worst_over_lambda(records: list[dict]) -> list[dict]:

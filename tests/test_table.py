@@ -305,7 +305,7 @@ def test_chunked_cells_attack_as_whole_ones_and_resume_from_cells_json_alone(tin
         assert np.array_equal(chunked[k][1], whole[k][1]) and np.allclose(chunked[k][0], whole[k][0], atol=1e-6), k
     # every column after clean a cascade: each attacks only the images still standing in its row
     columns = table.adaptive_columns("mnist", 6, lambdas=(1.0,), steps=1, budget=budget, before=before,
-                                     cascade_all=True, ensemble_chunk=1)
+                                     cascade_all=True, purifier_chunk=1)
     out = str(tmp_path / "cascade")
     result, _ = table.build(ds, defences, targets, files, columns, out, batch_size=2, per_image=True, chunk=2,
                             detector=r_fn)
@@ -318,10 +318,10 @@ def test_chunked_cells_attack_as_whole_ones_and_resume_from_cells_json_alone(tin
             assert r["r_adv"]["idx"] == np.flatnonzero(standing).tolist() and len(r["r_adv"]["r"]) == r["attacked"]
             standing &= robust
     assert 0 < sum(r["attacked"] for r in result["records"] if r["attack"] not in ("clean", "worst"))
-    # the AutoAttack cascade keeps each image's result as it finishes: one cached chunk per attacked image
+    # attacks that run the purification at every step keep each image as it finishes: a cached chunk per image
     cells = table.Cache(os.path.join(out, "cache")).cells.values()
     for r in result["records"]:
-        if r["attack"] in ("apgd-ce", "square"):
+        if r["attack"] in ("bpda-eot", "apgd-ce", "square"):
             assert sum(q["defence"] == r["defence"] and q["attack"] == r["attack"] for q in cells) == max(r["attacked"], 1)
     # a new checkout keeps cells.json only: the report comes back without attacking anything
     for f in os.listdir(os.path.join(out, "cache")):
@@ -344,8 +344,8 @@ def test_a_profile_file_with_an_unknown_adaptive_attack_or_a_bad_chunk_is_one_er
         profiles.from_json(dict(base, adaptive_attacks=["deepfool"]), "p.json")
     with pytest.raises(ApudaeError, match="adaptive_chunk must be an integer >= 0"):
         profiles.from_json(dict(base, adaptive_chunk=-3), "p.json")
-    with pytest.raises(ApudaeError, match="adaptive_ensemble_chunk must be an integer >= 0"):
-        profiles.from_json(dict(base, adaptive_ensemble_chunk=2.5), "p.json")
+    with pytest.raises(ApudaeError, match="adaptive_purifier_chunk must be an integer >= 0"):
+        profiles.from_json(dict(base, adaptive_purifier_chunk=2.5), "p.json")
 
 
 def test_two_reports_sharing_a_cache_folder_keep_each_others_cells(tmp_path):

@@ -7,6 +7,9 @@ Kept free of TensorFlow so that ``apudae-tf --help`` and option parsing stay fas
 ATTACK_METHODS = ("none", "random", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2")
 # attacks that see the purifier (spec §5): counter A, counter B, full adaptive, BPDA + EOT
 ADAPTIVE_METHODS = ("bpda", "weighted", "adaptive", "bpda-eot")
+# the adaptive report's columns before the AutoAttack cascade, by default and in order: blind PGD, counter A,
+# counter B over λ (a dataset profile may reorder them or add "bpda-eot"; table.adaptive_columns)
+ADAPTIVE_COLUMNS = ("pgd", "bpda", "weighted")
 # AutoAttack-grade attacks (Croce & Hein 2020; Andriushchenko et al. 2020): on the classifier alone,
 # or through a purification variant when one is named
 ENSEMBLE_METHODS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")

@@ -70,7 +70,7 @@ class Profile:
     tfds_splits: tuple = ()  # (builder, train split, test split): a prepared tfds dataset read lazily (tfdsimages.py)
     # the adaptive report (table.adaptive_columns): its attacks before the AutoAttack cascade; whether
     # they too run only on the images still standing; and how many images a cell attacks and caches at a time
-    adaptive_attacks: tuple = ("pgd", "bpda", "weighted")
+    adaptive_attacks: tuple = names.ADAPTIVE_COLUMNS
     adaptive_cascade: bool = False
     adaptive_chunk: int = 0  # 0: a cell at once
     # the chunk of the attacks that run the purification at every step (BPDA+EOT, the AutoAttack cascade),

@@ -316,7 +316,7 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
                         got, spent = made[(name, pekey)]
                     else:
                         got, spent = (x, 0.0) if method == "none" or not len(part) else cache.examples(pekey)
-                    if (name, pekey) not in made and (got is None or len(got) != len(part)):
+                    if got is None or len(got) != len(part):
                         t0 = time.time()
                         label = f"{method} on {name} ({len(part)} images" + (
                             f", chunk {a // size + 1} of {len(parts)})" if size else ")")
@@ -439,9 +439,6 @@ def _worst_record(d: Defence, robust: np.ndarray, records: list[dict]) -> dict:
             "seconds": 0.0, "robust": pack(robust), "settings": {"defence": d.settings, "over": columns}}
 
 
-# The adaptive report's attacks before the ensemble, in order (``adaptive_columns``): blind PGD, counter A,
-# counter B over λ; a profile may add "bpda-eot" (PGD through the real purifier forward, BPDA backward).
-ADAPTIVE_ATTACKS = ("pgd", "bpda", "weighted")
 # The AutoAttack-grade part of the adaptive report, run in this order as a cascade (each attack on
 # the images still standing): APGD-CE, APGD-T, then Square as the check on gradient masking.
 ENSEMBLE = ("apgd-ce", "apgd-t", "square")
@@ -468,7 +465,7 @@ class Budget:
 
 
 def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps: int | None = None,
-                     budget: Budget = Budget(), classes: int = 10, before=ADAPTIVE_ATTACKS,
+                     budget: Budget = Budget(), classes: int = 10, before=names.ADAPTIVE_COLUMNS,
                      cascade_all: bool = False, purifier_chunk: int | None = None) -> list[Column]:
     """The adaptive report's columns, in order: clean, then the attacks ``before`` the ensemble (blind PGD,
     the reference; counter A; counter B at every λ; optionally BPDA+EOT through the purification), all on

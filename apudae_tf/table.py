@@ -272,11 +272,10 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
     Returns ``({"records": [...], ...}, examples)``, examples[(target, column key, λ)] being (the
     attacked images, their indices in the test split) where this run has them.
     """
-    echo = echo or (lambda m: None)
-    paper = profiles.get(ds.name).paper if paper is None else paper
-    cache = Cache(os.path.join(out_dir, "cache") if out_dir else None)
+    run = _Run(ds, Cache(os.path.join(out_dir, "cache") if out_dir else None), targets, target_files,
+               profiles.get(ds.name).paper if paper is None else paper, per_image, detector, batch_size,
+               progress_bar, echo or (lambda m: None))
     records, started, kept, attack_seconds = [], time.time(), {}, {}
-    made = {}  # (attacked model, examples key) -> (examples, seconds): one attack serves every row that shares it
     standing = {}  # row -> images that survived every column so far
     total, done = sum(applies(d, c) for c in columns for d in defences), 0
     for c in columns:
@@ -284,79 +283,18 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
             if not applies(d, c):
                 continue  # e.g. the DAE's counter attacks on Defense-GAN: the cell stays empty
             done += 1
-            name, method, purifier = attacked_model(d, c)
-            s = _attack_settings(d, c, method, purifier)
             idx = np.arange(c.n)
             if c.cascade and d.name in standing:
                 idx = np.flatnonzero(standing[d.name][: c.n])
-            if purifier is None:
-                seen = None
-            elif method in attacks.DAE_ONLY_ATTACKS:
-                seen = {"dae": target_files["dae"]}
-            else:
-                seen = {"variant": purifier.variant, **dataclasses.asdict(purifier.settings),
-                        purifier.model_key: target_files[purifier.model_key]}
-            subset = digest(idx.tolist()) if c.cascade else None
-            ekey = f"{name}-{method}-n{c.n}-" + digest(dataclasses.asdict(s), target_files[d.target], seen, ds.source,
-                                                         *([subset] if subset else []))
-            key = digest(d.name, d.settings, c.key, method, c.n, dataclasses.asdict(s), target_files[d.target],
-                          ds.source, per_image, *([subset] if subset else []))
-            # a chunk's attack seeds continue the whole cell's (run_attack seeds batch i with seed + i), so a
-            # chunk that is a multiple of the batch size attacks exactly as the unchunked cell would
             size = (chunk if c.chunk is None else c.chunk) if per_image else 0
-            parts = ([(0, idx, ekey, key)] if not size else
-                     [(a, idx[a : a + size], f"{ekey}-{a}", digest(key, a, idx[a : a + size].tolist()))
-                      for a in range(0, max(len(idx), 1), size)])
-            got_parts, recs, spent_parts, scored = [], [], [], False
-            for a, part, pekey, pkey in parts:
-                rec = cache.cell(pkey)
-                if rec is None or not per_image:  # the table's figures need its examples even when cached
-                    x, y = ds.x_test[part], ds.y_test[part]
-                    if (name, pekey) in made:  # made for another row in this run
-                        got, spent = made[(name, pekey)]
-                    else:
-                        got, spent = (x, 0.0) if method == "none" or not len(part) else cache.examples(pekey)
-                    if got is None or len(got) != len(part):
-                        t0 = time.time()
-                        label = f"{method} on {name} ({len(part)} images" + (
-                            f", chunk {a // size + 1} of {len(parts)})" if size else ")")
-                        batches = cache.batches(pekey)
-                        run = functools.partial(attacks.run_attack, method, targets[d.target], x, y,
-                                                dataclasses.replace(s, seed=s.seed + a),
-                                                batch_size=batch_size, defence=purifier, done=batches)
-                        if progress_bar:
-                            with progress_bar(len(part), label) as bar:
-                                got = run(progress=lambda k: bar.update(k - bar.pos))
-                        else:
-                            got = run()
-                        spent = time.time() - t0 + (batches.reused_seconds if batches else 0.0)
-                        echo(f"{label}: {spent:.0f} s")
-                        cache.put_examples(pekey, got, {"dataset": ds.name, "attack": method, "target": name,
-                                                        "settings": dataclasses.asdict(s), "defence": seen,
-                                                        "seconds": spent, "indices": part.tolist()})
-                    made[(name, pekey)] = got, spent
-                    got_parts.append(got)
-                    if rec is None:
-                        rec, scored = _score_cell(d, c, method, s, purifier, got, part, y, per_image, paper), True
-                        rec["attack_seconds"] = round(spent, 2)
-                        if detector is not None and per_image and method != "none":
-                            rec["r_adv"] = {"idx": part.tolist(),
-                                            "r": [round(float(v), 6) for v in detector(got)] if len(part) else []}
-                        cache.put_cell(pkey, rec)
-                        if size and len(parts) > 1:
-                            echo(f"  {d.name} × {c.key}, chunk {a // size + 1} of {len(parts)}: "
-                                 f"{int(unpack(rec['robust'], c.n).sum())} of {len(part)} robust")
-                    spent_parts.append(spent)
-                else:
-                    spent_parts.append(rec.get("attack_seconds", 0.0))
-                recs.append(rec)
-            rec = _merge_parts(recs, c.n)
-            if len(got_parts) == len(parts):
-                kept[(name, c.key, s.lam)] = (np.concatenate(got_parts) if len(parts) > 1 else got_parts[0], idx)
-            attack_seconds[(name, ekey)] = {"target": name, "attack": method, "column": c.key, "n": int(len(idx)),
-                                            "seconds": round(sum(spent_parts), 2)}
-            echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} "
-                 + (f"(n={c.n}, {rec['seconds']:.0f} s)" if scored else "(cached)"))
+            cell = run.cell(d, c, idx, size)
+            if cell.examples is not None:
+                kept[(cell.name, c.key, cell.settings.lam)] = cell.examples
+            attack_seconds[(cell.name, cell.ekey)] = {"target": cell.name, "attack": cell.method, "column": c.key,
+                                                      "n": int(len(idx)), "seconds": round(cell.attack_seconds, 2)}
+            rec = cell.record
+            run.echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} "
+                     + (f"(n={c.n}, {rec['seconds']:.0f} s)" if cell.scored else "(cached)"))
             if per_image:
                 robust = unpack(rec["robust"], c.n)
                 before = standing.get(d.name, robust)
@@ -374,6 +312,128 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
               # where the time goes: each set of attacked images once (records hold the scoring time)
               "attack_seconds": list(attack_seconds.values()), "attacks": used, "records": records}
     return result, kept
+
+
+def _cell_keys(d: Defence, c: Column, name: str, method: str, s, purifier, target_files: dict, source: str,
+               per_image: bool, idx: np.ndarray) -> tuple[dict | None, str, str]:
+    """What the cell's attack saw of the defence, the key of its examples (everything that changes the
+    attacked images: one set serves every row that shares it) and the key of its record."""
+    if purifier is None:
+        seen = None
+    elif method in attacks.DAE_ONLY_ATTACKS:
+        seen = {"dae": target_files["dae"]}
+    else:
+        seen = {"variant": purifier.variant, **dataclasses.asdict(purifier.settings),
+                purifier.model_key: target_files[purifier.model_key]}
+    subset = [digest(idx.tolist())] if c.cascade else []
+    ekey = f"{name}-{method}-n{c.n}-" + digest(dataclasses.asdict(s), target_files[d.target], seen, source, *subset)
+    key = digest(d.name, d.settings, c.key, method, c.n, dataclasses.asdict(s), target_files[d.target], source,
+                 per_image, *subset)
+    return seen, ekey, key
+
+
+@dataclasses.dataclass
+class _Cell:
+    """One cell as ``_Run.cell`` made or found it."""
+
+    name: str  # the attacked model
+    method: str
+    settings: attacks.AttackSettings
+    ekey: str
+    record: dict
+    scored: bool  # scored in this run (else every chunk came from the cache)
+    attack_seconds: float
+    examples: tuple | None  # (attacked images, their indices) where this run has them all
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one ``build`` shares across its cells: data, models, cache, and the examples made so far
+    (``made``: (attacked model, examples key) -> (images, seconds), so one attack serves every row)."""
+
+    ds: Dataset
+    cache: Cache
+    targets: dict
+    target_files: dict
+    paper: dict
+    per_image: bool
+    detector: object
+    batch_size: int | None
+    progress_bar: object
+    echo: object
+    made: dict = dataclasses.field(default_factory=dict)
+
+    def cell(self, d: Defence, c: Column, idx: np.ndarray, size: int) -> _Cell:
+        """Row ``d`` × column ``c`` on images ``idx``, ``size`` images a chunk (0: at once)."""
+        name, method, purifier = attacked_model(d, c)
+        s = _attack_settings(d, c, method, purifier)
+        seen, ekey, key = _cell_keys(d, c, name, method, s, purifier, self.target_files, self.ds.source,
+                                     self.per_image, idx)
+        # a chunk's attack seeds continue the whole cell's (run_attack seeds batch i with seed + i), so a
+        # chunk that is a multiple of the batch size attacks exactly as the unchunked cell would
+        parts = ([(0, idx, ekey, key)] if not size else
+                 [(a, idx[a : a + size], f"{ekey}-{a}", digest(key, a, idx[a : a + size].tolist()))
+                  for a in range(0, max(len(idx), 1), size)])
+        got_parts, recs, spent_parts, scored = [], [], [], False
+        for a, part, pekey, pkey in parts:
+            rec = self.cache.cell(pkey)
+            if rec is not None and self.per_image:  # the table's figures need its examples even when cached
+                spent_parts.append(rec.get("attack_seconds", 0.0))
+                recs.append(rec)
+                continue
+            where = f", chunk {a // size + 1} of {len(parts)}" if size else ""
+            got, spent = self.examples(d, name, method, s, purifier, seen, part, pekey, a, where)
+            got_parts.append(got)
+            spent_parts.append(spent)
+            if rec is None:
+                rec, scored = self.score(d, c, method, s, purifier, got, part, spent, pkey), True
+                if size and len(parts) > 1:
+                    self.echo(f"  {d.name} × {c.key}{where}: {int(unpack(rec['robust'], c.n).sum())} of "
+                              f"{len(part)} robust")
+            recs.append(rec)
+        examples = None
+        if len(got_parts) == len(parts):
+            examples = (np.concatenate(got_parts) if len(parts) > 1 else got_parts[0], idx)
+        return _Cell(name, method, s, ekey, _merge_parts(recs, c.n), scored, sum(spent_parts), examples)
+
+    def examples(self, d: Defence, name: str, method: str, s, purifier, seen, part, pekey: str, offset: int,
+                 where: str):
+        """The attacked images of ``part`` and the seconds they took: made in this run for another row,
+        cached, or made now (seeds from ``s.seed + offset``; finished batches kept while it runs)."""
+        x = self.ds.x_test[part]
+        if (name, pekey) in self.made:
+            got, spent = self.made[(name, pekey)]
+        else:
+            got, spent = (x, 0.0) if method == "none" or not len(part) else self.cache.examples(pekey)
+        if got is None or len(got) != len(part):
+            t0 = time.time()
+            label = f"{method} on {name} ({len(part)} images{where})"
+            batches = self.cache.batches(pekey)
+            attack = functools.partial(attacks.run_attack, method, self.targets[d.target], x, self.ds.y_test[part],
+                                       dataclasses.replace(s, seed=s.seed + offset), batch_size=self.batch_size,
+                                       defence=purifier, done=batches)
+            if self.progress_bar:
+                with self.progress_bar(len(part), label) as bar:
+                    got = attack(progress=lambda k: bar.update(k - bar.pos))
+            else:
+                got = attack()
+            spent = time.time() - t0 + (batches.reused_seconds if batches else 0.0)
+            self.echo(f"{label}: {spent:.0f} s")
+            self.cache.put_examples(pekey, got, {"dataset": self.ds.name, "attack": method, "target": name,
+                                                 "settings": dataclasses.asdict(s), "defence": seen,
+                                                 "seconds": spent, "indices": part.tolist()})
+        self.made[(name, pekey)] = got, spent
+        return got, spent
+
+    def score(self, d: Defence, c: Column, method: str, s, purifier, got, part, spent: float, pkey: str) -> dict:
+        """Score a chunk's attacked images, keep r(x) of each where there is a detector, cache the record."""
+        rec = _score_cell(d, c, method, s, purifier, got, part, self.ds.y_test[part], self.per_image, self.paper)
+        rec["attack_seconds"] = round(spent, 2)
+        if self.detector is not None and self.per_image and method != "none":
+            rec["r_adv"] = {"idx": part.tolist(),
+                            "r": [round(float(v), 6) for v in self.detector(got)] if len(part) else []}
+        self.cache.put_cell(pkey, rec)
+        return rec
 
 
 def _merge_parts(recs: list[dict], n: int) -> dict:

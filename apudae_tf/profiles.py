@@ -188,7 +188,10 @@ REGISTRY: dict[str, Profile] = {
         dae_arch="unet",
         train_patch=128,  # the U-Net is fully convolutional: crops train it faster and vary each epoch
         correct_only=True,  # the paper's Table 4 protocol: attacks on the images the classifier gets right
-        checkpoint_steps=True,  # the exact gradient through n U-Net steps at 224 px would not fit otherwise
+        # the exact gradient through n U-Net steps at 224 px keeps ~0.23 GiB of activations per step and image
+        # (results/imagenet/attack_cost.json, n = 2 and 4; ~4.4 GiB at n = 15, batch 1); recomputing keeps ~1.2 GiB
+        # for ~1.3× the time
+        checkpoint_steps=True,
         tfds_splits=("imagenet2012", "train", "validation"),  # with no imagenet/ folder: tfds' manual download
         # scoring one image through G (n = 15, fixed and fresh draws) costs ~10 s on 2 cores and one exact
         # gradient ~30 s: every attack spends only on the images still standing, BPDA+EOT (a purification
@@ -196,7 +199,7 @@ REGISTRY: dict[str, Profile] = {
         adaptive_attacks=("bpda", "weighted", "pgd", "bpda-eot"),  # counter A first: its cell is its own
         adaptive_cascade=True,
         adaptive_chunk=10,
-        adaptive_purifier_chunk=1,  # through G: BPDA+EOT ~4 min per image, APGD ~20 min (10 iterations, 4 draws)
+        adaptive_purifier_chunk=1,  # through G: BPDA+EOT ~2.5 min an image, APGD-CE 3–10 (10 iterations, 4 draws)
         purify_fallback={"n": 15, "alpha": 2 / 255, "eps_r": 1 / 255},  # CIFAR-10's, the paper's (spec §3)
         # a U-Net step at 224 px costs ~0.35 s per image on 2 CPU cores, so the grid is the paper's
         # setting and one neighbour each way that can still undo ε = 16/255 in 15 steps (choice)

@@ -705,7 +705,8 @@ def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed
             else:
                 label = f"{c.key} on {purifier.variant}"
             if c.cascade:  # each row attacks its own survivors
-                label += f" [{d.name}: {len(got['idx'])} images still standing]"
+                k = len(got["idx"])
+                label += f" [{d.name}: {k} image{'s' if k != 1 else ''} still standing]"
             curves[label] = table.roc(r_clean[got["idx"]], np.asarray(got["r"]))
     store.write_json(os.path.join(out_dir, "roc.json"), {"dataset": ds.name, "detector": "r(x) > t",
                                                           "clean_n": int(n), "curves": curves})

@@ -70,6 +70,8 @@ def environment() -> dict:
 
     import tensorflow as tf
 
+    from apudae_tf import table
+
     versions = {}
     for dist in ("tensorflow", "keras", "numpy", "cleverhans", "tensorflow-datasets"):
         try:
@@ -78,14 +80,7 @@ def environment() -> dict:
             versions[dist] = None
     return {"python": platform.python_version(), **versions, "machine": platform.machine(),
             "processor": cpu_model(), "cpu_cores": usable_cores(), "gpus": len(tf.config.list_physical_devices("GPU")),
-            "peak_rss_gib": peak_rss_gib()}
-
-
-def peak_rss_gib() -> float:
-    """The peak resident memory of this process so far (the run that writes a report), in GiB."""
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)  # Linux: KiB
+            "peak_rss_gib": table.peak_rss_gib()}  # this run's; a report's own peak_rss_gib covers its cache's runs
 
 
 def usable_cores() -> int:
@@ -496,8 +491,9 @@ def _cost(result: dict) -> str:
     env = result.get("environment")  # reports made before it was recorded ran on this project's 2 cores
     where = ("2 CPU cores" if env is None else f"{env['gpus']} GPU(s)" if env.get("gpus")
              else f"{env['cpu_cores']} CPU cores ({env['processor']}; TensorFlow {env['tensorflow']})")
-    if env and env.get("peak_rss_gib"):
-        where += f", peak memory {env['peak_rss_gib']:.1f} GiB"
+    peak = result.get("peak_rss_gib") or (env or {}).get("peak_rss_gib")
+    if peak:
+        where += f", peak memory {peak:.1f} GiB"
     if run >= total:
         return f"{run:.1f} min on {where}"
     return (f"{total:.1f} min of attacks and defences on {where}, summed over the runs that filled its cache "

@@ -95,6 +95,14 @@ def unpack(text: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:n].astype(bool)
 
 
+def peak_rss_gib() -> float:
+    """The peak resident memory of this process so far, in GiB. Each cell's record keeps it (an upper bound
+    on what that cell needed), so a report resumed from its cache still knows what its runs took."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)  # Linux: KiB
+
+
 def digest(*parts) -> str:
     """A short hash of JSON-able parts: the caches' keys."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -309,6 +317,8 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
     compute = sum(a["seconds"] for a in attack_seconds.values()) + sum(r["seconds"] for r in records)
     result = {"dataset": ds.name, "n": max(c.n for c in columns), "split": "test",
               "seconds": round(time.time() - started, 1), "compute_seconds": round(compute, 1),
+              # the most memory any run that made these cells took (records cached before it was kept lack it)
+              "peak_rss_gib": max([peak_rss_gib()] + [r.get("peak_rss_gib", 0.0) for r in records]),
               # where the time goes: each set of attacked images once (records hold the scoring time)
               "attack_seconds": list(attack_seconds.values()), "attacks": used, "records": records}
     return result, kept
@@ -428,7 +438,7 @@ class _Run:
     def score(self, d: Defence, c: Column, method: str, s, purifier, got, part, spent: float, pkey: str) -> dict:
         """Score a chunk's attacked images, keep r(x) of each where there is a detector, cache the record."""
         rec = _score_cell(d, c, method, s, purifier, got, part, self.ds.y_test[part], self.per_image, self.paper)
-        rec["attack_seconds"] = round(spent, 2)
+        rec["attack_seconds"], rec["peak_rss_gib"] = round(spent, 2), peak_rss_gib()
         if self.detector is not None and self.per_image and method != "none":
             rec["r_adv"] = {"idx": part.tolist(),
                             "r": [round(float(v), 6) for v in self.detector(got)] if len(part) else []}
@@ -450,6 +460,8 @@ def _merge_parts(recs: list[dict], n: int) -> dict:
     for f in ("accuracy_fixed_draws", "accuracy_fresh_draws", "attacked"):
         if f in recs[0]:
             out[f] = sum(r.get(f, 0) for r in recs)
+    if any("peak_rss_gib" in r for r in recs):
+        out["peak_rss_gib"] = max(r.get("peak_rss_gib", 0.0) for r in recs)
     if "r_adv" in recs[0]:
         out["r_adv"] = {"idx": [i for r in recs for i in r["r_adv"]["idx"]],
                         "r": [v for r in recs for v in r["r_adv"]["r"]]}

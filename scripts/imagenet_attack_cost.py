@@ -12,7 +12,6 @@ on the weights. The classifier is the shipped EfficientNet-Lite0. Times are wall
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ def measure(args):
     """One configuration, in this process: prints one JSON line."""
     import numpy as np
 
-    from apudae_tf import attacks, data, models, profiles, purify, store
+    from apudae_tf import attacks, data, models, profiles, purify, store, table
 
     folder = args.models
     ds = data.load_dataset("imagenet", test_only=True)
@@ -53,7 +52,7 @@ def measure(args):
         grad = attacks.eot_gradient(model, attacks.ce_loss, x, y, y)[2]
         out["gradient_nonzero"] = bool(np.abs(grad).max() > 0)
     out["seconds_per_image"] = round((time.time() - t0) / args.batch, 2)
-    out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    out["peak_rss_gib"] = table.peak_rss_gib()
     print(json.dumps(out), flush=True)
 
 

@@ -331,6 +331,15 @@ def test_chunked_cells_attack_as_whole_ones_and_resume_from_cells_json_alone(tin
     again, _ = table.build(ds, defences, targets, files, columns, out, batch_size=2, per_image=True, chunk=2,
                            detector=r_fn)
     assert again["records"] == result["records"]
+    # each chunk keeps the memory of the run that made it: a report resumed by a lighter run still names the
+    # peak of the runs that filled its cache, in its data and its text
+    assert all(r["peak_rss_gib"] > 0.1 for r in result["records"] if r["attack"] != "worst")
+    cache = table.Cache(os.path.join(out, "cache"))
+    heavy = next(k for k, r in cache.cells.items() if r["attack"] == "bpda-eot")
+    cache.put_cell(heavy, dict(cache.cells[heavy], peak_rss_gib=99.0))
+    resumed, _ = table.build(ds, defences, targets, files, columns, out, batch_size=2, per_image=True, chunk=2)
+    assert resumed["peak_rss_gib"] == 99.0 and result["peak_rss_gib"] < 99.0
+    assert "peak memory 99.0 GiB" in evaluate._cost(dict(resumed, environment=evaluate.environment()))
 
 
 def test_a_profile_file_with_an_unknown_adaptive_attack_or_a_bad_chunk_is_one_error():

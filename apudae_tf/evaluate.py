@@ -491,7 +491,7 @@ def _cost(result: dict) -> str:
     env = result.get("environment")  # reports made before it was recorded ran on this project's 2 cores
     where = ("2 CPU cores" if env is None else f"{env['gpus']} GPU(s)" if env.get("gpus")
              else f"{env['cpu_cores']} CPU cores ({env['processor']}; TensorFlow {env['tensorflow']})")
-    peak = result.get("peak_rss_gib") or (env or {}).get("peak_rss_gib")
+    peak = max(result.get("peak_rss_gib") or 0.0, (env or {}).get("peak_rss_gib") or 0.0)
     if peak:
         where += f", peak memory {peak:.1f} GiB"
     if run >= total:

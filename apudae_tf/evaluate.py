@@ -496,8 +496,8 @@ def _cost(result: dict) -> str:
         where += f", peak memory {peak:.1f} GiB"
     if run >= total:
         return f"{run:.1f} min on {where}"
-    return (f"{total:.1f} min of attacks and defences on {where}, summed over the runs that filled its cache "
-            f"(the last run: {run:.1f} min)")
+    return (f"{total:.1f} min of attacks and defences, summed over the runs that filled its cache (the last run: "
+            f"{run:.1f} min), on {where}")
 
 
 def _optimizer_text(training: dict) -> str:

@@ -7,8 +7,9 @@
 #
 # Costs on 2 CPU cores (a U-Net purification step at 224 px takes ~0.25-0.45 s per image): the U-Net ~3 h,
 # the tuning ~1 h (results/imagenet/tune.json: 6-9 s per image for clean + PGD), Table 4 ~3 h, the
-# adaptive report several hours more. Table 4's finished cells are kept in results/imagenet/cache/cells.json,
-# which is committed (unlike the other caches) so that a later session on a new checkout resumes it.
+# adaptive report 3.4 h (results/imagenet/adaptive.json: 201 min summed over its runs). The reports' finished
+# cells are kept in results/imagenet/cache/cells.json, which is committed (unlike the other caches) so that a
+# later session on a new checkout resumes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=apudae-runs/imagenet

@@ -201,6 +201,21 @@ def _variant_list(text: str) -> list[str]:
         raise ApudaeError(f"unknown variant(s) {', '.join(unknown) or '(none)'}; use {', '.join(names.PURIFY_VARIANTS)}")
     return chosen
 
+SIGMA_MAX = 4.0  # a smoothing σ beyond this drowns any [0, 1] image
+
+
+def _sigma_list(text: str, option: str = "--sigma") -> tuple[float, ...]:
+    """A comma-separated list of smoothing noise levels, each in (0, SIGMA_MAX]."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not (0 < v <= SIGMA_MAX) for v in values):
+        raise ApudaeError(f"{option} {text}: give noise levels sigma in (0, {SIGMA_MAX:g}], comma-separated, e.g. "
+                          "0.25,0.5,1")
+    return values
+
+
 models_option = click.option("--models", "model_dir", type=click.Path(file_okay=False), default=None,
                              help="Model folder (default: saved_models/<dataset>).")
 classifier_option = click.option(
@@ -225,7 +240,8 @@ def main():
 
 @main.command()
 @click.argument("dataset")
-@click.option("--what", type=click.Choice(["classifier", "dae", "all", "adv-classifier", "gan", "adapted-classifier"]),
+@click.option("--what", type=click.Choice(["classifier", "dae", "all", "adv-classifier", "gan", "adapted-classifier",
+                                           "smoothing-dae"]),
               default="all",
               show_default=True,
               help="Which model(s) to train. all = classifier and DAE. adv-classifier = the adversarial-training "
@@ -234,10 +250,19 @@ def main():
                    "every epoch). gan = Defense-GAN's WGAN-GP generator (OUT/generator.keras). "
                    "adapted-classifier = BASE's classifier fine-tuned on the outputs of BASE's purifier (--adapt-to) "
                    "of clean training images, written with copies of BASE's DAE to OUT (which must differ from "
-                   "BASE); run `tune` on OUT afterwards.")
+                   "BASE); run `tune` on OUT afterwards. smoothing-dae = the denoisers of randomized smoothing "
+                   "(`certify`), one per --sigma, in front of BASE's classifier (frozen): MSE for --epochs, then the "
+                   "stability objective for --stability-epochs; written to OUT/smoothing/.")
 @click.option("--base", "base_dir", type=click.Path(file_okay=False, exists=True), default=None,
-              help="--what adapted-classifier: the model folder whose classifier and purifier are adapted "
-                   "(default: saved_models/<dataset>).")
+              help="--what adapted-classifier: the model folder whose classifier and purifier are adapted; "
+                   "--what smoothing-dae: the folder whose classifier the denoisers serve (default: "
+                   "saved_models/<dataset>).")
+@click.option("--sigma", "sigma_list", default=None,
+              help="--what smoothing-dae: the noise levels, comma-separated, each in (0, 4] (default: the "
+                   "dataset profile's: 0.25,0.5,1 for mnist and cifar10).")
+@click.option("--stability-epochs", type=click.IntRange(min=0), default=None,
+              help="--what smoothing-dae: epochs of the stability objective after the MSE epochs (0: MSE only; "
+                   "default: the profile's).")
 @click.option("--adapt-to", default="A,C", show_default=True,
               help="--what adapted-classifier: the purification variants (comma-separated) whose outputs the "
                    "classifier learns; each uses BASE's tuned settings, or V:n=K:alpha=A overrides them (e.g. "
@@ -286,8 +311,8 @@ def main():
                    "the options above override its fields.")
 @data_dir_option
 @friendly_errors
-def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch_size, dae_filters, mixed_precision,
-          out_dir, force, seed, eps, steps, step_size, sigma_max, profile_path, data_dir):
+def train(dataset, what, base_dir, sigma_list, stability_epochs, adapt_to, recipe, arch, resume, epochs, batch_size,
+          dae_filters, mixed_precision, out_dir, force, seed, eps, steps, step_size, sigma_max, profile_path, data_dir):
     """Train the classifier and/or the DAE on DATASET.
 
     Writes OUT/classifier.keras, OUT/dae.keras and OUT/dae_stats.json (the
@@ -305,15 +330,21 @@ def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch
     adapt_to = [v.strip() for v in adapt_to.split(",") if v.strip()]
     if what == "adapted-classifier":
         _variant_list(",".join(v.partition(":")[0] for v in adapt_to))
+    sigmas = _sigma_list(sigma_list) if sigma_list is not None else None
     out_dir = out_dir or store.run_dir(dataset, "models")
-    parts = ["classifier", "dae"] if what == "all" else [what]
-    store.check_output_folder(out_dir, "--out", tuple(f for p in parts for f in store.PART_FILES[p]),
-                              force=force or resume)
     declared = profile_path or any(v is not None for v in (eps, steps, step_size, sigma_max))
     # a folder trained before keeps the profile it recorded (e.g. adding the adversarially trained model)
     recorded = None if declared else profiles.from_folder(out_dir, profiles.dataset_name(dataset))
     profile = recorded or profiles.declare(profiles.dataset_name(dataset), eps, steps, step_size, sigma_max,
                                            profile_path)
+    parts = ["classifier", "dae"] if what == "all" else [what]
+    holds = tuple(f for p in parts if p != "smoothing-dae" for f in store.PART_FILES[p])
+    if what == "smoothing-dae":
+        from apudae_tf.denoisers import SMOOTHING_STAGES, smoothing_denoiser_file
+
+        holds = tuple(os.path.join(store.SMOOTHING_DIR, smoothing_denoiser_file(s, stage))
+                      for s in sigmas or profile.smoothing_sigmas for stage in SMOOTHING_STAGES)
+    store.check_output_folder(out_dir, "--out", holds, force=force or resume)
     click.echo(f"writing to {out_dir}", err=True)
     ds = data.load_dataset(dataset, data_dir)
     profiles.save(profile, out_dir)
@@ -328,7 +359,7 @@ def train(dataset, what, base_dir, adapt_to, recipe, arch, resume, epochs, batch
         with contextlib.redirect_stdout(sys.stderr):  # Keras' progress lines; stdout carries the summary only
             summary.update(training.train(ds, part, out_dir, settings, echo=lambda m: click.echo(m, err=True),
                                           recipe=recipe, progress_bar=progress_bar, resume=resume, base_dir=base_dir,
-                                          adapt_to=adapt_to))
+                                          adapt_to=adapt_to, sigmas=sigmas, stability_epochs=stability_epochs))
     click.echo(json.dumps(summary, indent=2))
 
 

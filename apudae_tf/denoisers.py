@@ -9,6 +9,7 @@ HGD, Liao et al. 2018) and ``adv-mix`` (adv-dae plus full-ε FGSM examples).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import keras
@@ -197,3 +198,154 @@ def train_dae_part(ds: Dataset, out_dir: str, settings, echo, recipe: str, progr
     fitting.finish(os.path.join(out_dir, DAE_BACKUP))
     echo(f"dae: clean validation r(x) mean {mu:.4f}, std {sigma:.4f} (sigma_max {sigma_max}, linf_max {linf})")
     return {"dae_mu": mu, "dae_sigma": sigma}
+
+
+# -- denoisers for randomized smoothing (docs/certify.md §2) ------------------------------------------
+# Denoised smoothing (Salman et al. 2020): a denoiser D trained for one noise level σ is put in front of the
+# frozen classifier f, and the smoothed classifier votes over f(D(x + δ)), δ ~ N(0, σ²I). Two stages on
+# ``fit``: MSE to the clean image (eq. 5 at a fixed σ, without eq. 5's clipping: the smoothing noise is
+# not clipped), then the stability objective, cross-entropy between f(D(x + δ)) and f(x)'s label.
+SMOOTHING_STAGES = ("mse", "stability")
+SMOOTHING_LEARNING_RATE = {"mse": 1e-3, "stability": 3e-4}  # Adam, cosine decay to 0 over the stage (choice)
+
+
+def gaussian_noise(x, sigma: float, seed=None):
+    """x + δ, δ ~ N(0, σ²I) in the classifier's [0, 1] input space, not clipped (docs/certify.md eq. S1)."""
+    return x + sigma * tf.random.normal(tf.shape(x), seed=seed, dtype=x.dtype)
+
+
+def smoothing_batches(x, targets, sigma: float, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Shuffled (x + δ, target) batches with fresh δ each epoch: the target is the clean image (MSE) or
+    f(x)'s label (stability)."""
+    return (tf.data.Dataset.from_tensor_slices((x, targets))
+            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+            .map(lambda a, t: (gaussian_noise(a, sigma), t), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def smoothing_denoiser_file(sigma: float, stage: str) -> str:
+    """The file of the denoiser for σ trained up to ``stage`` (``mse`` or ``stability``), inside a model
+    folder's ``smoothing/``."""
+    return f"sigma{sigma:g}-{stage}.keras"
+
+
+def _cosine_adam(rate: float, steps: int):
+    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(rate, max(1, steps)))
+
+
+def _with_classifier(dae, classifier):
+    """x̃ -> f(clip(D(x̃), 0, 1)) with f frozen in inference mode: the base classifier of denoised smoothing,
+    as one Keras model so that the stability stage trains on ``fit``."""
+    classifier.trainable = False
+    x = keras.Input(shape=dae.input_shape[1:], name="noisy")
+    logits = classifier(keras.ops.clip(dae(x), 0.0, 1.0), training=False)
+    return keras.Model(x, keras.ops.cast(logits, "float32"), name="denoised_classifier")
+
+
+def train_smoothing_denoiser(ds: Dataset, out_dir: str, sigma: float, settings, classifier, echo=print,
+                             resume: bool = False, filters: int = 32, stages: int = 4,
+                             stability_epochs: int = 0) -> dict:
+    """The MSE denoiser for σ (``settings.epochs``), then, from it, the stability denoiser
+    (``stability_epochs``; 0: none), both saved in ``out_dir``/smoothing/. Each stage resumes from its own
+    backup folder; a finished stage's file is not trained again. Returns each stage's record (recipe,
+    history, noisy validation accuracy of f(D(x + δ)))."""
+    folder = os.path.join(out_dir, store.SMOOTHING_DIR)
+    shape = tuple(ds.image_shape)
+    keras.utils.set_random_seed(settings.seed)
+    labels = np.argmax(models.predict_in_batches(models.inference_fn(classifier), ds.x_train), axis=1)
+    x_val, y_val = ds.x_val[:SMOOTHING_VAL_IMAGES], ds.y_val[:SMOOTHING_VAL_IMAGES]
+    records, dae = {}, None
+    for stage, epochs in (("mse", settings.epochs), ("stability", stability_epochs)):
+        path = os.path.join(folder, smoothing_denoiser_file(sigma, stage))
+        if epochs <= 0:
+            continue
+        if os.path.isfile(path):
+            echo(f"smoothing σ={sigma:g}: {stage} denoiser already in {path}; kept")
+            dae = store.load_model(path)
+            continue
+        backup = os.path.join(folder, f".sigma{sigma:g}-{stage}_backup")
+        rate = SMOOTHING_LEARNING_RATE[stage]
+        steps = epochs * -(-len(ds.x_train) // settings.batch_size)
+        with fitting.precision(settings.mixed_precision):
+            with fitting.strategy().scope():
+                net = models.build_residual_unet(shape, filters, stages)
+                if dae is not None:
+                    net.set_weights(dae.get_weights())
+                if stage == "mse":
+                    model, targets, loss = net, ds.x_train, "mse"
+                else:
+                    model = _with_classifier(net, classifier)
+                    targets, loss = labels, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+                model.compile(optimizer=_cosine_adam(rate, steps), loss=loss)
+            recipe = {**dataclasses.asdict(settings), "epochs": epochs, "sigma": sigma, "stage": stage,
+                      "arch": "residual-unet", "filters": filters, "stages": stages, "learning_rate": rate,
+                      "schedule": "cosine", "from": "scratch" if dae is None else "mse"}
+
+            def validate(net=net):
+                return {"val_noisy_accuracy": noisy_accuracy(net, classifier, x_val, y_val, sigma, settings.seed)}
+
+            history = fitting.fit(model, smoothing_batches(ds.x_train, targets, sigma, settings.batch_size,
+                                                           settings.seed),
+                                  epochs, backup, recipe, f"smoothing σ={sigma:g} {stage}", echo, resume,
+                                  extra=validate, keys=("loss",))
+        with fitting.strategy().scope():  # float32 variables and maths, whatever the training's precision
+            dae = models.build_residual_unet(shape, filters, stages)
+        dae.set_weights(net.get_weights())
+        store.save_model(dae, path)
+        fitting.finish(backup)
+        records[stage] = {"recipe": recipe, "history": history, "file": os.path.basename(path),
+                          "val_noisy_accuracy": history[-1]["val_noisy_accuracy"] if history else None}
+        echo(f"smoothing σ={sigma:g}: {stage} denoiser -> {path}")
+    return records
+
+
+SMOOTHING_VAL_IMAGES = 1000  # the noisy validation accuracy printed after each epoch
+
+
+def noisy_accuracy(dae, classifier, x, y, sigma: float, seed: int) -> float:
+    """Accuracy of f(clip(D(x + δ), 0, 1)) (of f(x + δ) when ``dae`` is None) on one noise draw per image: the
+    training's progress measure, on validation images."""
+    rng = tf.random.Generator.from_seed(seed)
+
+    def fn(b):
+        noisy = b + sigma * rng.normal(tf.shape(b))
+        return classifier(noisy if dae is None else models.denoise(dae, noisy), training=False)
+
+    return float(np.mean(np.argmax(models.predict_in_batches(fn, x), axis=1) == y))
+
+
+def train_smoothing_part(ds: Dataset, out_dir: str, settings, echo, resume: bool, base_dir: str,
+                         sigmas=None, stability_epochs: int | None = None) -> dict:
+    """The smoothing denoisers of a model folder (``out_dir``/smoothing/): for each σ of ``sigmas`` (default:
+    the profile's), the MSE denoiser and its stability fine-tune against ``base_dir``'s classifier, frozen.
+    Their records join ``smoothing/denoisers.json``."""
+    profile = profiles.get(ds.name)
+    sigmas = tuple(sigmas or profile.smoothing_sigmas)
+    base_path = os.path.join(base_dir, store.CLASSIFIER)
+    classifier = store.load_models(base_dir, ds.image_shape, need=("classifier",)).classifier
+    if stability_epochs is None:
+        stability_epochs = profile.epochs.get("smoothing-stability", profiles.DEFAULT_EPOCHS["smoothing-stability"])
+    info_path = os.path.join(out_dir, store.SMOOTHING_DIR, store.SMOOTHING_INFO)
+    info = read_smoothing_info(os.path.join(out_dir, store.SMOOTHING_DIR))
+    arch = dict(profile.smoothing_denoiser)
+    for sigma in sigmas:
+        records = train_smoothing_denoiser(ds, out_dir, sigma, settings, classifier, echo, resume,
+                                           stability_epochs=stability_epochs, **arch)
+        for stage, record in records.items():
+            record["classifier"] = store.shown_path(base_path)
+            record["classifier_digest"] = store.file_digest(base_path)
+            record["source"] = ds.source
+            info.setdefault("denoisers", {})[smoothing_denoiser_file(sigma, stage)] = record
+        info.update({"dataset": ds.name, "image_shape": list(ds.image_shape), "arch": "residual-unet", **arch})
+        store.write_json(info_path, info)
+    return {"smoothing_denoisers": sorted(info.get("denoisers", {}))}
+
+
+def read_smoothing_info(folder: str) -> dict:
+    """``folder``/denoisers.json, or an empty record when there is none yet."""
+    path = os.path.join(folder, store.SMOOTHING_INFO)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)

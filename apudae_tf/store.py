@@ -24,6 +24,8 @@ CLASSIFIER_INFO = "classifier.json"  # the ResNets' training recipe and history
 PURIFY_SETTINGS = "purify_settings.json"  # per-variant settings chosen on the validation split
 GENERATOR = "generator.keras"  # Defense-GAN's generator
 GENERATOR_INFO = "generator.json"  # its training record and the latent search chosen on validation
+SMOOTHING_DIR = "smoothing"  # the denoisers of randomized smoothing, one file per σ and stage (docs/certify.md)
+SMOOTHING_INFO = "denoisers.json"  # inside it: each denoiser's recipe and history
 # what each part of `train` writes into its model folder
 PART_FILES = {"classifier": (CLASSIFIER,), "dae": (DAE, DAE_STATS), "adv-classifier": (ADV_CLASSIFIER, ADV_CLASSIFIER_INFO),
               "gan": (GENERATOR, GENERATOR_INFO), "adapted-classifier": (CLASSIFIER, CLASSIFIER_INFO, DAE, DAE_STATS)}

@@ -40,7 +40,8 @@ def train_order(recipe: str) -> list[str]:
 
 
 def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=print, recipe: str = "paper",
-          progress_bar=None, resume: bool = False, base_dir: str | None = None, adapt_to=("A", "C")) -> dict:
+          progress_bar=None, resume: bool = False, base_dir: str | None = None, adapt_to=("A", "C"),
+          sigmas=None, stability_epochs: int | None = None) -> dict:
     """Train ``classifier``, ``dae`` or ``all`` with a recipe and save into ``out_dir``; returns a summary.
 
     Recipes: ``paper`` (spec §1: Gaussian-noise DAE, plain classifier); ``plus`` (this project's: the DAE
@@ -50,7 +51,9 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
     ``all`` trains the parts in ``train_order(recipe)``; ``adv-classifier`` (the adversarial-training
     baseline) and ``gan`` (Defense-GAN's generator) are trained only when asked for.
     ``adapted-classifier`` fine-tunes ``base_dir``'s classifier on the outputs of its purifier variants
-    ``adapt_to``. ``resume`` continues an interrupted run from its backup in ``out_dir``.
+    ``adapt_to``. ``smoothing-dae`` trains the denoisers of randomized smoothing for ``sigmas`` (default: the
+    profile's) in front of ``base_dir``'s classifier, frozen: MSE for ``settings.epochs``, then the stability
+    objective for ``stability_epochs`` (docs/certify.md §2). ``resume`` continues an interrupted run from its backup in ``out_dir``.
     ``progress_bar(length, label)``, if given, is a context manager with ``update(k)`` and ``pos`` (click's),
     shown while adv-dae makes its PGD examples.
     """
@@ -67,6 +70,10 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
                                                                 out_dir, list(adapt_to), settings, echo, resume))
         elif part == "adv-classifier":
             summary.update(adversarial.train_adv_classifier(ds, out_dir, settings, echo, resume=resume))
+        elif part == "smoothing-dae":
+            summary.update(denoisers.train_smoothing_part(ds, out_dir, settings, echo, resume,
+                                                          base_dir or store.default_model_dir(ds.name), sigmas,
+                                                          stability_epochs))
         elif part == "gan":
             summary.update(defensegan.train_gan(ds.x_train, out_dir, settings.epochs, settings.batch_size,
                                                 settings.seed, echo, resume, ds.name, ds.source))

@@ -7,6 +7,7 @@ import numpy as np
 from apudae_tf import models
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
+from apudae_tf.machine import environment
 from apudae_tf.store import Models, shown_path
 
 
@@ -60,48 +61,6 @@ def tune_candidates(dataset: str, variant: str):
     base = grid["A"] if variant == "A" else grid["adam"]
     noise = grid["noise"]["eps_r"] if variant in ("F", "G") else [0.0]
     return [PurifySettings(n=n, alpha=a, eps_r=e) for n, a, e in itertools.product(base["n"], base["alpha"], noise)]
-
-
-def environment() -> dict:
-    """What a report's numbers were computed with: a re-run under other library versions or another CPU
-    can move a cell by an image or two (docs/remake.md), so each report records its own."""
-    import platform
-    from importlib import metadata
-
-    import tensorflow as tf
-
-    from apudae_tf import table
-
-    versions = {}
-    for dist in ("tensorflow", "keras", "numpy", "cleverhans", "tensorflow-datasets"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {"python": platform.python_version(), **versions, "machine": platform.machine(),
-            "processor": cpu_model(), "cpu_cores": usable_cores(), "gpus": len(tf.config.list_physical_devices("GPU")),
-            "peak_rss_gib": table.peak_rss_gib()}  # this run's; a report's own peak_rss_gib covers its cache's runs
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity), not the machine's count."""
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says, else "unknown"."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _val_probe(m: Models, ds: Dataset, n_val: int, attack_settings) -> tuple:

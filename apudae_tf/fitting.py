@@ -72,13 +72,19 @@ def across_replicas(fn, *batch):
     return tf.concat(parts, 0)
 
 
+def mixed_policy() -> str:
+    """The mixed-precision policy of this machine: float16 on a GPU, bfloat16 on a CPU (float16 has few fast
+    CPU kernels)."""
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+
+
 @contextlib.contextmanager
 def precision(mixed: bool):
-    """Keras' global dtype policy for the models built inside: mixed float16 on a GPU, mixed bfloat16 on a
-    CPU (float16 has few fast CPU kernels), float32 when not ``mixed``; restored on exit."""
+    """Keras' global dtype policy for the models built inside: ``mixed_policy()``, or float32 when not
+    ``mixed``; restored on exit."""
     before = keras.config.dtype_policy()
     if mixed:
-        keras.config.set_dtype_policy("mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16")
+        keras.config.set_dtype_policy(mixed_policy())
     try:
         yield
     finally:

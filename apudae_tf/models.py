@@ -212,6 +212,42 @@ def build_classifier(arch: str, image_shape, num_classes: int) -> keras.Model:
     raise ValueError(f"unknown architecture {arch!r}")
 
 
+def with_policy(model: keras.Model, policy: str) -> keras.Model:
+    """A copy of a functional model whose layers compute under the dtype ``policy`` (e.g. mixed_bfloat16),
+    with the same (float32) weights: how a saved float32 denoiser runs in mixed precision."""
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer":
+            layer["config"]["dtype"] = policy
+    copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def layer_flops(layer) -> int:
+    """2 × multiply-adds of one Conv2D, Conv2DTranspose or Dense layer for one image (0 for other layers,
+    whose elementwise work is small beside them)."""
+    kind = type(layer).__name__
+    if kind == "Conv2D":  # each output pixel: kh·kw·cin MACs per output channel
+        kh, kw, cin, cout = (int(d) for d in layer.kernel.shape)
+        _, oh, ow, _ = layer.output.shape
+        return 2 * oh * ow * cout * kh * kw * cin
+    if kind == "Conv2DTranspose":  # each input pixel scatters kh·kw·cout MACs per input channel
+        kh, kw, cout, cin = (int(d) for d in layer.kernel.shape)
+        _, ih, iw, _ = layer.input.shape
+        return 2 * ih * iw * cin * kh * kw * cout
+    if kind == "Dense":
+        return 2 * int(np.prod(layer.kernel.shape))
+    return 0
+
+
+def forward_flops(model) -> int:
+    """The FLOPs of one image's forward pass through a model's convolutions and dense layers (nested models
+    included): the cost figures' reference work."""
+    return int(sum(forward_flops(layer) if isinstance(layer, keras.Model) else layer_flops(layer)
+                   for layer in model.layers))
+
+
 def denoise(dae, x: tf.Tensor) -> tf.Tensor:
     """clip(D(x), 0, 1) with the DAE in inference mode: the reconstruction of eq. 7 and the direct purifier."""
     return tf.clip_by_value(dae(x, training=False), 0.0, 1.0)

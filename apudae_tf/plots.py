@@ -83,3 +83,40 @@ def roc_curves(path: str, curves: dict) -> None:
     axes[0, 0].set_ylabel("true-positive rate (adversarial images flagged)")
     fig.suptitle("r(x) > t as a detector of adversarial inputs")
     _save(plt, fig, path)
+
+
+def certified_curves(path: str, report: dict) -> None:
+    """Certified accuracy against L2 radius (certify.json's records): one step curve per classifier, σ and
+    denoiser (colour: denoiser, line style: σ), and the report's published anchors as labelled markers."""
+    from apudae_tf.certify import row_key
+
+    rows: dict[tuple, list[dict]] = {}
+    for r in report.get("records", []):
+        rows.setdefault(row_key(r), []).append(r)
+    plt, (fig, ax) = _figure(figsize=(7.5, 4.8))
+    denoisers = sorted({k[1] for k in rows})
+    sigmas = sorted({k[0] for k in rows})
+    colours = {d: f"C{i}" for i, d in enumerate(denoisers)}
+    styles = {s: ("-", "--", "-.", ":")[i % 4] for i, s in enumerate(sigmas)}
+    anchor_radii = [float(r) for points in report.get("anchors", {}).values() for r in points]
+    top = max([r["radius"] for recs in rows.values() for r in recs if r["correct"]] + anchor_radii + [1.0])
+    grid = np.linspace(0, top * 1.05, 300)
+    for key, recs in sorted(rows.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        radii = np.array([r["radius"] if r["correct"] else -1.0 for r in recs])
+        acc = [(radii >= g).mean() for g in grid]
+        label = f"{key[1]}, σ={key[0]:g} ({len(recs)} images, N={key[6]})"
+        if key[2] != report.get("rows", [{}])[0].get("classifier", key[2]):
+            label += f", {key[2]}"
+        ax.plot(grid, acc, color=colours[key[1]], ls=styles[key[0]], lw=1.6, label=label)
+    markers = "ovs^Dp*"
+    for i, (name, points) in enumerate(report.get("anchors", {}).items()):
+        xs, ys = zip(*sorted((float(r), v) for r, v in points.items()))
+        ax.plot(xs, ys, ls="none", marker=markers[i % len(markers)], color="k", mfc="none", ms=7, label=name)
+    ax.set_xlabel("L2 radius r")
+    ax.set_ylabel("certified accuracy (abstain = wrong)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, grid[-1])
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Randomized smoothing: {report.get('dataset', '')}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(plt, fig, path)

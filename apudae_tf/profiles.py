@@ -80,6 +80,8 @@ class Profile:
     # and the denoiser's residual U-Net (models.build_residual_unet: first stage's channels, resolutions)
     smoothing_sigmas: tuple = (0.25, 0.5, 1.0)
     smoothing_denoiser: dict = dataclasses.field(default_factory=lambda: {"filters": 32, "stages": 4})
+    # published certified accuracies drawn beside ours: {name: {radius: accuracy}}
+    certify_anchors: dict = dataclasses.field(default_factory=dict)
     paper: dict = dataclasses.field(default_factory=dict)
     paper_adaptive: dict = dataclasses.field(default_factory=dict)
 
@@ -156,6 +158,10 @@ REGISTRY: dict[str, Profile] = {
         columns=("clean", "fgsm", "r-fgsm", "pgd", "cw", "cw-l2"),
         figure_column="pgd",
         smoothing_denoiser={"filters": 32, "stages": 3},  # 28 -> 14 -> 7 px
+        certify_anchors={
+            "Cohen et al. 2019, LeNet trained on noise, σ=0.5 (N=100,000, 10,000 images)": {0.5: 0.969, 1.0: 0.898},
+            "SmoothAdv (Salman et al. 2019), σ=1.0": {2.0: 0.433},
+        },
         # the smoothing denoisers: ~1.5 min an MSE epoch and ~2 min a stability epoch in bfloat16 on 2 cores
         epochs={**DEFAULT_EPOCHS, "smoothing-dae": 6, "smoothing-stability": 12},
         paper=_MNIST_PAPER,
@@ -173,6 +179,12 @@ REGISTRY: dict[str, Profile] = {
                 "smoothing-stability": 15},
         linf_max=12 / 255,
         fast_adv_training=True,
+        certify_anchors={
+            "Salman et al. 2020, ResNet-110 + DnCNN stability denoiser (white box)": {
+                0.25: 0.56, 0.5: 0.41, 0.75: 0.28, 1.0: 0.19},
+            "Salman et al. 2020, ResNet-110 smoothed with no denoiser": {0.25: 0.07, 0.5: 0.03, 0.75: 0.0, 1.0: 0.0},
+            "Cohen et al. 2019, ResNet-110 trained on noise (N=100,000)": {0.25: 0.60, 0.5: 0.43, 0.75: 0.32, 1.0: 0.23},
+        },
         purify_fallback={"n": 15, "alpha": 2 / 255, "eps_r": 1 / 255},  # the paper's (spec §3)
         # 0.5/255 beside the paper's 2/255: with our DAE, clean validation accuracy fell from 0.85
         # (direct) to 0.69-0.79 at 1/255 and 0.57-0.67 at 2/255 (B, n 10-20)
@@ -196,6 +208,9 @@ REGISTRY: dict[str, Profile] = {
         arch="efficientnet-lite0",  # shipped, converted by scripts/convert_efficientnet_lite0.py; not trained here
         dae_arch="unet",
         train_patch=128,  # the U-Net is fully convolutional: crops train it faster and vary each epoch
+        smoothing_sigmas=(0.25, 0.5),
+        certify_anchors={"Salman et al. 2020, ResNet-50 + stability denoiser": {0.25: 0.50, 0.5: 0.33, 0.75: 0.20,
+                                                                                 1.0: 0.14}},
         correct_only=True,  # the paper's Table 4 protocol: attacks on the images the classifier gets right
         # the exact gradient through n U-Net steps at 224 px keeps ~0.23 GiB of activations per step and image
         # (results/imagenet/attack_cost.json, n = 2 and 4; ~4.4 GiB at n = 15, batch 1); recomputing keeps ~1.2 GiB

@@ -27,54 +27,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
 
 from apudae_tf import models, purify, store
-from apudae_tf.evaluate import cpu_model, usable_cores
+from apudae_tf.machine import cpu_model, matmul_gflops, timed, usable_cores
 
 VARIANTS = ("direct", "A", "B", "C", "D", "E", "F", "G")
-
-
-def timed(fn, min_seconds: float = 1.0, min_reps: int = 2) -> float:
-    """Seconds per call: one warm-up call (tracing, compiling), then repeat until min_seconds."""
-    fn()
-    reps, start = 0, time.perf_counter()
-    while reps < min_reps or time.perf_counter() - start < min_seconds:
-        fn()
-        reps += 1
-    return (time.perf_counter() - start) / reps
-
-
-def matmul_gflops(n: int = 2048, tries: int = 5) -> float:
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n])
-    mm = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
-    return max(2 * n**3 / timed(lambda: mm().numpy(), 0.5) / 1e9 for _ in range(tries))
-
-
-def dae_layer_flops(layer) -> int:
-    """2 × multiply-adds of one Conv2D / Conv2DTranspose for one image (0 for other layers)."""
-    kind = type(layer).__name__
-    if kind == "Conv2D":  # each output pixel: kh·kw·cin MACs per output channel
-        kh, kw, cin, cout = (int(d) for d in layer.kernel.shape)
-        _, oh, ow, _ = layer.output.shape
-        return 2 * oh * ow * cout * kh * kw * cin
-    if kind == "Conv2DTranspose":  # each input pixel scatters kh·kw·cout MACs per input channel
-        kh, kw, cout, cin = (int(d) for d in layer.kernel.shape)
-        _, ih, iw, _ = layer.input.shape
-        return 2 * ih * iw * cin * kh * kw * cout
-    return 0
-
-
-def dae_forward_flops(dae) -> int:
-    return int(sum(dae_layer_flops(layer) for layer in dae.layers))
 
 
 def _layer_fns(layer, x):
@@ -104,10 +67,10 @@ def op_profile(dae, batch: int, min_seconds: float) -> list[dict]:
     rows = []
     for layer in dae.layers:
         kind = type(layer).__name__
-        if not dae_layer_flops(layer):
+        if not models.layer_flops(layer):
             continue
         x = tf.constant(rng.random((batch, *layer.input.shape[1:]), dtype=np.float32))
-        flops = dae_layer_flops(layer) * batch
+        flops = models.layer_flops(layer) * batch
         fwd, bwd = _layer_fns(layer, x)
         t_f = timed(lambda: fwd().numpy(), min_seconds)
         t_b = timed(lambda: bwd()[1].numpy(), min_seconds)
@@ -117,7 +80,7 @@ def op_profile(dae, batch: int, min_seconds: float) -> list[dict]:
                      "forward_ms": 1e3 * t_f, "forward_gflops": flops / t_f / 1e9,
                      "with_input_grad_ms": 1e3 * t_b, "with_input_grad_gflops": 2 * flops / t_b / 1e9})
     x = tf.constant(rng.random((batch, *dae.input_shape[1:]), dtype=np.float32))
-    fwd_flops = dae_forward_flops(dae) * batch
+    fwd_flops = models.forward_flops(dae) * batch
     fwd = tf.function(lambda: tf.reduce_sum(models.reconstruction_error(dae, x)))
 
     def step():
@@ -159,7 +122,7 @@ def main():
 
     m = store.load_models(args.models, need=("dae",))
     shape = m.stats.image_shape
-    forward = dae_forward_flops(m.dae)
+    forward = models.forward_flops(m.dae)
     batches = [int(b) for b in args.batches.split(",")]
     variants = args.variants.split(",")
     machine = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from apudae_tf import table
+from apudae_tf import machine, table
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 from conftest import data_dir, needs_mnist
@@ -339,7 +339,7 @@ def test_chunked_cells_attack_as_whole_ones_and_resume_from_cells_json_alone(tin
     cache.put_cell(heavy, dict(cache.cells[heavy], peak_rss_gib=99.0))
     resumed, _ = table.build(ds, defences, targets, files, columns, out, batch_size=2, per_image=True, chunk=2)
     assert resumed["peak_rss_gib"] == 99.0 and result["peak_rss_gib"] < 99.0
-    assert "peak memory 99.0 GiB" in evaluate._cost(dict(resumed, environment=evaluate.environment()))
+    assert "peak memory 99.0 GiB" in evaluate._cost(dict(resumed, environment=machine.environment()))
 
 
 def test_a_profile_file_with_an_unknown_adaptive_attack_or_a_bad_chunk_is_one_error():

@@ -1,0 +1,154 @@
+"""Randomized smoothing (Cohen, Rosenfeld & Kolter 2019) with a denoiser in front of the classifier
+(denoised smoothing, Salman et al. 2020): certified L2 robustness (docs/certify.md).
+
+The base classifier is b(x̃) = argmax f(clip(D(x̃), 0, 1)) (or argmax f(x̃) with no denoiser). The smoothed
+classifier g(x) = argmax_c P(b(x + δ) = c), δ ~ N(0, σ²I), with the noise added in the classifier's [0, 1]
+input space (Carlini et al. 2023 scale images to [−1, 1], where the same σ is half as strong). If
+P(b(x + δ) = c_A) ≥ p_A > 1/2, then g(x + ε) = c_A for every ‖ε‖₂ < σ·Φ⁻¹(p_A) (Cohen et al., Theorem 1;
+docs/certify.md eq. S3).
+
+``Smoothed`` is that classifier, with the paper's two algorithms as methods: ``certify`` (Algorithm 1:
+a class and a radius, or abstain) and ``predict`` (Algorithm 2: a class, or abstain). Both are Monte
+Carlo procedures whose answers hold with probability at least 1 − α over the draws; the statistics come
+from ``scipy.stats`` (Clopper–Pearson bound and the binomial test).
+
+The noise is drawn by a stateless generator from (seed, image index, phase, batch): the same draws on any
+device and in the exported SavedModel (export.py), so a certificate can be re-run and checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+from scipy import stats
+
+from apudae_tf import fitting, models
+
+ABSTAIN = -1
+SELECTION, ESTIMATION, PREDICTION = 0, 1, 2  # the phases of the draws: each has its own noise
+
+
+def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
+    """The one-sided (1 − α) Clopper–Pearson lower bound on p from n_a successes in n trials
+    (docs/certify.md eq. S2): the lower end of the two-sided exact interval at level 1 − 2α."""
+    return float(stats.binomtest(int(n_a), int(n)).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low)
+
+
+def radius_from_counts(n_a: int, n: int, alpha: float, sigma: float) -> float:
+    """σ·Φ⁻¹(p_A) for the bound p_A of ``lower_confidence_bound`` (eq. S3), or NaN when p_A ≤ 1/2 (abstain)."""
+    p_a = lower_confidence_bound(n_a, n, alpha)
+    return float(sigma * stats.norm.ppf(p_a)) if p_a > 0.5 else math.nan
+
+
+def binomial_p_value(n_a: int, n_b: int) -> float:
+    """Two-sided binomial test of n_a successes in n_a + n_b trials against p = 1/2 (Algorithm 2)."""
+    if n_a + n_b == 0:
+        return 1.0
+    return float(stats.binomtest(int(n_a), int(n_a + n_b), 0.5).pvalue)
+
+
+def predict_thresholds(n: int, alpha: float) -> np.ndarray:
+    """t[m] = the least n_a with ``binomial_p_value(n_a, m − n_a) ≤ α`` (m + 1 when none), for m = 0..n:
+    Algorithm 2's test as a table, so that a graph without scipy (the SavedModel) decides exactly as
+    ``Smoothed.predict`` does. The p-value falls as n_a grows above m/2, so the test passes iff n_a ≥ t[m]."""
+    t = np.empty(n + 1, np.int64)
+    for m in range(n + 1):
+        lo, hi = (m + 1) // 2, m + 1  # the least passing n_a lies in [ceil(m/2), m], or is m + 1 (none)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if binomial_p_value(mid, m - mid) <= alpha:
+                hi = mid
+            else:
+                lo = mid + 1
+        t[m] = lo
+    return t
+
+
+def noise_seed(seed: int, index: int, phase: int) -> tf.Tensor:
+    """The stateless seed of image ``index``'s draws in one phase (selection, estimation, prediction)."""
+    return tf.constant([int(seed), int(index) * 4 + int(phase)], tf.int64)
+
+
+def gaussian_draws(x, sigma, m, seed, batch):
+    """``m`` noisy copies x + δ of one image x [H, W, C], δ ~ N(0, σ²I), the ``batch``-th batch of the draws
+    of ``seed`` (eq. S1): a pure function of its arguments."""
+    s = tf.random.experimental.stateless_fold_in(seed, tf.cast(batch, tf.int64))
+    shape = tf.concat([[m], tf.shape(x)], 0)
+    return x[None] + tf.cast(sigma, x.dtype) * tf.random.stateless_normal(shape, seed=s, dtype=x.dtype)
+
+
+def base_logits(classifier, denoiser=None):
+    """x̃ -> f(clip(D(x̃), 0, 1)) (or f(x̃)), float32 logits, both models in inference mode: the base
+    classifier's scores."""
+
+    def logits(noisy):
+        if denoiser is not None:
+            noisy = tf.cast(models.denoise(denoiser, noisy), noisy.dtype)
+        return tf.cast(classifier(noisy, training=False), tf.float32)
+
+    return logits
+
+
+@dataclasses.dataclass(frozen=True)
+class Certificate:
+    """Algorithm 1's answer for one image: the class (ABSTAIN = −1) and the L2 radius (0 when abstaining);
+    n_a = draws of the selected class among the n estimation draws."""
+
+    prediction: int
+    radius: float
+    n_a: int
+    selected: int  # the class the n0 selection draws chose (the prediction unless abstaining)
+    n0_top: int  # its count among the n0 draws
+
+
+class Smoothed:
+    """The smoothed classifier g of a base classifier (``classifier`` after ``denoiser``, if any) at noise
+    level ``sigma``. ``batch_size`` noisy copies go through the base classifier at a time."""
+
+    def __init__(self, classifier, sigma: float, *, denoiser=None, num_classes: int | None = None,
+                 batch_size: int = 1000, name: str = ""):
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.classifier, self.denoiser, self.sigma, self.name = classifier, denoiser, float(sigma), name
+        self.num_classes = int(num_classes or classifier.output_shape[-1])
+        self.batch_size = int(batch_size)
+        self.logits = base_logits(classifier, denoiser)
+        self._draws = tf.function(lambda x, m, seed, b: gaussian_draws(x, self.sigma, m, seed, b),
+                                  reduce_retracing=True)
+        self._classify = tf.function(lambda noisy: tf.argmax(self.logits(noisy), axis=1, output_type=tf.int32),
+                                     reduce_retracing=True)
+
+    def sample_counts(self, x: np.ndarray, n: int, seed: tf.Tensor) -> np.ndarray:
+        """How often the base classifier chose each class on ``n`` noisy copies of x (int64 [num_classes])."""
+        x = tf.convert_to_tensor(np.asarray(x, np.float32))
+        counts = np.zeros(self.num_classes, np.int64)
+        for b in range(-(-n // self.batch_size)):
+            m = min(self.batch_size, n - b * self.batch_size)
+            noisy = self._draws(x, tf.constant(m), seed, tf.constant(b, tf.int64))
+            classes = fitting.across_replicas(self._classify, noisy)  # split over the devices, if several
+            counts += np.bincount(classes.numpy(), minlength=self.num_classes)[: self.num_classes]
+        return counts
+
+    def certify(self, x: np.ndarray, *, n0: int, n: int, alpha: float, seed: int = 0, index: int = 0) -> Certificate:
+        """Cohen et al.'s CERTIFY (Algorithm 1). With probability at least 1 − α over the draws, the answer,
+        if not ABSTAIN, is g(x) and g is constant on the L2 ball of the returned radius around x. The class
+        is selected on n0 draws and its probability bounded on n fresh ones."""
+        selection = self.sample_counts(x, n0, noise_seed(seed, index, SELECTION))
+        c_a = int(np.argmax(selection))
+        n_a = int(self.sample_counts(x, n, noise_seed(seed, index, ESTIMATION))[c_a])
+        radius = radius_from_counts(n_a, n, alpha, self.sigma)
+        if math.isnan(radius):
+            return Certificate(ABSTAIN, 0.0, n_a, c_a, int(selection[c_a]))
+        return Certificate(c_a, radius, n_a, c_a, int(selection[c_a]))
+
+    def predict(self, x: np.ndarray, *, n: int, alpha: float, seed: int = 0, index: int = 0) -> int:
+        """Cohen et al.'s PREDICT (Algorithm 2): the top class of n draws when a two-sided binomial test
+        rejects a tie with the runner-up at level α, else ABSTAIN. With probability at least 1 − α the
+        answer, if not ABSTAIN, is g(x)."""
+        counts = self.sample_counts(x, n, noise_seed(seed, index, PREDICTION))
+        top2 = np.argsort(counts, kind="stable")[::-1][:2]
+        n_a, n_b = int(counts[top2[0]]), int(counts[top2[1]])
+        return int(top2[0]) if binomial_p_value(n_a, n_b) <= alpha else ABSTAIN

@@ -1,0 +1,92 @@
+"""Randomized smoothing (apudae_tf/smoothing.py): the statistics, the noise, CERTIFY and PREDICT on
+classifiers whose answer is known."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import stats
+
+from apudae_tf import smoothing
+
+
+@pytest.mark.parametrize("n_a,n,alpha,sigma", [(10_000, 10_000, 0.001, 0.25), (9_500, 10_000, 0.001, 0.5),
+                                               (70, 100, 0.01, 1.0), (61, 100, 0.05, 0.12)])
+def test_radius_is_sigma_times_the_normal_quantile_of_the_clopper_pearson_bound(n_a, n, alpha, sigma):
+    # the one-sided (1 - alpha) Clopper-Pearson lower bound is the alpha quantile of Beta(n_a, n - n_a + 1)
+    bound = stats.beta.ppf(alpha, n_a, n - n_a + 1)
+    assert smoothing.lower_confidence_bound(n_a, n, alpha) == pytest.approx(bound, rel=1e-9)
+    assert smoothing.radius_from_counts(n_a, n, alpha, sigma) == pytest.approx(sigma * stats.norm.ppf(bound), rel=1e-9)
+
+
+def test_no_radius_when_the_bound_is_at_most_one_half():
+    assert math.isnan(smoothing.radius_from_counts(52, 100, 0.001, 0.5))
+    # all 10,000 draws agree: the largest radius N = 10,000 can give at alpha = 0.001 is 3.2 sigma
+    assert smoothing.radius_from_counts(10_000, 10_000, 0.001, 1.0) == pytest.approx(3.199, abs=1e-3)
+
+
+def test_predict_thresholds_match_the_binomial_test():
+    t = smoothing.predict_thresholds(60, 0.01)
+    assert t[0] == 1  # no draws: no class passes
+    for m in range(1, 61):
+        for n_a in range((m + 1) // 2, m + 1):  # n_a is the top count of two: at least half of m
+            assert (n_a >= t[m]) == (stats.binomtest(n_a, m, 0.5).pvalue <= 0.01)
+
+
+def test_noise_is_gaussian_with_the_stated_sigma():
+    x = tf.zeros([8, 8, 3])
+    d = smoothing.gaussian_draws(x, 0.5, 2000, smoothing.noise_seed(0, 3, 1), 0).numpy().ravel()
+    assert d.size == 2000 * 8 * 8 * 3
+    assert abs(d.mean()) < 0.005
+    assert d.std() == pytest.approx(0.5, rel=0.01)
+    assert stats.kurtosis(d, fisher=False) == pytest.approx(3.0, abs=0.05)  # Gaussian, not uniform (1.8)
+    assert stats.skew(d) == pytest.approx(0.0, abs=0.02)
+    again = smoothing.gaussian_draws(x, 0.5, 2000, smoothing.noise_seed(0, 3, 1), 0).numpy().ravel()
+    other = smoothing.gaussian_draws(x, 0.5, 2000, smoothing.noise_seed(0, 3, 1), 1).numpy().ravel()
+    assert np.array_equal(d, again) and not np.array_equal(d, other)  # stateless: the same seed, the same draws
+
+
+class Alternating:
+    """A base classifier that answers class 0 and class 1 on alternate draws: an exact tie."""
+
+    def __call__(self, x, training=False):
+        return tf.one_hot(tf.range(tf.shape(x)[0]) % 2, 10)
+
+
+def test_predict_abstains_on_a_tie():
+    s = smoothing.Smoothed(Alternating(), 0.5, num_classes=10, batch_size=100)
+    counts = s.sample_counts(np.zeros((4, 4, 1), np.float32), 400, smoothing.noise_seed(0, 0, 2))
+    assert counts[0] == counts[1] == 200
+    assert s.predict(np.zeros((4, 4, 1), np.float32), n=400, alpha=0.001) == smoothing.ABSTAIN
+    assert s.certify(np.zeros((4, 4, 1), np.float32), n0=10, n=400, alpha=0.001).prediction == smoothing.ABSTAIN
+
+
+def linear_classifier(w: np.ndarray, b: float) -> keras.Model:
+    """Logits (0, w·x + b): class 1 where w·x + b > 0. Its decision boundary is a hyperplane, so the exact
+    L2 distance of x to it is |w·x + b| / ‖w‖, and Gaussian smoothing keeps the same boundary."""
+    x = keras.Input(shape=(2, 2, 1))
+    flat = keras.layers.Flatten()(x)
+    score = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(w.reshape(-1, 1)),
+                               bias_initializer=keras.initializers.Constant(b))(flat)
+    return keras.Model(x, keras.layers.Concatenate()([keras.ops.zeros_like(score), score]))
+
+
+def test_certificate_of_a_linear_classifier_is_never_larger_than_its_exact_margin():
+    w, b = np.array([1.0, -2.0, 0.5, 1.5]), -0.3
+    model = linear_classifier(w, b)
+    s = smoothing.Smoothed(model, 0.5, num_classes=2, batch_size=1000)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        x = rng.uniform(0, 1, (2, 2, 1)).astype(np.float32)
+        margin = float(x.ravel() @ w + b)
+        truth = abs(margin) / np.linalg.norm(w)
+        c = s.certify(x, n0=100, n=10_000, alpha=0.001, seed=1, index=i)
+        if c.prediction == smoothing.ABSTAIN:
+            assert truth < 0.5 * 0.5  # only points near the boundary may abstain at sigma 0.5
+            continue
+        assert c.prediction == int(margin > 0)
+        assert c.radius <= truth
+        # the bound is tight but for the Monte Carlo slack: p_A = Phi(truth / sigma) exactly
+        assert c.radius >= truth - 0.5 * 0.25 or truth > 0.5 * 3.0

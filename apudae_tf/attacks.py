@@ -41,6 +41,7 @@ class AttackSettings:
     eot: int = 1  # samples of the defence's randomness per gradient (the adaptive attacks)
     restarts: int = 1  # APGD's random starts
     targets: int = 9  # APGD-T's target classes
+    norm: str = "linf"  # the threat model's norm: "linf" or "l2" (L2_METHODS)
 
 
 CW_L2_STEPS = 100  # Adam iterations per binary-search step; cleverhans' 1000 is far too slow on 2 CPU cores
@@ -49,37 +50,92 @@ CW_L2_SEARCH = 5
 DEFAULT_STEPS = {"apgd-ce": 100, "apgd-dlr": 100, "apgd-t": 100, "square": 5000}
 
 
-def preset(dataset: str, eps=None, steps=None, step=None, seed=0) -> AttackSettings:
-    """The dataset profile's threat model (spec §4: Madry's PGD-40 on MNIST, BIM 7×2/255 on CIFAR-10)
-    with any override; a new ε without a step keeps the preset's step/ε ratio."""
+def threat_model(dataset: str, norm: str = "linf") -> profiles.ThreatModel:
+    """The dataset profile's threat model in ``norm`` (L∞: spec §4; L2: docs/certify.md §5)."""
+    p = profiles.get(dataset)
+    t = p.threat if norm == "linf" else p.l2_threat
+    if t is None:
+        raise ApudaeError(f"dataset {dataset!r} declares no {norm} threat model; pass --eps and --steps")
+    return t
+
+
+def preset(dataset: str, eps=None, steps=None, step=None, seed=0, norm: str = "linf") -> AttackSettings:
+    """The dataset profile's threat model in ``norm`` (spec §4: Madry's PGD-40 on MNIST, BIM 7×2/255 on
+    CIFAR-10; L2: docs/certify.md §5) with any override; a new ε without a step keeps the preset's step/ε
+    ratio."""
+    if norm not in profiles.NORMS:
+        raise ApudaeError(f"--norm {norm}: use {' or '.join(profiles.NORMS)}")
     if dataset not in profiles.REGISTRY and eps is not None and steps is not None:
         # no profile, but the caller names the whole budget (`attack --eps E --steps K` on a foreign model)
-        base = AttackSettings(eps=float(eps), steps=int(steps), step=float(step or 2.5 * eps / steps))
+        base = AttackSettings(eps=float(eps), steps=int(steps), step=float(step or 2.5 * eps / steps), norm=norm)
     else:
-        t = profiles.get(dataset).threat
-        base = AttackSettings(eps=t.eps, steps=t.steps, step=t.step, rand_init=t.rand_init)
+        t = threat_model(dataset, norm)
+        base = AttackSettings(eps=t.eps, steps=t.steps, step=t.step, rand_init=t.rand_init, norm=norm)
     eps_ = base.eps if eps is None else float(eps)
     step_ = step if step is not None else base.step * eps_ / base.eps
-    s = AttackSettings(eps=eps_, steps=base.steps if steps is None else int(steps), step=float(step_), seed=seed)
-    for option, value, ok, allowed in (("--eps", s.eps, 0 < s.eps <= 1, "(0, 1]"), ("--steps", s.steps, s.steps >= 1, ">= 1"),
-                                       ("--step", s.step, 0 < s.step <= 1, "(0, 1]")):
+    s = AttackSettings(eps=eps_, steps=base.steps if steps is None else int(steps), step=float(step_), seed=seed,
+                       rand_init=base.rand_init, norm=norm)
+    top = 1.0 if norm == "linf" else profiles.L2_EPS_MAX
+    for option, value, ok, allowed in (("--eps", s.eps, 0 < s.eps <= top, f"(0, {top:g}]"),
+                                       ("--steps", s.steps, s.steps >= 1, ">= 1"),
+                                       ("--step", s.step, 0 < s.step <= top, f"(0, {top:g}]")):
         if not ok:
-            raise ApudaeError(f"{option} {value:g} is outside {allowed}")
+            raise ApudaeError(f"{option} {value:g} is outside {allowed}" + (" for the l2 norm" if norm == "l2" else ""))
     return s
 
 
-def settings_for(method: str, dataset: str, eps=None, steps=None, step=None, seed=0, lam=0.0, eot=1) -> AttackSettings:
+def settings_for(method: str, dataset: str, eps=None, steps=None, step=None, seed=0, lam=0.0, eot=1,
+                 norm: str = "linf") -> AttackSettings:
     """The settings of one attack: the dataset's preset with overrides; CW-L2 has no ε, and its
     steps are Adam iterations per binary-search step."""
+    if norm == "l2" and method not in L2_METHODS:
+        raise ApudaeError(f"the {method} attack is L∞ only; in the l2 threat model use {', '.join(L2_METHODS)}")
     if method == "cw-l2":
         return AttackSettings(eps=1.0, steps=steps or CW_L2_STEPS, step=0.0, seed=seed)
     if method in DEFAULT_STEPS:  # step sizes are the attack's own (APGD: 2ε, halving; Square: ±ε squares)
-        base = preset(dataset, eps, seed=seed)
+        base = preset(dataset, eps, seed=seed, norm=norm)
         return dataclasses.replace(base, steps=int(steps or DEFAULT_STEPS[method]), step=base.eps, eot=int(eot))
-    return dataclasses.replace(preset(dataset, eps, steps, step, seed), lam=float(lam), eot=int(eot))
+    return dataclasses.replace(preset(dataset, eps, steps, step, seed, norm), lam=float(lam), eot=int(eot))
+
+
+# the attacks that have an L2 version (docs/certify.md §5); the others are L∞ only
+L2_METHODS = ("none", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square")
 
 
 # -- shared helpers --------------------------------------------------------------------------
+
+
+def l2_norms(d):
+    """‖d_i‖₂ per image of a numpy batch, shaped [B, 1, 1, 1] to broadcast."""
+    return np.sqrt(np.sum(np.square(d, dtype=np.float64), axis=tuple(range(1, d.ndim)), keepdims=True)).astype(
+        np.float32)
+
+
+def project_np(z, x, eps: float, norm: str):
+    """Onto the ε-ball of ``norm`` around x, then into [0, 1] (numpy). For L2 the clip after the radial
+    scaling keeps the point in the ball: it moves every coordinate towards x, which lies in [0, 1]."""
+    if norm == "linf":
+        return np.clip(z, np.clip(x - eps, 0.0, 1.0), np.clip(x + eps, 0.0, 1.0))
+    d = z - x
+    d = d * np.minimum(1.0, eps / np.maximum(l2_norms(d), 1e-12))
+    return np.clip(x + d, 0.0, 1.0)
+
+
+def ascent_direction(g, norm: str):
+    """The steepest-ascent direction of ``norm``'s unit ball: sign(g) for L∞, g/‖g‖₂ for L2 (numpy)."""
+    if norm == "linf":
+        return np.sign(g)
+    return g / np.maximum(l2_norms(g), 1e-12)
+
+
+def random_in_ball(x, eps: float, norm: str, rng):
+    """A random start in the ε-ball, clipped to [0, 1]: uniform in the L∞ box (AutoAttack's APGD), or on the
+    L2 sphere of radius ε (AutoAttack's APGD-L2)."""
+    if norm == "linf":
+        return np.clip(x + rng.uniform(-eps, eps, x.shape), 0.0, 1.0).astype(np.float32)
+    u = rng.standard_normal(x.shape).astype(np.float32)
+    return np.clip(x + eps * u / np.maximum(l2_norms(u), 1e-12), 0.0, 1.0).astype(np.float32)
+
 
 
 def project(x_adv, x, eps):
@@ -175,11 +231,12 @@ def r_fgsm(model_fn, x, y, s: AttackSettings):
 
 
 def pgd(model_fn, x, y, s: AttackSettings):
-    """PGD / BIM (eq. 3), cleverhans; random start when ``rand_init`` (Madry)."""
+    """PGD / BIM (eq. 3), cleverhans; random start when ``rand_init`` (Madry). In the L2 threat model the
+    steps are ``step``·∇/‖∇‖₂ and the projection is onto the L2 ball (cleverhans' norm 2)."""
     tf.random.set_seed(s.seed)  # cleverhans draws its random start from the global generator
     x = tf.convert_to_tensor(x, tf.float32)
     return projected_gradient_descent(
-        model_fn, x, s.eps, s.step, s.steps, np.inf, clip_min=0.0, clip_max=1.0, y=y,
+        model_fn, x, s.eps, s.step, s.steps, np.inf if s.norm == "linf" else 2, clip_min=0.0, clip_max=1.0, y=y,
         rand_init=s.rand_init, sanity_checks=False,
     )
 
@@ -403,20 +460,20 @@ def apgd_halve(increases, interval: int, halved_last, f_max, f_max_checked):
 
 
 def apgd_run(model_fn, loss, x, y, target, start, eps: float, n_iter: int, eot: int = 1, early_stop: bool = True,
-             trace: dict | None = None):
-    """One run of Auto-PGD, L∞ (Croce & Hein 2020, Algorithm 1), from ``start``; numpy in and out.
+             trace: dict | None = None, norm: str = "linf"):
+    """One run of Auto-PGD (Croce & Hein 2020, Algorithm 1), L∞ or L2, from ``start``; numpy in and out.
 
     Step size η⁰ = 2ε, halved at a checkpoint w_j when (1) fewer than ρ = 0.75 of the steps since
     w_{j−1} raised the loss, or (2) the step was not halved at w_{j−1} and the best loss has not
     improved since; a halving restarts from the best point. Steps carry momentum α = 0.75:
-    z = P(x_k + η·sign(∇f(x_k))), x_{k+1} = P(x_k + α(z − x_k) + (1 − α)(x_k − x_{k−1})).
+    z = P(x_k + η·d(∇f(x_k))), x_{k+1} = P(x_k + α(z − x_k) + (1 − α)(x_k − x_{k−1})), with d = sign for
+    L∞ and d(g) = g/‖g‖₂ for L2, P the projection onto the ε-ball of the norm and [0, 1].
     Every quantity is per image. With ``early_stop`` an image leaves the batch once misclassified
     (AutoAttack's practice; the robust/not-robust outcome is the same) and is returned at the
     first misclassified point; the others at their highest-loss point. Returns (x_adv, fooled).
     ``trace``, if given, receives the per-iteration step sizes (for tests).
     """
     n = len(x)
-    lo, hi = np.clip(x - eps, 0.0, 1.0), np.clip(x + eps, 0.0, 1.0)
     checkpoints = apgd_checkpoints(n_iter)
     eta = np.full(n, 2.0 * eps, np.float32)
     active = np.arange(n)
@@ -436,12 +493,12 @@ def apgd_run(model_fn, loss, x, y, target, start, eps: float, n_iter: int, eot: 
                 break
         a = active
         step = eta[a].reshape(-1, *[1] * (x.ndim - 1))
-        z = np.clip(x_cur[a] + step * np.sign(g_cur[a]), lo[a], hi[a])
+        z = project_np(x_cur[a] + step * ascent_direction(g_cur[a], norm), x[a], eps, norm)
         if k == 0:
             x_new = z
         else:
             x_new = x_cur[a] + APGD_MOMENTUM * (z - x_cur[a]) + (1 - APGD_MOMENTUM) * (x_cur[a] - x_prev[a])
-            x_new = np.clip(x_new, lo[a], hi[a])
+            x_new = project_np(x_new, x[a], eps, norm).astype(np.float32)
         f_new, logits, g_new = eot_gradient(model_fn, loss, x_new, y[a], target[a], eot)
         now = np.argmax(logits, 1) != y[a]
         first = now & ~fooled[a]
@@ -475,16 +532,17 @@ def _class_count(model_fn, x, needed: int, name: str) -> int:
 
 
 def _apgd_restarts(model_fn, loss, x, y, target, s: AttackSettings):
-    """``s.restarts`` runs of APGD from random starts in the ε-ball, each on the images no earlier run
-    fooled. Returns (x_adv, fooled)."""
+    """``s.restarts`` runs of APGD from random starts in the ε-ball of ``s.norm`` (``random_in_ball``), each
+    on the images no earlier run fooled. Returns (x_adv, fooled)."""
     x_adv, fooled = x.copy(), np.zeros(len(x), bool)
     rng = np.random.default_rng(s.seed)
     for r in range(s.restarts):
         todo = np.flatnonzero(~fooled)
         if not todo.size:
             break
-        start = np.clip(x[todo] + rng.uniform(-s.eps, s.eps, x[todo].shape), 0.0, 1.0).astype(np.float32)
-        adv, now = apgd_run(model_fn, loss, x[todo], y[todo], target[todo], start, s.eps, s.steps, s.eot)
+        start = random_in_ball(x[todo], s.eps, s.norm, rng)
+        adv, now = apgd_run(model_fn, loss, x[todo], y[todo], target[todo], start, s.eps, s.steps, s.eot,
+                            norm=s.norm)
         keep = now | (r == 0)  # the first run's best point, or any later run's success
         x_adv[todo[keep]] = adv[keep]
         fooled[todo] = now
@@ -540,19 +598,12 @@ def square_p(p_init: float, i: int, n_queries: int) -> float:
     return p_init / 2**9
 
 
-def square(model_fn, x, y, s: AttackSettings):
-    """Square attack, L∞, untargeted, margin loss (Andriushchenko et al. 2020, Algorithm 1): random
-    search over squares of ±ε, score-based and gradient-free, so gradient masking cannot stop it.
-    ``s.steps`` queries per image; an image stops being queried once misclassified. Uses only
-    ``model_fn.forward`` (the defence's forward) when the model has one. numpy in and out.
-
-    On a random model (``model_fn.is_random``) every score is the margin averaged over ``s.eot``
-    draws (EOT on the scores). With one draw a lucky sample ends an image's search at once, and the
-    best-so-far margin, a minimum over noisy samples, rejects real progress afterwards."""
+def _margin_scores(model_fn, s: AttackSettings, n: int):
+    """``images, labels -> margins`` through the model's forward (the defence's, when it has one); on a random
+    model (``model_fn.is_random``) each margin is averaged over ``s.eot`` draws (EOT on the scores). With one
+    draw a lucky sample ends an image's search at once, and the best-so-far margin, a minimum over noisy
+    samples, rejects real progress afterwards."""
     forward = getattr(model_fn, "forward", model_fn)
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
-    n, h, w, c = x.shape
-    rng = np.random.default_rng(s.seed)
     draws = max(int(s.eot), 1) if getattr(model_fn, "is_random", False) else 1
     chunk = max(n, 1)  # never a larger forward batch than the first query's
 
@@ -563,6 +614,21 @@ def square(model_fn, x, y, s: AttackSettings):
                                  for i in range(0, len(tiled), chunk)])
         return margin(logits, labels).reshape(-1, draws).mean(axis=1)
 
+    return margins
+
+
+def square(model_fn, x, y, s: AttackSettings):
+    """Square attack, untargeted, margin loss (Andriushchenko et al. 2020, Algorithm 1): random search,
+    score-based and gradient-free, so gradient masking cannot stop it. L∞: squares of ±ε; L2
+    (``square_l2``): windows of a pseudo-Gaussian pattern on the ε-sphere. ``s.steps`` queries per image; an
+    image stops being queried once misclassified. Uses only ``model_fn.forward`` (the defence's forward) when
+    the model has one, its scores averaged over ``s.eot`` draws on a random model. numpy in and out."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
+    if s.norm == "l2":
+        return square_l2(model_fn, x, y, s)
+    n, h, w, c = x.shape
+    rng = np.random.default_rng(s.seed)
+    margins = _margin_scores(model_fn, s, n)
     # start: vertical stripes of ±ε, one sign per column and channel
     x_best = np.clip(x + s.eps * rng.choice([-1.0, 1.0], size=(n, 1, w, c)), 0.0, 1.0).astype(np.float32)
     m_best = margins(x_best, y)
@@ -584,6 +650,78 @@ def square(model_fn, x, y, s: AttackSettings):
             same = np.all(np.where(window, candidate == x_best[todo], True), axis=(1, 2, 3))
             if not same.any():
                 break
+        m_new = margins(candidate, y[todo])
+        better = m_new < m_best[todo]
+        x_best[todo[better]], m_best[todo[better]] = candidate[better], m_new[better]
+    return x_best
+
+
+def _rectangles(rows: int, cols: int) -> np.ndarray:
+    """Nested rectangles around the centre, weighted 1/(k+1)², unit L2 norm: half of Square-L2's pattern."""
+    d = np.zeros((rows, cols), np.float32)
+    r0, c0 = rows // 2, cols // 2  # the centre, as the rings grow outwards from it
+    for k in range(max(r0 + 1, c0 + 1)):
+        d[max(r0 - k, 0):min(r0 + k + 1, rows), max(c0 - k, 0):min(c0 + k + 1, cols)] += 1.0 / (k + 1) ** 2
+    return d / np.sqrt(np.sum(d * d))
+
+
+def square_l2_pattern(side: int, rng) -> np.ndarray:
+    """Square-L2's window (Andriushchenko et al. 2020, §3.2): a pseudo-Gaussian bump in one half and its
+    negative in the other, unit L2 norm, the halves split along a random axis."""
+    d = np.concatenate([_rectangles(side // 2, side), -_rectangles(side - side // 2, side)])
+    d /= np.sqrt(np.sum(d * d))
+    return d.T.copy() if rng.random() > 0.5 else d
+
+
+def square_l2(model_fn, x, y, s: AttackSettings):
+    """Square attack, L2 (Andriushchenko et al. 2020, §3.2), untargeted, margin loss. The perturbation stays
+    on the ε-sphere: a start of pseudo-Gaussian tiles, then at each query the mass of a second random window
+    moves into the first, whose content becomes the old one plus a fresh ± pattern, rescaled per channel so
+    that the total norm stays ε; the candidate is kept when it lowers the margin. numpy in and out."""
+    n, h, w, c = x.shape
+    rng = np.random.default_rng(s.seed)
+    margins = _margin_scores(model_fn, s, n)
+
+    def on_sphere(delta):
+        return np.clip(x_rows + delta * (s.eps / np.maximum(l2_norms(delta), 1e-12)), 0.0, 1.0).astype(np.float32)
+
+    tile = max(h // 5, 1)
+    offset = (h - tile * 5) // 2 if h >= 5 else 0
+    delta = np.zeros_like(x)
+    for top in range(offset, h - tile + 1, tile):
+        for left in range(offset, w - tile + 1, tile):
+            signs = rng.choice([-1.0, 1.0], size=(n, 1, 1, c))
+            delta[:, top:top + tile, left:left + tile, :] += square_l2_pattern(tile, rng)[None, :, :, None] * signs
+    x_rows = x
+    x_best = on_sphere(delta)
+    m_best = margins(x_best, y)
+    for i in range(1, s.steps):
+        todo = np.flatnonzero(m_best > 0)
+        if not todo.size:
+            break
+        x_rows = x[todo]
+        d = x_best[todo] - x_rows
+        side = max(int(round(math.sqrt(square_p(SQUARE_P_INIT, i, s.steps) * h * w))), 3)
+        side = min(side + (side % 2 == 0), h, w)  # odd, so the pattern has a centre
+        r1, r2 = rng.integers(0, h - side + 1, 2)  # the two windows' top rows ...
+        c1, c2 = rng.integers(0, w - side + 1, 2)  # ... and left columns
+        win1 = (slice(None), slice(r1, r1 + side), slice(c1, c1 + side), slice(None))
+        win2 = (slice(None), slice(r2, r2 + side), slice(c2, c2 + side), slice(None))
+        norm_window = np.sqrt(np.sum(d[win1] ** 2, axis=(1, 2), keepdims=True))  # per image and channel
+        both = np.zeros(d.shape[1:3], bool)
+        both[win1[1], win1[2]] = True
+        both[win2[1], win2[2]] = True
+        norm_both = np.sqrt(np.sum(np.where(both[None, :, :, None], d, 0.0) ** 2, axis=(1, 2), keepdims=True))
+        norm_image = l2_norms(d)
+        fresh = square_l2_pattern(side, rng)[None, :, :, None] * rng.choice([-1.0, 1.0], size=(len(todo), 1, 1, c))
+        new = fresh + d[win1] / (norm_window + 1e-12)
+        # the window takes the energy of both windows plus whatever the image lacks of ε², per channel
+        budget = np.sqrt(np.maximum(s.eps ** 2 - norm_image ** 2, 0.0) / c + norm_both ** 2)
+        new = new / (np.sqrt(np.sum(new ** 2, axis=(1, 2), keepdims=True)) + 1e-12) * budget
+        d = d.copy()
+        d[win2] = 0.0
+        d[win1] = new
+        candidate = on_sphere(d)
         m_new = margins(candidate, y[todo])
         better = m_new < m_best[todo]
         x_best[todo[better]], m_best[todo[better]] = candidate[better], m_new[better]

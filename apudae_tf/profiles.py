@@ -36,12 +36,17 @@ class ThreatModel:
     rand_init: bool = True
 
     def check(self, where: str) -> ThreatModel:
-        if self.norm != "linf":
-            raise ApudaeError(f"{where}: norm {self.norm!r} is not supported; use linf")
-        if not (0 < self.eps <= 1) or self.steps < 1 or not (0 < self.step <= 1):
-            raise ApudaeError(f"{where}: the threat model needs eps in (0, 1], steps >= 1 and step in (0, 1]; "
-                              f"got eps={self.eps:g}, steps={self.steps}, step={self.step:g}")
+        if self.norm not in NORMS:
+            raise ApudaeError(f"{where}: norm {self.norm!r} is not supported; use {' or '.join(NORMS)}")
+        top = 1 if self.norm == "linf" else L2_EPS_MAX  # an L2 ball of radius > 1 still fits inside [0, 1]^d
+        if not (0 < self.eps <= top) or self.steps < 1 or not (0 < self.step <= top):
+            raise ApudaeError(f"{where}: the {self.norm} threat model needs eps in (0, {top:g}], steps >= 1 and step "
+                              f"in (0, {top:g}]; got eps={self.eps:g}, steps={self.steps}, step={self.step:g}")
         return self
+
+
+NORMS = ("linf", "l2")
+L2_EPS_MAX = 100.0  # an L2 budget beyond this changes every pixel of a 224-px image by ~0.26 on average
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,8 @@ class Profile:
     name: str
     threat: ThreatModel
     sigma_max: float  # the DAE's noise σ ~ U(0, σ_max) (spec §1): large enough to cover ε
+    # the L2 threat model of the certified defence (docs/certify.md §5): PGD-L2's preset and the attacks' budget
+    l2_threat: ThreatModel | None = None
     val_size: float = 0.1  # validation images held out of train: a count, or a fraction when < 1 (DEFAULT_VAL_SIZE)
     arch: str = "cnn"  # the default classifier architecture (names.CLASSIFIER_ARCHS)
     epochs: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_EPOCHS))
@@ -146,6 +153,9 @@ REGISTRY: dict[str, Profile] = {
     "mnist": Profile(
         name="mnist",
         threat=ThreatModel(eps=0.3, steps=40, step=0.01),  # Madry's PGD-40
+        # the L2 budget of the certified-defence literature on MNIST (Salman et al. 2019: r = 2.0); PGD-40 at
+        # 2.5·ε/40 a step, Madry's ratio
+        l2_threat=ThreatModel(eps=2.0, steps=40, step=0.125, norm="l2"),
         sigma_max=0.5,  # spec §1: covers ε = 0.3
         val_size=5000,
         arch="cnn",
@@ -170,6 +180,7 @@ REGISTRY: dict[str, Profile] = {
     "cifar10": Profile(
         name="cifar10",
         threat=ThreatModel(eps=8 / 255, steps=7, step=2 / 255),  # the paper's BIM
+        l2_threat=ThreatModel(eps=0.5, steps=20, step=0.0625, norm="l2"),  # RobustBench's L2 board; 2.5·ε/20 a step
         sigma_max=0.1,  # spec §1: at σ = 0.1 three pixels in four move by more than ε = 8/255
         val_size=5000,
         arch="resnet20",
@@ -203,6 +214,9 @@ REGISTRY: dict[str, Profile] = {
         # spec §4: ε = 4/255 and 16/255; the profile's threat is the larger, BIM-10 at ε/4 a step (choice:
         # Madry's 2.5ε/steps)
         threat=ThreatModel(eps=16 / 255, steps=10, step=4 / 255, rand_init=False),
+        # ε = 1.0 (choice: RobustBench's ImageNet board has no L2 entry; 1.0 is the radius up to which Salman et
+        # al. 2020 tabulate denoised smoothing), BIM's 10 steps at ε/4
+        l2_threat=ThreatModel(eps=1.0, steps=10, step=0.25, norm="l2"),
         sigma_max=0.15,  # covers ε = 16/255 (0.063) as CIFAR-10's 0.1 covers 8/255 (choice)
         val_size=200,  # of the training folder (train-sample: one image a class), never the test folder
         arch="efficientnet-lite0",  # shipped, converted by scripts/convert_efficientnet_lite0.py; not trained here
@@ -290,6 +304,8 @@ def from_json(d: dict, where: str) -> Profile:
         # a folder trained before correct_only existed must not turn ImageNet's protocol off
         base = BUILTIN[flat["name"]].to_json() if flat["name"] in BUILTIN else {}
         given = {k: d[k] if k in d else base[k] for k in fields if k in d or k in base}
+        if isinstance(given.get("l2_threat"), dict):
+            given["l2_threat"] = ThreatModel(**given["l2_threat"]).check(f"{where} (l2_threat)")
         for k in TUPLE_FIELDS:
             if k in given:
                 given[k] = tuple(given[k])

@@ -763,6 +763,32 @@ def _load_generator(folder, dataset, command):
                    "once). Default: the dataset profile's (imagenet: 10, and 1 for BPDA+EOT and the AutoAttack "
                    "cascade, whose attacks run G's purification at every step; others: 0).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True,
+              help="With --adaptive: the threat model. l2 = the report of the certified defence (docs/certify.md): "
+                   "rows no defence, the chosen APuDAE variant and randomized smoothing behind each of --denoisers; "
+                   "columns clean, blind PGD-L2, then APGD-CE, APGD-T and Square-L2 as a cascade at the profile's L2 "
+                   "budget (mnist 2.0, cifar10 0.5, imagenet 1.0); smoothed rows scored by PREDICT; certified "
+                   "accuracy at r = eps of the same images beside it (--certify-report). Writes OUT/adaptive_l2.json "
+                   "and adaptive_l2.md.")
+@click.option("--sigma", "l2_sigma", type=click.FloatRange(0, 4, min_open=True), default=None,
+              help="--norm l2: the smoothed rows' sigma (default: the smallest of the profile's whose largest "
+                   "certifiable radius at N = 10,000 exceeds 1.5 eps: mnist 1.0, cifar10 0.25).")
+@click.option("--denoisers", "denoiser_list", default="none,mse,stability", show_default=True,
+              help="--norm l2: the smoothed rows (none, mse, stability; see `certify`).")
+@click.option("--denoisers-from", "denoiser_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="--norm l2: the model folder whose smoothing/ holds the denoisers (default: the models folder).")
+@click.option("--every", type=click.IntRange(min=1), default=20, show_default=True,
+              help="--norm l2: attack every EVERY-th test image, as `certify` does, so both reports hold the same "
+                   "images.")
+@click.option("--predict-n", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="--norm l2: noise draws of PREDICT, which scores the smoothed rows.")
+@click.option("--alpha", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.001,
+              show_default=True, help="--norm l2: PREDICT's failure probability.")
+@click.option("--mixed-precision", is_flag=True, help="--norm l2: the denoisers in bfloat16/float16 (see `certify`).")
+@click.option("--certify-report", "certify_path", type=click.Path(dir_okay=False), default=None,
+              help="--norm l2: a certify.json whose certificates of the same images go beside the attacks "
+                   "(default: results/<dataset>/certify/certify.json when it exists).")
+@click.option("--no-purifier", is_flag=True, help="--norm l2: leave out the APuDAE row.")
 @click.option("--correct-only/--all-images", default=None,
               help="Score only those of the first N test images that the classifier gets right (the paper's "
                    "ImageNet protocol, spec §6), or all of them. Default: the dataset profile's (imagenet: "
@@ -773,7 +799,8 @@ def _load_generator(folder, dataset, command):
 @friendly_errors
 def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_training, defense_gan, gan_restarts,
              gan_steps, gan_attack_restarts, adaptive, apgd_steps, restarts, apgd_targets, square_queries, eot, cascade,
-             chunk, seed, correct_only, model_dir, classifier_path, data_dir):
+             chunk, seed, norm, l2_sigma, denoiser_list, denoiser_dir, every, predict_n, alpha, mixed_precision,
+             certify_path, no_purifier, correct_only, model_dir, classifier_path, data_dir):
     """Rebuild the paper's table for DATASET (spec §6): defences x attacks.
 
     Rows: no defence, adversarial training (MODELS/adv_classifier.keras, from
@@ -786,6 +813,14 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_traini
     """
     from apudae_tf import data, evaluate as ev, profiles, store, table
 
+    if norm == "l2":
+        if not adaptive:
+            raise ApudaeError("--norm l2: only the adaptive report has an L2 threat model; add --adaptive")
+        budget = table.Budget(apgd_steps=apgd_steps, restarts=restarts, targets=apgd_targets,
+                              square_queries=square_queries, eot=eot)
+        return _evaluate_l2(dataset, n_images, every, out_dir, force, budget, seed, l2_sigma, denoiser_list,
+                            denoiser_dir, predict_n, alpha, mixed_precision, certify_path, no_purifier, model_dir,
+                            classifier_path, data_dir)
     report = "adaptive" if adaptive else "table"
     out_dir = out_dir or store.run_dir(dataset, "evaluate")
     store.check_output_folder(out_dir, "--out", (f"{report}.json", f"{report}.md"), force)
@@ -833,6 +868,48 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_traini
     with open(os.path.join(out_dir, f"{report}.md")) as f:
         click.echo(f.read().split("\n\n")[0])
     click.echo(f"wrote {out_dir}/{report}.json, {report}.md and figures in {result['seconds'] / 60:.1f} min", err=True)
+
+
+def _evaluate_l2(dataset, n_images, every, out_dir, force, budget, seed, sigma, denoiser_list, denoiser_dir, predict_n,
+                 alpha, mixed_precision, certify_path, no_purifier, model_dir, classifier_path, data_dir):
+    """`evaluate --adaptive --norm l2`: the L2 adaptive report (adaptive_l2.py)."""
+    from apudae_tf import adaptive_l2, certify as cert, data, profiles, store
+
+    kinds = _denoiser_kinds(denoiser_list)
+    out_dir = out_dir or store.run_dir(dataset, "evaluate")
+    store.check_output_folder(out_dir, "--out", ("adaptive_l2.json", "adaptive_l2.md"), force)
+    folder = model_folder(dataset, model_dir)
+    name = profiles.dataset_name(dataset)
+    if profiles.get(name).l2_threat is None:
+        raise ApudaeError(f"dataset {name!r} declares no L2 threat model (l2_threat in its profile)")
+    if certify_path is None:
+        default = os.path.join("results", name, "certify", cert.REPORT)
+        certify_path = default if os.path.isfile(default) else None
+    elif not os.path.isfile(certify_path):
+        raise ApudaeError(f"--certify-report {certify_path}: no such file; run `apudae-tf certify {dataset}` first")
+    ds = data.load_dataset(dataset, data_dir, test_only=True)
+    need = ("classifier",) if no_purifier else ("classifier", "dae")
+    m = store.load_models(folder, ds.image_shape, need=need, classifier=classifier_path, num_classes=ds.num_classes)
+    command = "apudae-tf evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    click.echo(f"writing to {out_dir}", err=True)
+    result = adaptive_l2.report(m, ds, n_images or names.ADAPTIVE_N, every, out_dir, denoisers=kinds,
+                                denoiser_dir=denoiser_dir or folder, sigma=sigma, budget=budget, predict_n=predict_n,
+                                alpha=alpha, seed=seed, mixed_precision=mixed_precision, certify_path=certify_path,
+                                command=command, echo=functools.partial(click.echo, err=True),
+                                progress_bar=progress_bar, with_purifier=not no_purifier)
+    with open(os.path.join(out_dir, "adaptive_l2.md")) as f:
+        click.echo(f.read().split("\n\n")[1])
+    click.echo(f"wrote {out_dir}/adaptive_l2.json and adaptive_l2.md in {result['seconds'] / 60:.1f} min", err=True)
+
+
+def _denoiser_kinds(text: str) -> list[str]:
+    from apudae_tf import certify as cert
+
+    kinds = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [d for d in kinds if d not in cert.DENOISERS]
+    if bad or not kinds:
+        raise ApudaeError(f"--denoisers {text}: use {', '.join(cert.DENOISERS)}, comma-separated")
+    return kinds
 
 
 @main.command()
@@ -890,10 +967,7 @@ def certify(dataset, sigma_list, denoiser_list, n_images, every, n0, n_draws, al
     from apudae_tf import data, profiles, store
 
     name = profiles.dataset_name(dataset)
-    kinds = [d.strip() for d in denoiser_list.split(",") if d.strip()]
-    bad = [d for d in kinds if d not in cert.DENOISERS]
-    if bad or not kinds:
-        raise ApudaeError(f"--denoisers {denoiser_list}: use {', '.join(cert.DENOISERS)}, comma-separated")
+    kinds = _denoiser_kinds(denoiser_list)
     settings = cert.CertifySettings(n0=n0, n=n_draws, alpha=alpha, seed=seed, batch_size=batch_size,
                                     mixed_precision=mixed_precision).check()
     out_dir = out_dir or store.run_dir(dataset, "certify")

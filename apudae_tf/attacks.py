@@ -789,15 +789,25 @@ def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size
             raise ApudaeError(f"the {method} attack needs the defence it attacks (a purification variant)")
         fn = functools.partial(DEFENCE_ATTACKS[method], defence=defence)
     elif method in ENSEMBLE_ATTACKS:
-        if defence is not None:  # one model object for every batch: its compiled gradient is traced once
+        # one model object for every batch: its compiled gradient is traced once. A defence that says how it
+        # is attacked (the smoothed classifier) gives its own model; a purifier is differentiated through
+        if defence is not None and hasattr(defence, "attack_model"):
+            model_fn, settings = defence.attack_model(model_fn, settings)
+        elif defence is not None:
             model_fn = DefendedModel(defence, model_fn, getattr(defence, "gradient", "exact"), settings.seed)
         fn = ENSEMBLE_ATTACKS[method]
     elif method in ATTACKS:
         fn = ATTACKS[method]
     else:
         raise ApudaeError(f"unknown attack {method!r}; use one of {', '.join(METHODS)}")
+    if settings.norm != "linf" and method not in L2_METHODS:
+        raise ApudaeError(f"the {method} attack is L∞ only; in the {settings.norm} threat model use "
+                          f"{', '.join(L2_METHODS)}")
     y = np.asarray(y, np.int64)
-    batch_size = batch_size or models.batch_for(x.shape[1:], models.GRADIENT_PIXELS)
+    # a model that runs several noisy copies of each image per call (the soft smoothed classifier) holds
+    # that many images' activations
+    pixels = models.GRADIENT_PIXELS // max(int(getattr(model_fn, "draws", 1)), 1)
+    batch_size = batch_size or models.batch_for(x.shape[1:], pixels)
     out = []
     for i in range(0, len(x), batch_size):
         kept = done.get(i) if done is not None else None

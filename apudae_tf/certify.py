@@ -11,7 +11,6 @@ them all and is rewritten as images finish, so an interrupted run resumes where 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 

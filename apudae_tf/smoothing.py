@@ -152,3 +152,68 @@ class Smoothed:
         top2 = np.argsort(counts, kind="stable")[::-1][:2]
         n_a, n_b = int(counts[top2[0]]), int(counts[top2[1]])
         return int(top2[0]) if binomial_p_value(n_a, n_b) <= alpha else ABSTAIN
+
+
+# -- the smoothed classifier under attack (docs/certify.md §5) ---------------------------------------
+
+
+class SoftSmoothedModel:
+    """What an attack that sees the smoothed classifier differentiates (SmoothAdv, Salman et al. 2019): the
+    soft smoothed classifier's log-probabilities log((1/m) Σ_j softmax(b(x + δ_j))), δ_j ~ N(0, σ²I), m fresh
+    draws per call from a generator seeded by ``seed`` and advanced inside the traced graph. Averaging the
+    probabilities before the log attacks what the vote counts; averaging the gradients of per-draw losses
+    (plain EOT) is weaker (Salman et al. 2019, §3). Square queries the same scores (``forward``)."""
+
+    is_random = True
+
+    def __init__(self, smoothed: Smoothed, draws: int, seed: int = 0):
+        self.smoothed, self.draws = smoothed, int(draws)
+        self._generator = tf.random.Generator.from_seed(seed)
+
+    def __call__(self, x):
+        x = tf.convert_to_tensor(x, tf.float32)
+        b, m = tf.shape(x)[0], self.draws
+        tiled = tf.repeat(x, m, axis=0)
+        noisy = tiled + self.smoothed.sigma * self._generator.normal(tf.shape(tiled))
+        p = tf.nn.softmax(self.smoothed.logits(noisy))
+        return tf.math.log(tf.reduce_mean(tf.reshape(p, [b, m, -1]), axis=1) + 1e-20)
+
+    forward = __call__
+
+
+@dataclasses.dataclass(frozen=True)
+class SmoothingSettings:
+    """A smoothed classifier as a row of the adaptive report: its σ and denoiser, PREDICT's draws and α, and
+    the seed of PREDICT's noise."""
+
+    sigma: float
+    denoiser: str
+    predict_n: int = 1000
+    alpha: float = 0.001
+    seed: int = 0
+
+
+class SmoothingDefence:
+    """The smoothed classifier as a defence the adaptive report attacks and scores (the table's "purifier"
+    slot): attacks see the soft smoothed classifier (``SoftSmoothedModel``, the budget's EOT draws inside
+    each call), and every attacked image is scored by PREDICT (``predict``), abstentions counting as wrong."""
+
+    is_random = True
+    gradient = "exact"
+    attacks = ("apgd-ce", "apgd-dlr", "apgd-t", "square")  # through the smoothed classifier; blind PGD is not
+
+    def __init__(self, smoothed: Smoothed, settings: SmoothingSettings, model_key: str):
+        self.smoothed, self.settings, self.model_key = smoothed, settings, model_key
+        self.variant = f"smoothing σ={settings.sigma:g} {settings.denoiser}"
+
+    def attack_model(self, model_fn, attack_settings):
+        """(the model the attack differentiates, its settings): the budget's EOT draws go inside each call,
+        where the soft classifier averages them, and the attack calls it once per gradient."""
+        model = SoftSmoothedModel(self.smoothed, max(int(attack_settings.eot), 1), attack_settings.seed)
+        return model, dataclasses.replace(attack_settings, eot=1)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """PREDICT on every image of a batch (the i-th image's noise from seed (seed, i)); ABSTAIN = −1."""
+        s = self.settings
+        return np.array([self.smoothed.predict(img, n=s.predict_n, alpha=s.alpha, seed=s.seed, index=i)
+                         for i, img in enumerate(np.asarray(x, np.float32))], np.int64)

@@ -45,7 +45,7 @@ REJECTED = -1  # the label a detecting defence gives an input it refuses
 
 
 # what a row is; reports select rows by kind, never by their display name
-KINDS = ("undefended", "adversarial training", "magnet", "purifier", "defense-gan")
+KINDS = ("undefended", "adversarial training", "magnet", "purifier", "defense-gan", "smoothing")
 
 
 @dataclasses.dataclass
@@ -538,7 +538,7 @@ class Budget:
 
 def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps: int | None = None,
                      budget: Budget = Budget(), classes: int = 10, before=names.ADAPTIVE_COLUMNS,
-                     cascade_all: bool = False, purifier_chunk: int | None = None) -> list[Column]:
+                     cascade_all: bool = False, purifier_chunk: int | None = None, norm: str = "linf") -> list[Column]:
     """The adaptive report's columns, in order: clean, then the attacks ``before`` the ensemble (blind PGD,
     the reference; counter A; counter B at every λ; optionally BPDA+EOT through the purification), all on
     every image, then the AutoAttack-grade cascade: APGD-CE and APGD-T through the defence's gradient, and
@@ -547,8 +547,8 @@ def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps
     image through an iterative purifier then spend them only on the images still standing).
     ``purifier_chunk``: the images per cached chunk of the attacks that run the purification at every step
     (BPDA+EOT and the ensemble), where it differs from the other columns' (through an iterative purifier
-    they can cost an hour per image)."""
-    base = attacks.settings_for("pgd", dataset, steps=steps, seed=seed)
+    they can cost an hour per image). ``norm``: the threat model's (the counter attacks are L∞ only)."""
+    base = attacks.settings_for("pgd", dataset, steps=steps, seed=seed, norm=norm)
     clean = attacks.settings_for("none", dataset, seed=seed)
     apgd = dict(steps=budget.apgd_steps, restarts=budget.restarts, eot=budget.eot)
     ensemble = {"apgd-ce": apgd, "apgd-dlr": apgd, "apgd-t": {**apgd, "targets": budget.targets},
@@ -563,7 +563,7 @@ def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps
                                 chunk=purifier_chunk if through else None))
     first = [dataclasses.replace(c, cascade=cascade_all) for c in first]  # keeps each column's chunk
     return ([Column("clean", "none", clean, n)] + first
-            + [Column(k, k, dataclasses.replace(attacks.settings_for(k, dataset, seed=seed), **ensemble[k]), n,
+            + [Column(k, k, dataclasses.replace(attacks.settings_for(k, dataset, seed=seed, norm=norm), **ensemble[k]), n,
                       cascade=True, chunk=purifier_chunk) for k in ensemble_for(classes)])
 
 

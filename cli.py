@@ -526,10 +526,22 @@ def purify(variant, n_iter, alpha, eps_r, rho, theta_max, seed, dataset, batch_s
 @click.option("-o", "--predictions", type=click.Path(dir_okay=False), default=None,
               help="Write the predictions (pred, logits) to this npz.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--smooth", "smooth_sigma", type=click.FloatRange(0, 4, min_open=True), default=None,
+              help="Classify with randomized smoothing at this sigma: PREDICT (Cohen et al. 2019) over --N noisy "
+                   "copies through the --denoiser and the classifier; an image whose vote is not clear at level "
+                   "--alpha is abstained from (class -1), counted wrong.")
+@click.option("--denoiser", type=click.Choice(["none", "mse", "stability"]), default="stability", show_default=True,
+              help="With --smooth: the denoiser in front of the classifier (MODELS/smoothing/).")
+@click.option("--N", "n_draws", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="With --smooth: noise draws per image.")
+@click.option("--alpha", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.001,
+              show_default=True, help="With --smooth: PREDICT's failure probability.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --smooth: seed of the noise draws.")
 @models_option
 @classifier_option
 @friendly_errors
-def classify(dataset, input_path, predictions, as_json, model_dir, classifier_path):
+def classify(dataset, input_path, predictions, as_json, smooth_sigma, denoiser, n_draws, alpha, seed, model_dir,
+             classifier_path):
     """Classify pipeline npz images; print the accuracy when labels are present."""
     import numpy as np
 
@@ -539,20 +551,42 @@ def classify(dataset, input_path, predictions, as_json, model_dir, classifier_pa
         store.check_output_file(predictions, "-o")
     batch = read_batch(input_path)
     m = models_for(batch, model_dir, dataset, need=("classifier",), classifier=classifier_path)
-    logits = models.predict_in_batches(m.classifier_fn(), batch.x)
-    pred = np.argmax(logits, 1).astype(np.int64)
-    result = {"n": int(len(pred)), "dataset": batch.dataset or dataset, "models": m.folder,
+    result = {"n": int(len(batch.x)), "dataset": batch.dataset or dataset, "models": m.folder,
               "history": batch.meta.get("history", [])}
+    if smooth_sigma is None:
+        logits = models.predict_in_batches(m.classifier_fn(), batch.x)
+        pred = np.argmax(logits, 1).astype(np.int64)
+        arrays = {"pred": pred, "logits": logits.astype(np.float32)}
+    else:
+        from apudae_tf import smoothing
+
+        sd = _smoothing_defence(m, smooth_sigma, denoiser, n_draws, alpha, seed)
+        pred = sd.predict(batch.x)
+        arrays = {"pred": pred}
+        result["smoothing"] = {**dataclasses.asdict(sd.settings), "abstained": int(np.sum(pred == smoothing.ABSTAIN))}
     if batch.y is not None:
         result["accuracy"] = float(np.mean(pred == batch.y))
     if predictions:
-        store.atomic_write(predictions, lambda tmp: np.savez(tmp, pred=pred, logits=logits.astype(np.float32)))
+        store.atomic_write(predictions, lambda tmp: np.savez(tmp, **arrays))
     if as_json:
         click.echo(json.dumps(result, indent=2))
-    elif "accuracy" in result:
-        click.echo(f"accuracy {result['accuracy']:.4f} ({int(np.sum(pred == batch.y))}/{len(pred)})")
+        return
+    abstained = f", abstained on {result['smoothing']['abstained']} (counted wrong)" if smooth_sigma else ""
+    if "accuracy" in result:
+        click.echo(f"accuracy {result['accuracy']:.4f} ({int(np.sum(pred == batch.y))}/{len(pred)}){abstained}")
     else:
-        click.echo(f"classified {len(pred)} images (no labels in the input)")
+        click.echo(f"classified {len(pred)} images (no labels in the input){abstained}")
+
+
+def _smoothing_defence(m, sigma, denoiser, n_draws, alpha, seed):
+    """The smoothed classifier of a model folder at ``sigma`` behind its ``denoiser`` (smoothing/), with PREDICT's
+    settings."""
+    from apudae_tf import certify as cert
+    from apudae_tf import smoothing
+
+    row = cert.load_row(m.classifier_file, sigma, denoiser, m.folder, cert.CertifySettings(), None, m.classifier)
+    settings = smoothing.SmoothingSettings(sigma, denoiser, n_draws, alpha, seed)
+    return smoothing.SmoothingDefence(row.smoothed, settings, f"smoothing-{sigma:g}-{denoiser}")
 
 
 @main.command()
@@ -562,22 +596,45 @@ def classify(dataset, input_path, predictions, as_json, model_dir, classifier_pa
 @click.option("--out", "base", type=click.Path(file_okay=False), required=True,
               help="Model base path; the SavedModel goes to OUT/VERSION/ (TF Serving's layout).")
 @click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--smooth", "smooth_sigma", type=click.FloatRange(0, 4, min_open=True), default=None,
+              help="Export the smoothed classifier at this sigma instead: serving_default runs PREDICT in the graph "
+                   "(--N draws through --denoiser and the classifier) and returns classes (-1: abstain), abstain and "
+                   "counts.")
+@click.option("--denoiser", type=click.Choice(["none", "mse", "stability"]), default="stability", show_default=True,
+              help="With --smooth: the denoiser in front of the classifier (MODELS/smoothing/).")
+@click.option("--N", "n_draws", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="With --smooth: noise draws per image.")
+@click.option("--alpha", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.001,
+              show_default=True, help="With --smooth: PREDICT's failure probability.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --smooth: seed of the noise draws.")
 @models_option
 @classifier_option
 @friendly_errors
-def export(dataset, variant, base, version, model_dir, classifier_path):
+def export(dataset, variant, base, version, smooth_sigma, denoiser, n_draws, alpha, seed, model_dir, classifier_path):
     """Export purifier + classifier as a TF Serving SavedModel.
 
     Signatures: serving_default (images [N,H,W,C] float32 in [0,1] ->
     purified, logits, probabilities, classes, r_before, r_after) and
     classify_only (no purification). Settings come from the model folder's
-    purify_settings.json, as for `apudae-tf purify`.
+    purify_settings.json, as for `apudae-tf purify`. With --smooth S:
+    serving_default (images -> classes, abstain, counts) runs randomized
+    smoothing's PREDICT.
     """
     from apudae_tf import export as exporting
     from apudae_tf import purify as purification
     from apudae_tf import store
 
     exporting.check_target(base, version)
+    if smooth_sigma is not None:
+        folder = model_folder(dataset, model_dir)
+        m = store.load_models(folder, need=("classifier",), classifier=classifier_path)
+        shape = tuple(int(d) for d in m.classifier.input_shape[1:])
+        sd = _smoothing_defence(m, smooth_sigma, denoiser, n_draws, alpha, seed)
+        path = exporting.export_smoothed(sd.smoothed, shape, base, version, n=n_draws, alpha=alpha, seed=seed,
+                                         meta={"dataset": dataset, "models": store.shown_path(folder)})
+        click.echo(f"exported smoothing (sigma {smooth_sigma:g}, {denoiser} denoiser) for {dataset} to {path}", err=True)
+        click.echo(path)
+        return
     m = store.load_models(model_folder(dataset, model_dir), classifier=classifier_path)
     settings = purification.default_settings(m.stats.dataset, variant, m.folder)
     p = purification.Purifier(m.dae, m.stats, variant, settings)

@@ -116,19 +116,42 @@ class Smoothed:
         self.num_classes = int(num_classes or classifier.output_shape[-1])
         self.batch_size = int(batch_size)
         self.logits = base_logits(classifier, denoiser)
+        self._counts = tf.function(self.counts_graph, reduce_retracing=True)
         self._draws = tf.function(lambda x, m, seed, b: gaussian_draws(x, self.sigma, m, seed, b),
                                   reduce_retracing=True)
-        self._classify = tf.function(lambda noisy: tf.argmax(self.logits(noisy), axis=1, output_type=tf.int32),
-                                     reduce_retracing=True)
+        self._classify = tf.function(self._classes, reduce_retracing=True)
+
+    def _classes(self, noisy):
+        return tf.argmax(self.logits(noisy), axis=1, output_type=tf.int32)
+
+    def counts_graph(self, x, n, seed):
+        """The class counts of ``n`` draws around one image x [H, W, C] as one graph (a ``tf.while_loop`` over
+        batches of ``batch_size`` draws): what ``sample_counts`` runs on one device and what the SavedModel's
+        PREDICT runs (export.py), so both see the same draws."""
+        n = tf.cast(n, tf.int32)
+        size = tf.constant(self.batch_size, tf.int32)
+
+        def body(b, counts):
+            m = tf.minimum(size, n - b * size)
+            classes = self._classes(gaussian_draws(x, self.sigma, m, seed, b))
+            return b + 1, counts + tf.math.bincount(classes, minlength=self.num_classes, maxlength=self.num_classes,
+                                                    dtype=tf.int64)
+
+        _, counts = tf.while_loop(lambda b, _: b * size < n, body,
+                                  (tf.constant(0, tf.int32), tf.zeros([self.num_classes], tf.int64)))
+        return counts
 
     def sample_counts(self, x: np.ndarray, n: int, seed: tf.Tensor) -> np.ndarray:
-        """How often the base classifier chose each class on ``n`` noisy copies of x (int64 [num_classes])."""
+        """How often the base classifier chose each class on ``n`` noisy copies of x (int64 [num_classes]): one
+        graph on one device; on several (a ``tf.distribute`` strategy), each batch of draws split over them."""
         x = tf.convert_to_tensor(np.asarray(x, np.float32))
+        if fitting.strategy().num_replicas_in_sync == 1:
+            return self._counts(x, tf.constant(n, tf.int32), seed).numpy()
         counts = np.zeros(self.num_classes, np.int64)
         for b in range(-(-n // self.batch_size)):
             m = min(self.batch_size, n - b * self.batch_size)
-            noisy = self._draws(x, tf.constant(m), seed, tf.constant(b, tf.int64))
-            classes = fitting.across_replicas(self._classify, noisy)  # split over the devices, if several
+            noisy = self._draws(x, tf.constant(m), seed, tf.constant(b, tf.int32))
+            classes = fitting.across_replicas(self._classify, noisy)
             counts += np.bincount(classes.numpy(), minlength=self.num_classes)[: self.num_classes]
         return counts
 

@@ -90,3 +90,29 @@ def test_certificate_of_a_linear_classifier_is_never_larger_than_its_exact_margi
         assert c.radius <= truth
         # the bound is tight but for the Monte Carlo slack: p_A = Phi(truth / sigma) exactly
         assert c.radius >= truth - 0.5 * 0.25 or truth > 0.5 * 3.0
+
+
+def test_saved_model_predict_agrees_with_the_library(tmp_path):
+    """The TF Serving export runs PREDICT in its graph: the same draws, counts and decisions as
+    ``SmoothingDefence.predict`` on the same images (an abstention included)."""
+    import os
+
+    from apudae_tf import data, export, store
+
+    ds = data.load_dataset("mnist", test_only=True)
+    clf = keras.models.load_model(os.path.join(store.SAVED_MODELS, "mnist", "classifier.keras"))
+    s = smoothing.Smoothed(clf, 0.5, batch_size=128)
+    blend = 0.5 * ds.x_test[4] + 0.5 * ds.x_test[9]  # a 4 over a 9: the vote is close
+    x = np.concatenate([ds.x_test[:5], blend[None]])
+    path = export.export_smoothed(s, (28, 28, 1), str(tmp_path / "served"), n=300, alpha=0.001, seed=7)
+    served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(x))
+    defence = smoothing.SmoothingDefence(s, smoothing.SmoothingSettings(0.5, "none", predict_n=300, alpha=0.001,
+                                                                         seed=7), "k")
+    assert np.array_equal(served["classes"].numpy(), defence.predict(x))
+    for i in range(len(x)):
+        counts = s.sample_counts(x[i], 300, smoothing.noise_seed(7, i, smoothing.PREDICTION))
+        assert np.array_equal(served["counts"].numpy()[i], counts)
+    assert np.array_equal(served["abstain"].numpy(), served["classes"].numpy() == smoothing.ABSTAIN)
+    assert served["abstain"].numpy().any() and not served["abstain"].numpy().all()
+    with pytest.raises(Exception, match="values outside"):
+        tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(x + 2.0))

@@ -2,8 +2,9 @@
 
 Resolution order for the built-in datasets (``mnist``, ``cifar10``):
 ``data_dir`` argument, then the ``APUDAE_DATA_DIR`` environment variable (a
-folder holding ``<name>.npz`` in Keras' layout), then tensorflow-datasets
-(the default for online users). ``npz:PATH`` reads a user's own file with the
+folder holding ``<name>.npz`` in Keras' layout), then the copy inside the
+package (MNIST: ``embedded/mnist.npz``), then tensorflow-datasets (the default
+for online users). ``npz:PATH`` reads a user's own file with the
 keys x_train, y_train, x_test, y_test (uint8, NHWC or NHW). ``folder:PATH`` and
 ``imagenet`` (``<data dir>/imagenet/``) are folders of image files
 (imagefolder.py), decoded only when a command takes them; with no such folder,
@@ -246,8 +247,8 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
 def load_dataset(name: str, data_dir: str | None = None, test_only: bool = False) -> Dataset:
     """Load a dataset by name (``mnist``, ``cifar10`` or ``npz:PATH``).
 
-    ``test_only``: the caller reads the test split alone; with no data folder configured, MNIST's then
-    comes from the copy inside the package (exact; no network needed), and train and val are empty."""
+    With no data folder configured, MNIST comes from the copy inside the package (exact; no network
+    needed). ``test_only``: the caller reads the test split alone (train and val are then empty)."""
     if name.startswith("npz:"):
         return _from_arrays(profiles.dataset_name(name), read_npz(name[4:]), name[4:])
     if name.startswith("folder:"):
@@ -265,9 +266,10 @@ def load_dataset(name: str, data_dir: str | None = None, test_only: bool = False
     if name not in BUILTIN:
         raise ApudaeError(f"unknown dataset {name!r}; use one of {', '.join(BUILTIN + IMAGE_FOLDERS)}, "
                           "npz:PATH or folder:PATH")
-    embedded = os.path.join(EMBEDDED, f"{name}_test.npz")
-    if test_only and not folder and os.path.isfile(embedded):
-        return _test_only(name, read_npz(embedded), f"embedded:{name}_test")
+    embedded = os.path.join(EMBEDDED, f"{name}.npz")
+    if not folder and os.path.isfile(embedded):  # MNIST, exact, inside the package: no network needed
+        arrays = read_npz(embedded)
+        return (_test_only if test_only else _from_arrays)(name, arrays, f"embedded:{name}")
     if folder:
         path = os.path.join(folder, f"{name}.npz")
         if not os.path.isfile(path):

@@ -176,24 +176,28 @@ def test_help_answers_fast_for_every_command(tmp_path):
         assert seconds < 2.0, f"{command} --help took {seconds:.1f} s"  # ~0.4 s measured; TensorFlow is not imported
 
 
+EMBEDDED_SHA256 = {"x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+                   "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+                   "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+                   "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5"}
+
+
 @pytest.mark.slow
-def test_the_embedded_mnist_test_set_is_exact_and_serves_the_main_job(tmp_path, monkeypatch):
+def test_the_embedded_mnist_is_exact_and_serves_every_split_offline(tmp_path, monkeypatch):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)  # CI points it at ../shared/data
-    ds = data.load_dataset("mnist", test_only=True)
-    assert ds.source == "embedded:mnist_test" and ds.x_test.shape == (10000, 28, 28, 1)
-    raw = np.load(os.path.join(data.EMBEDDED, "mnist_test.npz"), allow_pickle=False)
-    assert hashlib.sha256(raw["x_test"].tobytes()).hexdigest() == \
-        "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161"
-    assert hashlib.sha256(raw["y_test"].tobytes()).hexdigest() == \
-        "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5"
-    # no data folder configured: attack reads them; the val split is not there and says so
-    res = _cli(["attack", "--dataset", "mnist", "--method", "none", "--n", "3", "-o", str(tmp_path / "a.npz")], tmp_path)
-    assert res.returncode == 0, res.stderr.decode()
-    np.testing.assert_array_equal(pipeline.read(str(tmp_path / "a.npz")).x, ds.x_test[:3])
-    if not data._online():  # offline, the training split is one line away, in seconds
-        line = _one_error_line(_cli(["attack", "--dataset", "mnist", "--split", "val", "--n", "3", "-o",
-                                     str(tmp_path / "b.npz")], tmp_path))
-        assert "--data-dir" in line
+    raw = np.load(os.path.join(data.EMBEDDED, "mnist.npz"), allow_pickle=False)
+    for key, digest in EMBEDDED_SHA256.items():
+        assert hashlib.sha256(raw[key].tobytes()).hexdigest() == digest, key
+    ds = data.load_dataset("mnist")
+    assert ds.source == "embedded:mnist" and ds.x_test.shape == (10000, 28, 28, 1)
+    assert len(ds.x_train) == 55000 and len(ds.x_val) == 5000  # the profile's validation split
+    # no data folder configured: attack reads the test and the validation split, with no network
+    for split, x in (("test", ds.x_test), ("val", ds.x_val)):
+        out = tmp_path / f"{split}.npz"
+        res = _cli(["attack", "--dataset", "mnist", "--method", "none", "--n", "3", "--split", split, "-o", str(out)],
+                   tmp_path)
+        assert res.returncode == 0, res.stderr.decode()
+        np.testing.assert_array_equal(pipeline.read(str(out)).x, x[:3])
 
 
 @pytest.mark.acceptance

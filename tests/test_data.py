@@ -9,7 +9,7 @@ import pytest
 
 from apudae_tf import data
 from apudae_tf.errors import ApudaeError
-from conftest import data_dir, needs_mnist
+from conftest import data_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,7 +102,6 @@ def test_cli_malformed_npz_is_one_line_and_nonzero(tmp_path):
     assert res.stderr.strip().splitlines()[-1].startswith(f"error: {p} is not a readable npz file")
 
 
-@needs_mnist
 def test_offline_mnist_is_the_exact_dataset():
     ds = data.load_dataset("mnist", data_dir())
     assert ds.x_test.shape == (10000, 28, 28, 1) and len(ds.x_train) == 55000 and len(ds.x_val) == 5000

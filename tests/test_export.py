@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import cli
 from apudae_tf import data, pipeline, purify, store
-from conftest import data_dir, needs_mnist
+from conftest import data_dir
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models", "mnist")
 
@@ -102,7 +102,6 @@ def test_export_refuses_to_overwrite_a_version_and_a_missing_model_folder(tiny_m
 
 
 @pytest.mark.slow
-@needs_mnist
 def test_shipped_export_classifies_mnist_and_matches_apudae_purify(tmp_path):
     """Issue 6 acceptance, on 256 test images (the whole set is a command, not a test)."""
     ds = data.load_dataset("mnist", data_dir())
@@ -118,7 +117,6 @@ def test_shipped_export_classifies_mnist_and_matches_apudae_purify(tmp_path):
 
 
 @pytest.mark.slow
-@needs_mnist
 def test_rest_body_from_real_images_fits_the_signature(tiny_models, tmp_path):
     """The README's REST request: {"instances": [...]} of real MNIST images, as TF Serving decodes it."""
     ds = data.load_dataset("mnist", data_dir())

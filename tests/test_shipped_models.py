@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from apudae_tf import data, models, store
-from conftest import data_dir, needs_cifar10, needs_mnist
+from conftest import data_dir, needs_cifar10
 
 pytestmark = pytest.mark.acceptance
 
@@ -17,7 +17,6 @@ MNIST_PAPER = os.path.join(os.path.dirname(MNIST), "mnist-paper")  # the paper's
 CIFAR10 = store.default_model_dir("cifar10")
 
 
-@needs_mnist
 def test_shipped_mnist_classifier_scores_at_least_099():
     clf = keras.models.load_model(os.path.join(MNIST, store.CLASSIFIER))
     ds = data.load_dataset("mnist", data_dir())
@@ -25,7 +24,6 @@ def test_shipped_mnist_classifier_scores_at_least_099():
     assert np.mean(np.argmax(logits, 1) == ds.y_test) >= 0.99
 
 
-@needs_mnist
 @pytest.mark.parametrize("folder,recipe", [(MNIST, "adv-dae"), (MNIST_PAPER, "paper")])
 def test_shipped_mnist_dae_and_stats_fit_together(folder, recipe):
     dae = keras.models.load_model(os.path.join(folder, store.DAE))
@@ -40,7 +38,6 @@ def test_shipped_mnist_dae_and_stats_fit_together(folder, recipe):
     assert abs(r.mean() - stats["mu"]) < 1e-3 * stats["mu"]
 
 
-@needs_mnist
 def test_shipped_adversarially_trained_classifier_is_accurate_and_resists_pgd():
     from apudae_tf import attacks
 

@@ -86,9 +86,73 @@ force_option = click.option("--force", is_flag=True,
                             help="Replace what the output location already holds (never needed for a new location).")
 
 
+def _renamed(new: str):
+    """A click callback for an option that was renamed: naming it is one error that says the new name."""
+
+    def callback(ctx, param, value):
+        if value is not None:
+            raise click.UsageError(f"{param.opts[0]} {value}: this option is now {new} ({param.opts[0]} counts images "
+                                   f"in attack and evaluate); use {new} {value}")
+        return value
+
+    return callback
+
+
+class LogProgress:
+    """Progress in a log (stderr not a terminal: a file, CI, a batch job): a line at the start, then one every
+    10 % of the work or every ``every`` seconds, whichever comes first, and one at the end. The same interface
+    as click's bar (``update(k)``, ``pos``, a context manager)."""
+
+    def __init__(self, length, label, every: float = 30.0):
+        import threading
+        import time
+
+        self.length, self.label, self.every, self.pos = length, label, every, 0
+        self.clock = time.monotonic
+        self.start = self.last = self.clock()
+        self.shown = 0
+        self._stop = threading.Event()
+        # a batch can take minutes with no update: a heartbeat says the work goes on
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+
+    def _heartbeat(self):
+        while not self._stop.wait(self.every / 3):
+            now = self.clock()
+            if now - self.last >= self.every:
+                self._line(now)
+
+    def __enter__(self):
+        click.echo(f"{self.label}: 0/{self.length}", err=True)
+        self._beat.start()
+        return self
+
+    def update(self, k):
+        self.pos += k
+        now = self.clock()
+        step = max(1, self.length // 10)
+        if self.pos < self.length and (self.pos - self.shown >= step or now - self.last >= self.every):
+            self._line(now)
+
+    def _line(self, now):
+        rate = self.pos / max(now - self.start, 1e-9)
+        left = f", ~{(self.length - self.pos) / rate:.0f} s left" if rate > 0 else ""
+        click.echo(f"{self.label}: {self.pos}/{self.length} ({100 * self.pos / max(self.length, 1):.0f}%, "
+                   f"{now - self.start:.0f} s{left})", err=True)
+        self.shown, self.last = self.pos, now
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if exc[0] is None:
+            click.echo(f"{self.label}: {self.pos}/{self.length} done in {self.clock() - self.start:.0f} s", err=True)
+        return False
+
+
 def progress_bar(length, label):
-    """A progress bar on stderr, so stdout carries data only."""
-    return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
+    """Progress on stderr, so stdout carries data only: click's live bar on a terminal, ``LogProgress`` lines
+    in a log."""
+    if sys.stderr.isatty():
+        return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
+    return LogProgress(length, label)
 
 
 def read_batch(path):
@@ -102,7 +166,8 @@ def read_batch(path):
 
 
 def check_output(path, option="-o", force=False):
-    """Before any work: an output file can be written, or stdout is a pipe or file, not a terminal."""
+    """Before any work: an output file can be written (and exists only with ``force``), or stdout is a pipe or
+    file, not a terminal."""
     from apudae_tf import store
 
     if path and path != "-":
@@ -140,14 +205,14 @@ def write_stdout(data: bytes, what: str):
         raise ApudaeError(f"the reader closed the pipe after {done} of {len(data)} bytes of {what}: output lost")
 
 
-def write_batch(batch, path):
+def write_batch(batch, path, force=False):
     from apudae_tf import pipeline
 
     if path and path != "-":
         pipeline.write(batch, path)
         click.echo(f"wrote {len(batch.x)} images to {path}", err=True)
     else:
-        check_output(path)
+        check_output(path, force=force)
         write_stdout(pipeline.dumps(batch), f"{len(batch.x)} images")
 
 
@@ -156,12 +221,35 @@ BATCH_HELP = ("Images per batch (default: 500 for MNIST- and CIFAR-sized images,
               "so it is part of the result.")
 
 
+def _out_option(given, option="--out"):
+    """How an error names an output location: the option, or that it is the option's default."""
+    return option if given else f"{option} (default)"
+
+
+def check_dataset(dataset, model_dir=None):
+    """A dataset argument names a built-in dataset, a user's npz:PATH or folder:PATH, or a dataset whose model
+    folder (--models) declares it; a typo is one error with the nearest name."""
+    import difflib
+
+    from apudae_tf import data, profiles
+
+    if dataset.startswith(("npz:", "folder:")) or dataset in profiles.REGISTRY or dataset in data.BUILTIN:
+        return
+    if model_dir is not None and os.path.isfile(os.path.join(model_dir, profiles.PROFILE_FILE)):
+        return  # the folder's profile.json declares it (checked when it is read)
+    known = sorted(set(profiles.BUILTIN) | set(data.BUILTIN) | set(data.IMAGE_FOLDERS))
+    near = difflib.get_close_matches(dataset, known, n=1)
+    raise ApudaeError(f"unknown dataset {dataset!r}" + (f"; did you mean {near[0]}?" if near else "")
+                      + f" (use {', '.join(known)}, npz:PATH or folder:PATH)")
+
+
 def model_folder(dataset, model_dir):
     """--models DIR if given, else the shipped saved_models/<dataset>, else what `train` and `tune` made here
     by default (./apudae-runs/<dataset>/tuned, then .../models). The profile the folder was trained with
     (profile.json) joins the registry, so a user's dataset is known from here on."""
     from apudae_tf import profiles, store
 
+    check_dataset(dataset, model_dir)
     if model_dir is None:
         name = profiles.dataset_name(dataset)
         found = [d for d in (store.default_model_dir(name), store.run_dir(name, "tuned"), store.run_dir(name, "models"))
@@ -331,6 +419,8 @@ def train(dataset, what, base_dir, sigma_list, stability_epochs, adapt_to, recip
     if what == "adapted-classifier":
         _variant_list(",".join(v.partition(":")[0] for v in adapt_to))
     sigmas = _sigma_list(sigma_list) if sigma_list is not None else None
+    check_dataset(dataset)
+    out_option = _out_option(out_dir)
     out_dir = out_dir or store.run_dir(dataset, "models")
     declared = profile_path or any(v is not None for v in (eps, steps, step_size, sigma_max))
     # a folder trained before keeps the profile it recorded (e.g. adding the adversarially trained model)
@@ -344,9 +434,9 @@ def train(dataset, what, base_dir, sigma_list, stability_epochs, adapt_to, recip
 
         holds = tuple(os.path.join(store.SMOOTHING_DIR, smoothing_denoiser_file(s, stage))
                       for s in sigmas or profile.smoothing_sigmas for stage in SMOOTHING_STAGES)
-    store.check_output_folder(out_dir, "--out", holds, force=force or resume)
-    click.echo(f"writing to {out_dir}", err=True)
+    store.check_output_folder(out_dir, out_option, holds, force=force or resume)
     ds = data.load_dataset(dataset, data_dir)
+    click.echo(f"writing to {out_dir}", err=True)
     profiles.save(profile, out_dir)
     todo = training.train_order(recipe) if what == "all" else [what]
     summary = {}
@@ -421,12 +511,14 @@ def info(dataset, model_dir, classifier_path, as_json, data_dir):
               help="Samples of the defence's randomness per gradient, or per score for square (default: 8 for F and G, "
                    "else 1).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Output npz (default: stdout, when it is not a terminal).")
+              help="Output npz (default: stdout, when it is not a terminal). An existing file is refused unless "
+                   "--force.")
+@force_option
 @models_option
 @classifier_option
 @data_dir_option
 @friendly_errors
-def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_size, output, model_dir,
+def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_size, output, force, model_dir,
            classifier_path, data_dir, variant, restarts, targets, lam, eot):
     """Attack the classifier; write the adversarial images as pipeline npz.
 
@@ -442,7 +534,7 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
 
     from apudae_tf import attacks, data, pipeline, store
 
-    check_output(output)
+    check_output(output, force=force)
     folder = model_folder(dataset, model_dir)
     ds = data.load_dataset(dataset, data_dir, test_only=split == "test")
     x, y = ds.split(split)
@@ -472,13 +564,15 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
             "settings": dataclasses.asdict(settings), "saw_defence": adaptive}
     if adaptive:
         step["defence"] = seen
-    write_batch(pipeline.Batch(x=x_adv, y=y, meta={"dataset": ds.name, "history": [step]}), output)
+    write_batch(pipeline.Batch(x=x_adv, y=y, meta={"dataset": ds.name, "history": [step]}), output, force)
 
 
 @main.command()
 @click.option("--variant", type=click.Choice(names.PURIFY_VARIANTS), default="F",
               show_default=True, help="Purification variant (spec §3).")
-@click.option("--n", "n_iter", type=click.IntRange(min=0), default=None, help="Iterations n.")
+@click.option("--steps", "n_iter", type=click.IntRange(min=1), default=None,
+              help="Purification iterations n (spec §3), >= 1 (default: the tuned or the profile's).")
+@click.option("--n", "old_n", hidden=True, default=None, expose_value=False, callback=_renamed("--steps"))
 @click.option("--alpha", type=click.FloatRange(min=0), default=None,
               help="Step size (A) or Adam learning rate (B-G), >= 0.")
 @click.option("--eps-r", type=click.FloatRange(min=0), default=None, help="Noise scale ε_r (F, G; eq. 12), >= 0.")
@@ -492,10 +586,13 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False), default=None,
               help="Input npz (default: stdin).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Output npz (default: stdout, when it is not a terminal).")
+              help="Output npz (default: stdout, when it is not a terminal). An existing file is refused unless "
+                   "--force.")
+@force_option
 @models_option
 @friendly_errors
-def purify(variant, n_iter, alpha, eps_r, rho, theta_max, seed, dataset, batch_size, input_path, output, model_dir):
+def purify(variant, n_iter, alpha, eps_r, rho, theta_max, seed, dataset, batch_size, input_path, output, force,
+           model_dir):
     """Purify images with the DAE; reads pipeline npz, writes pipeline npz.
 
     Settings not given come from the model folder's purify_settings.json
@@ -506,7 +603,7 @@ def purify(variant, n_iter, alpha, eps_r, rho, theta_max, seed, dataset, batch_s
 
     from apudae_tf import purify as purification
 
-    check_output(output)
+    check_output(output, force=force)
     batch = read_batch(input_path)
     m = models_for(batch, model_dir, dataset, need=("dae",))
     base = purification.default_settings(m.stats.dataset, variant, m.folder)
@@ -516,7 +613,7 @@ def purify(variant, n_iter, alpha, eps_r, rho, theta_max, seed, dataset, batch_s
     with progress_bar(len(batch.x), f"purify ({variant})") as bar:
         x = p.purify_array(batch.x, batch_size, progress=lambda done: bar.update(done - bar.pos))
     step = {"command": "purify", "variant": variant, "models": m.folder, "settings": dataclasses.asdict(settings)}
-    write_batch(batch.then(x, step), output)
+    write_batch(batch.then(x, step), output, force)
 
 
 @main.command()
@@ -524,7 +621,8 @@ def purify(variant, n_iter, alpha, eps_r, rho, theta_max, seed, dataset, batch_s
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False), default=None,
               help="Input npz (default: stdin).")
 @click.option("-o", "--predictions", type=click.Path(dir_okay=False), default=None,
-              help="Write the predictions (pred, logits) to this npz.")
+              help="Write the predictions (pred, logits) to this npz; an existing file is refused unless --force.")
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--smooth", "smooth_sigma", type=click.FloatRange(0, 4, min_open=True), default=None,
               help="Classify with randomized smoothing at this sigma: PREDICT (Cohen et al. 2019) over --N noisy "
@@ -540,7 +638,7 @@ def purify(variant, n_iter, alpha, eps_r, rho, theta_max, seed, dataset, batch_s
 @models_option
 @classifier_option
 @friendly_errors
-def classify(dataset, input_path, predictions, as_json, smooth_sigma, denoiser, n_draws, alpha, seed, model_dir,
+def classify(dataset, input_path, predictions, force, as_json, smooth_sigma, denoiser, n_draws, alpha, seed, model_dir,
              classifier_path):
     """Classify pipeline npz images; print the accuracy when labels are present."""
     import numpy as np
@@ -548,7 +646,7 @@ def classify(dataset, input_path, predictions, as_json, smooth_sigma, denoiser, 
     from apudae_tf import models, store
 
     if predictions:
-        store.check_output_file(predictions, "-o")
+        store.check_output_file(predictions, "-o", force)
     batch = read_batch(input_path)
     m = models_for(batch, model_dir, dataset, need=("classifier",), classifier=classifier_path)
     result = {"n": int(len(batch.x)), "dataset": batch.dataset or dataset, "models": m.folder,
@@ -680,6 +778,7 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
 
     chosen_variants = None if defense_gan else _variant_list(variants)
     folder = model_folder(dataset, model_dir)
+    out_option = _out_option(out_dir)
     out_dir = out_dir or store.run_dir(dataset, "tuned")
     same = os.path.realpath(out_dir) == os.path.realpath(folder)
     holds = (store.GENERATOR_INFO,) if defense_gan and same else () if defense_gan else (store.PURIFY_SETTINGS,)
@@ -688,14 +787,15 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
         sources = {store.CLASSIFIER: classifier_path or os.path.join(folder, store.CLASSIFIER),
                    store.DAE: os.path.join(folder, store.DAE)}
         differ = tuple(f for f, src in sources.items() if not store.same_file(src, os.path.join(out_dir, f)))
-        store.check_output_folder(out_dir, "--out", holds + differ, force)
+        store.check_output_folder(out_dir, out_option, holds + differ, force)
     else:
-        store.check_output_folder(out_dir, "--out", holds, force)
+        store.check_output_folder(out_dir, out_option, holds, force)
+    report_option = _out_option(report_path, "--report")
     report_path = report_path or os.path.join(out_dir, "tune_gan.json" if defense_gan else "tune.json")
-    store.check_output_file(report_path, "--report", force=force)
-    click.echo(f"writing to {out_dir}", err=True)
+    store.check_output_file(report_path, report_option, force=force)
     ds = data.load_dataset(dataset, data_dir)
     m = store.load_models(folder, ds.image_shape, classifier=classifier_path, num_classes=ds.num_classes)
+    click.echo(f"writing to {out_dir}", err=True)
     if not same:
         store.copy_model_files(folder, out_dir)
         if classifier_path:  # the choice is for this classifier: the new folder holds it
@@ -751,8 +851,9 @@ def _load_generator(folder, dataset, command):
 
     path = os.path.join(folder, defensegan.GAN_FILE)
     if not os.path.isfile(path):
+        where = "" if store.is_shipped(folder) else f" --out {folder}"
         raise ApudaeError(f"no {defensegan.GAN_FILE} in {folder}: train it with `apudae-tf train {dataset} "
-                          f"--what gan`" + (" or leave out --defense-gan" if command == "evaluate" else ""))
+                          f"--what gan{where}`" + (" or leave out --defense-gan" if command == "evaluate" else ""))
     return store.load_model(path)
 
 
@@ -879,19 +980,24 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_traini
                             denoiser_dir, predict_n, alpha, mixed_precision, certify_path, no_purifier, model_dir,
                             classifier_path, data_dir)
     report = "adaptive" if adaptive else "table"
-    out_dir = out_dir or store.run_dir(dataset, "evaluate")
-    store.check_output_folder(out_dir, "--out", (f"{report}.json", f"{report}.md"), force)
     folder = model_folder(dataset, model_dir)
+    out_option = _out_option(out_dir)
+    out_dir = out_dir or store.run_dir(dataset, "evaluate")
+    store.check_output_folder(out_dir, out_option, (f"{report}.json", f"{report}.md"), force)
     chosen = ev.parse_variants(profiles.get(profiles.dataset_name(dataset)).name, variants)
-    click.echo(f"writing to {out_dir}", err=True)
+    if "chosen" in chosen and table.chosen_variant(ev._tuned(folder)) is None:
+        click.echo(f"note: nothing in {folder} was tuned on validation, so --variants' 'chosen' row is left out; "
+                   f"`apudae-tf tune {dataset} --models {folder}` chooses one", err=True)
     ds = data.load_dataset(dataset, data_dir)
     m = store.load_models(folder, ds.image_shape, classifier=classifier_path, num_classes=ds.num_classes)
     adv = None
     if not no_adv_training:
         if not os.path.isfile(os.path.join(folder, store.ADV_CLASSIFIER)):
-            raise ApudaeError(f"no {store.ADV_CLASSIFIER} in {folder}: train it with `apudae-tf train {ds.name} "
-                              "--what adv-classifier` or pass --no-adv-training")
+            raise ApudaeError(f"no {store.ADV_CLASSIFIER} in {folder}: pass --no-adv-training"
+                              + ("" if store.is_shipped(folder) else
+                                 f", or train it with `apudae-tf train {dataset} --what adv-classifier --out {folder}`"))
         adv = store.load_adv_classifier(folder)
+    click.echo(f"writing to {out_dir}", err=True)
     gan = None
     if defense_gan:
         from apudae_tf import defensegan
@@ -933,9 +1039,10 @@ def _evaluate_l2(dataset, n_images, every, out_dir, force, budget, seed, sigma, 
     from apudae_tf import adaptive_l2, certify as cert, data, profiles, store
 
     kinds = _denoiser_kinds(denoiser_list)
-    out_dir = out_dir or store.run_dir(dataset, "evaluate")
-    store.check_output_folder(out_dir, "--out", ("adaptive_l2.json", "adaptive_l2.md"), force)
     folder = model_folder(dataset, model_dir)
+    out_option = _out_option(out_dir)
+    out_dir = out_dir or store.run_dir(dataset, "evaluate")
+    store.check_output_folder(out_dir, out_option, ("adaptive_l2.json", "adaptive_l2.md"), force)
     name = profiles.dataset_name(dataset)
     if profiles.get(name).l2_threat is None:
         raise ApudaeError(f"dataset {name!r} declares no L2 threat model (l2_threat in its profile)")

@@ -6,6 +6,7 @@ setup(
     description="Adversarial purification with denoising autoencoders (APuDAE) in TensorFlow/Keras",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["apudae_tf", "apudae_tf.*"]) + ["apudae_tf.saved_models"],
     # the trained models in saved_models/ install inside the package, so an
@@ -22,6 +23,7 @@ setup(
         "numpy",
         "click>=8",
         "matplotlib",
+        "scipy",  # randomized smoothing's statistics (Clopper-Pearson bound, binomial test, normal quantile)
     ],
     extras_require={"test": ["pytest", "pytest-xdist"]},
     entry_points={"console_scripts": ["apudae-tf=cli:main"]},

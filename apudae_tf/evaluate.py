@@ -323,15 +323,32 @@ def table_figures(m: Models, ds: Dataset, variant: str, x_adv: np.ndarray, out_d
     ], m.stats.mu, threshold)
     fn = m.classifier_fn()
 
+    names = class_names(ds)
+
     def labels(images):
         pred = np.argmax(models.predict_in_batches(fn, images), 1)
-        return [f"{p}" + ("" if p == t else " ✗") for p, t in zip(pred, y[: len(images)])]
+        return [(names[p] if names else f"{p}") + ("" if p == t else " ✗") for p, t in zip(pred, y[: len(images)])]
 
     k = 10
     grid = os.path.join(out_dir, "examples.png")
     plots.image_grid(grid, [("clean", x[:k], labels(x[:k])), (attack, x_adv[:k], labels(x_adv[:k])),
                             (f"purified ({variant})", adv_pur[:k], labels(adv_pur[:k]))])
-    return {"histograms": hist, "examples": grid, "figure_images": int(len(x)), "attack": attack}
+    return {"histograms": hist, "examples": grid, "figure_images": int(len(x)), "attack": attack, "variant": variant}
+
+
+SYNSET_WORDS = "synset_words.txt"  # ImageNet's class k is its k-th line: "n01440764 tench, Tinca tinca"
+
+
+def class_names(ds: Dataset, width: int = 14) -> list[str] | None:
+    """Short class names for figures, where the dataset's folder has them (ImageNet's synset_words.txt: the
+    first name of each class), else None (figures then show class indices)."""
+    import os
+
+    path = os.path.join(ds.source, SYNSET_WORDS) if isinstance(ds.source, str) else ""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return [line.strip().partition(" ")[2].split(",")[0][:width] for line in f if line.strip()]
 
 
 def correctly_classified(ds: Dataset, classifier_fn, n: int, batch_size: int = 100) -> tuple[Dataset, dict]:
@@ -557,7 +574,8 @@ def table_notes(result: dict) -> list[str]:
                          f"{t['val_pgd']:.3f} |")
     if result.get("figures"):
         f = result["figures"]
-        lines += ["", f"Figures (first {f['figure_images']} test images, variant {result['chosen_variant']}): "
+        lines += ["", f"Figures (first {f['figure_images']} test images, variant "
+                  f"{f.get('variant') or result['chosen_variant']}): "
                   f"![r(x) histograms](fig3_r_hist.png) ![clean, {f.get('attack', 'PGD')} and purified images](examples.png)"]
     return lines
 

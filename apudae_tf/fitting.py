@@ -92,9 +92,9 @@ def precision(mixed: bool):
 
 
 def verbose() -> int:
-    """Keras' progress: a live bar on a terminal, one line per epoch in a log (always on stderr: the CLI
-    keeps stdout for data)."""
-    return 1 if sys.stderr.isatty() else 2
+    """Keras' progress: a live bar on a terminal; nothing in a log, where ``EpochLog`` writes the one line per
+    epoch (always on stderr: the CLI keeps stdout for data)."""
+    return 1 if sys.stderr.isatty() else 0
 
 
 class EpochLog(keras.callbacks.Callback):

@@ -79,7 +79,7 @@ def roc_curves(path: str, curves: dict) -> None:
         ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
         ax.set_xlabel("false-positive rate (clean images flagged)")
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="lower right")  # ROC curves climb the upper left: keep the axis label clear
     axes[0, 0].set_ylabel("true-positive rate (adversarial images flagged)")
     fig.suptitle("r(x) > t as a detector of adversarial inputs")
     _save(plt, fig, path)

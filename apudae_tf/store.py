@@ -130,10 +130,12 @@ def probe_folder(folder: str, option: str, value: str) -> None:
 
 
 def check_output_file(path: str, option: str, force: bool = False) -> None:
-    """Before any work: ``path`` (the value of ``option``) can be written, is not a folder, and is not inside
-    a shipped model folder unless ``force``."""
+    """Before any work: ``path`` (the value of ``option``) can be written, is not a folder, does not exist yet
+    and is not inside a shipped model folder, unless ``force``."""
     if os.path.isdir(path):
         raise ApudaeError(f"{option} {path}: is a folder; name a file")
+    if os.path.exists(path) and not force:
+        raise ApudaeError(f"{option} {path}: the file exists; choose another name, or pass --force to replace it")
     if is_shipped(path) and not force:
         raise ApudaeError(f"{option} {path}: inside the shipped models ({shown_path(SAVED_MODELS)}); choose another "
                           "place, or pass --force to change the shipped files")

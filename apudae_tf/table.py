@@ -301,7 +301,8 @@ def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dic
             attack_seconds[(cell.name, cell.ekey)] = {"target": cell.name, "attack": cell.method, "column": c.key,
                                                       "n": int(len(idx)), "seconds": round(cell.attack_seconds, 2)}
             rec = cell.record
-            run.echo(f"[{done}/{total}] {d.name} × {c.key}: {rec['accuracy']:.4f} "
+            column = f"{c.key} (λ={c.settings.lam:g})" if c.key == "weighted" else c.key
+            run.echo(f"[{done}/{total}] {d.name} × {column}: {rec['accuracy']:.4f} "
                      + (f"(n={c.n}, {rec['seconds']:.0f} s)" if cell.scored else "(cached)"))
             if per_image:
                 robust = unpack(rec["robust"], c.n)
@@ -417,7 +418,8 @@ class _Run:
             got, spent = (x, 0.0) if method == "none" or not len(part) else self.cache.examples(pekey)
         if got is None or len(got) != len(part):
             t0 = time.time()
-            label = f"{method} on {name} ({len(part)} images{where})"
+            lam = f", λ={s.lam:g}" if method == "weighted" else ""
+            label = f"{method} on {name} ({len(part)} images{where}{lam})"
             batches = self.cache.batches(pekey)
             attack = functools.partial(attacks.run_attack, method, self.targets[d.target], x, self.ds.y_test[part],
                                        dataclasses.replace(s, seed=s.seed + offset), batch_size=self.batch_size,

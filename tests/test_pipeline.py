@@ -31,7 +31,7 @@ def test_foreign_npz_flows_through_purify_and_classify(tiny_models):
     # written by plain numpy, not apudae-tf: no meta at all
     x, y = _good()
     data = _npz_bytes(x=x, y=y)
-    res = _run(["purify", "--variant", "B", "--n", "3", "--models", tiny_models], data)
+    res = _run(["purify", "--variant", "B", "--steps", "3", "--models", tiny_models], data)
     assert res.exit_code == 0, res.output
     batch = pipeline.loads(res.stdout_bytes, "purify output")
     assert batch.x.shape == x.shape and batch.x.dtype == np.float32

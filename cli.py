@@ -233,7 +233,8 @@ def check_dataset(dataset, model_dir=None):
 
     from apudae_tf import data, profiles
 
-    if dataset.startswith(("npz:", "folder:")) or dataset in profiles.REGISTRY or dataset in data.BUILTIN:
+    if dataset is None or dataset.startswith(("npz:", "folder:")) or dataset in profiles.REGISTRY \
+            or dataset in data.BUILTIN:
         return
     if model_dir is not None and os.path.isfile(os.path.join(model_dir, profiles.PROFILE_FILE)):
         return  # the folder's profile.json declares it (checked when it is read)

@@ -1085,7 +1085,8 @@ def _denoiser_kinds(text: str) -> list[str]:
                    "input space.")
 @click.option("--denoisers", "denoiser_list", default="none,mse,stability", show_default=True,
               help="Rows per sigma, comma-separated: none (the classifier smoothed directly), mse, stability (the "
-                   "denoisers of `train --what smoothing-dae` in DENOISERS-FROM/smoothing/).")
+                   "denoisers of `train --what smoothing-dae` in DENOISERS-FROM/smoothing/), purify (the mse denoiser, "
+                   "then the APuDAE variant chosen on validation in the models folder: ~3n+1 DAE passes a draw).")
 @click.option("--n", "n_images", type=click.IntRange(min=1), default=100, show_default=True,
               help="Certify this many test images: every EVERY-th from the first.")
 @click.option("--every", type=click.IntRange(min=1), default=20, show_default=True,
@@ -1147,8 +1148,8 @@ def certify(dataset, sigma_list, denoiser_list, n_images, every, n0, n_draws, al
     ds = data.load_dataset(dataset, data_dir, test_only=True)
     m = store.load_models(folder, ds.image_shape, need=("classifier",), classifier=classifier_path,
                           num_classes=ds.num_classes)
-    rows = [cert.load_row(m.classifier_file, s, d, denoiser_dir or folder, settings, ds.num_classes, m.classifier)
-            for s in sigmas for d in kinds]
+    rows = [cert.load_row(m.classifier_file, s, d, denoiser_dir or folder, settings, ds.num_classes, m.classifier,
+                          purifier_folder=folder) for s in sigmas for d in kinds]
     indices = cert.test_indices(len(ds.x_test), n_images, every)
     command = "apudae-tf certify " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     echo = functools.partial(click.echo, err=True)

@@ -19,7 +19,9 @@ import numpy as np
 from apudae_tf import models, profiles, smoothing, store
 from apudae_tf.errors import ApudaeError
 
-DENOISERS = ("none", "mse", "stability")
+DENOISERS = ("none", "mse", "stability", "purify")
+# "purify": the MSE denoiser of σ, then the APuDAE variant chosen on validation (its loop with the folder's DAE, in
+# the near-clean regime it was trained for), then the classifier: the paper's purification inside the smoothing
 # the radii a report tabulates: certified accuracy at r counts the images certified correct with radius >= r
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
 REPORT = "certify.json"
@@ -77,29 +79,53 @@ def denoiser_path(folder: str, sigma: float, denoiser: str) -> str:
 
 
 def load_row(classifier_path: str, sigma: float, denoiser: str, denoiser_folder: str, settings: CertifySettings,
-             num_classes: int | None = None, classifier=None) -> Row:
+             num_classes: int | None = None, classifier=None, purifier_folder: str | None = None) -> Row:
     """The smoothed classifier of one row: ``classifier_path``'s model (or ``classifier``, already loaded from
-    it) at noise ``sigma`` behind ``denoiser`` (``none``, or a stage of ``denoiser_folder``/smoothing/)."""
+    it) at noise ``sigma`` behind ``denoiser`` (``none``, or a stage of ``denoiser_folder``/smoothing/; ``purify``:
+    the MSE stage, then the variant chosen in ``purifier_folder``, default ``denoiser_folder``)."""
     from apudae_tf import fitting
 
     classifier = classifier or store.load_model(classifier_path)
-    dae, dae_digest, precision = None, None, "float32"
+    dae, dae_digest, precision, purifier, name = None, None, "float32", None, denoiser
+    if denoiser == "purify":
+        purifier = chosen_purifier(purifier_folder or denoiser_folder)
+        name = f"purify-{purifier.variant}"
     if denoiser != "none":
-        path = denoiser_path(denoiser_folder, sigma, denoiser)
+        path = denoiser_path(denoiser_folder, sigma, "mse" if denoiser == "purify" else denoiser)
         if not os.path.isfile(path):
             raise ApudaeError(f"no {denoiser} denoiser for sigma {sigma:g} in {store.shown_path(denoiser_folder)} "
                               f"({os.path.basename(path)}); train it with `apudae-tf train DATASET --what smoothing-dae "
                               f"--sigma {sigma:g} --out FOLDER` and pass --denoisers-from FOLDER")
         dae, dae_digest = store.load_model(path), store.file_digest(path)
+        if purifier is not None:  # the loop's DAE and settings are part of the base classifier
+            from apudae_tf.table import digest
+
+            dae_digest = digest(dae_digest, store.file_digest(os.path.join(purifier_folder or denoiser_folder, store.DAE)),
+                                purifier.variant, dataclasses.asdict(purifier.settings))
         if settings.mixed_precision:
             precision = fitting.mixed_policy().replace("mixed_", "") + " denoiser"
             dae = models.with_policy(dae, fitting.mixed_policy())
-    smoothed = smoothing.Smoothed(classifier, sigma, denoiser=dae, num_classes=num_classes,
-                                  batch_size=settings.batch_size, name=denoiser)
-    identity = {"sigma": float(sigma), "denoiser": denoiser, "classifier": store.shown_path(classifier_path),
+    smoothed = smoothing.Smoothed(classifier, sigma, denoiser=dae, purifier=purifier, num_classes=num_classes,
+                                  batch_size=settings.batch_size, name=name)
+    identity = {"sigma": float(sigma), "denoiser": name, "classifier": store.shown_path(classifier_path),
                 "classifier_digest": store.file_digest(classifier_path), "denoiser_digest": dae_digest,
                 "precision": precision}
     return Row(smoothed, identity)
+
+
+def chosen_purifier(folder: str):
+    """The APuDAE variant chosen on validation in ``folder`` (purify_settings.json), with its DAE."""
+    from apudae_tf import evaluate, profiles, table
+    from apudae_tf.purify import Purifier, default_settings
+
+    variant = table.chosen_variant(evaluate._tuned(folder))
+    if variant is None:
+        raise ApudaeError(f"--denoisers purify: nothing in {store.shown_path(folder)} was tuned on validation; run "
+                          f"`apudae-tf tune DATASET --models {store.shown_path(folder)}` first")
+    stats = store.load_stats(folder)
+    return Purifier(store.load_model(os.path.join(folder, store.DAE)), stats, variant,
+                    default_settings(stats.dataset, variant, folder),
+                    checkpoint=profiles.get(stats.dataset).checkpoint_steps)
 
 
 def row_key(record: dict) -> tuple:
@@ -215,6 +241,8 @@ def flops_of(row: Row) -> tuple[str, float]:
     """(the key of a row's models, GFLOP of one draw through its base classifier)."""
     s = row.smoothed
     flops = models.forward_flops(s.classifier) + (models.forward_flops(s.denoiser) if s.denoiser is not None else 0)
+    if s.purifier is not None:  # r(x_in), then per step a forward and an input gradient (~2 forwards) of its DAE
+        flops += (3 * s.purifier.settings.n + 1) * models.forward_flops(s.purifier.dae)
     return _flops_key(row.identity), flops / 1e9
 
 

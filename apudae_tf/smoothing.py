@@ -80,13 +80,16 @@ def gaussian_draws(x, sigma, m, seed, batch):
     return x[None] + tf.cast(sigma, x.dtype) * tf.random.stateless_normal(shape, seed=s, dtype=x.dtype)
 
 
-def base_logits(classifier, denoiser=None):
+def base_logits(classifier, denoiser=None, purifier=None):
     """x̃ -> f(clip(D(x̃), 0, 1)) (or f(x̃)), float32 logits, both models in inference mode: the base
-    classifier's scores."""
+    classifier's scores. With a ``purifier`` (the APuDAE loop, purify.Purifier) its purification runs between
+    the denoiser and the classifier, on the denoised image clipped to [0, 1]."""
 
     def logits(noisy):
         if denoiser is not None:
             noisy = tf.cast(models.denoise(denoiser, noisy), noisy.dtype)
+        if purifier is not None:
+            noisy = purifier.purify(tf.clip_by_value(noisy, 0.0, 1.0))
         return tf.cast(classifier(noisy, training=False), tf.float32)
 
     return logits
@@ -105,17 +108,19 @@ class Certificate:
 
 
 class Smoothed:
-    """The smoothed classifier g of a base classifier (``classifier`` after ``denoiser``, if any) at noise
-    level ``sigma``. ``batch_size`` noisy copies go through the base classifier at a time."""
+    """The smoothed classifier g of a base classifier (``classifier`` after ``denoiser`` and ``purifier``, if
+    any; ``base_logits``) at noise level ``sigma``. ``batch_size`` noisy copies go through the base classifier
+    at a time."""
 
-    def __init__(self, classifier, sigma: float, *, denoiser=None, num_classes: int | None = None,
+    def __init__(self, classifier, sigma: float, *, denoiser=None, purifier=None, num_classes: int | None = None,
                  batch_size: int = 1000, name: str = ""):
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
-        self.classifier, self.denoiser, self.sigma, self.name = classifier, denoiser, float(sigma), name
+        self.classifier, self.denoiser, self.purifier = classifier, denoiser, purifier
+        self.sigma, self.name = float(sigma), name
         self.num_classes = int(num_classes or classifier.output_shape[-1])
         self.batch_size = int(batch_size)
-        self.logits = base_logits(classifier, denoiser)
+        self.logits = base_logits(classifier, denoiser, purifier)
         self._counts = tf.function(self.counts_graph, reduce_retracing=True)
         self._draws = tf.function(lambda x, m, seed, b: gaussian_draws(x, self.sigma, m, seed, b),
                                   reduce_retracing=True)

@@ -22,12 +22,16 @@ for dataset in "${datasets[@]}"; do
       "${certify[@]}" --sigma 0.5,1 --denoisers stability --n 500
       "${certify[@]}" --sigma 0.25 --denoisers stability --n 100
       "${certify[@]}" --sigma 0.25,0.5,1 --denoisers none,mse --n 100
+      # the experiment: the APuDAE loop (D, 20 steps) after the MSE denoiser inside the smoothing, beside the
+      # denoisers alone at the same N = 1,000 (the loop costs ~60 DAE passes a draw)
+      "${certify[@]}" --sigma 0.5 --denoisers mse,stability,purify --n 100 --N 1000
       ;;
     cifar10)
       "${certify[@]}" --sigma 0.25,0.5,1 --denoisers stability --n 500
       "${certify[@]}" --sigma 0.25,0.5,1 --denoisers none,mse --n 100
       # the classifier fine-tuned on purified images (cifar10-adapted), behind the same MSE denoisers
       "${certify[@]}" --sigma 0.25,0.5 --denoisers none,mse --n 100 --models saved_models/cifar10-adapted
+      "${certify[@]}" --sigma 0.25 --denoisers mse,stability,purify --n 100 --N 1000
       ;;
     *) echo "usage: $0 [mnist] [cifar10]" >&2; exit 2 ;;
   esac

@@ -467,16 +467,16 @@ def info(dataset, model_dir, classifier_path, as_json, data_dir):
     Scores the whole test split; r(x) is reported on clean test and
     validation images beside the stored mu and sigma.
     """
-    from apudae_tf import data, evaluate, store
+    from apudae_tf import data, reports, store
 
     folder = model_folder(dataset, model_dir)
     ds = data.load_dataset(dataset, data_dir)
     m = store.load_models(folder, ds.image_shape, classifier=classifier_path, num_classes=ds.num_classes)
-    facts = evaluate.model_facts(m, ds)
+    facts = reports.model_facts(m, ds)
     if as_json:
         click.echo(json.dumps(facts, indent=2))
     else:
-        click.echo(evaluate.format_facts(facts))
+        click.echo(reports.format_facts(facts))
 
 
 @main.command()
@@ -775,7 +775,7 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
     Each scored setting is kept in ./apudae-runs/<dataset>/tune-cache, so the
     same command run again after an interruption resumes.
     """
-    from apudae_tf import attacks, data, evaluate, store
+    from apudae_tf import attacks, data, reports, store
 
     chosen_variants = None if defense_gan else _variant_list(variants)
     folder = model_folder(dataset, model_dir)
@@ -812,7 +812,7 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
                    f"clean {row['clean']:.3f} pgd {row['pgd']:.3f}", err=True)
 
     # every scored setting is kept, so an interrupted tune resumes (at ImageNet size one costs minutes)
-    report = evaluate.tune(m, ds, chosen_variants, n_val, attacks.preset(ds.name, seed=seed), seed, progress=show,
+    report = reports.tune(m, ds, chosen_variants, n_val, attacks.preset(ds.name, seed=seed), seed, progress=show,
                            cache_dir=store.run_dir(dataset, "tune-cache"))
     report["command"] = "apudae-tf tune " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     report["models"] = store.shown_path(folder)
@@ -830,7 +830,7 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
 
 
 def _tune_gan(ds, m, folder, out_dir, n_val, seed, report_path):
-    from apudae_tf import attacks, defensegan, evaluate, store
+    from apudae_tf import attacks, defensegan, reports, store
 
     gen = _load_generator(folder, ds.name, "tune")
 
@@ -839,7 +839,7 @@ def _tune_gan(ds, m, folder, out_dir, n_val, seed, report_path):
         click.echo(f"Defense-GAN: L={s['restarts']} R={s['steps']} lr={s['lr']:g} clean {row['clean']:.3f} "
                    f"pgd {row['pgd']:.3f} ({row['ms_per_image']:.0f} ms/image)", err=True)
 
-    report = evaluate.tune_gan(m, ds, gen, n_val, attacks.preset(ds.name, seed=seed), seed=seed, progress=show)
+    report = reports.tune_gan(m, ds, gen, n_val, attacks.preset(ds.name, seed=seed), seed=seed, progress=show)
     report["command"] = "apudae-tf tune " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     store.write_json(report_path, report)
     defensegan.save_search(out_dir, report)
@@ -970,7 +970,7 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_traini
     Writes OUT/table.json (records), OUT/table.md (the paper's numbers
     beside ours) and PNG figures. An interrupted run resumes from OUT/cache.
     """
-    from apudae_tf import data, evaluate as ev, profiles, store, table
+    from apudae_tf import data, reports as ev, profiles, store, table
 
     if norm == "l2":
         if not adaptive:

@@ -68,10 +68,10 @@ def smoothing_rows(m, sigma: float, denoisers, denoiser_dir: str, predict_n: int
 
 def purifier_row(m, ds: Dataset, fn, files: dict):
     """The APuDAE variant chosen on validation (purify_settings.json), or None when nothing was tuned."""
-    from apudae_tf import evaluate
+    from apudae_tf import reports
     from apudae_tf.purify import Purifier, default_settings
 
-    chosen = table.chosen_variant(evaluate._tuned(m.folder))
+    chosen = table.chosen_variant(reports._tuned(m.folder))
     if chosen is None or m.dae is None:
         return None
     s = default_settings(ds.name, chosen, m.folder)

@@ -789,12 +789,10 @@ def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size
             raise ApudaeError(f"the {method} attack needs the defence it attacks (a purification variant)")
         fn = functools.partial(DEFENCE_ATTACKS[method], defence=defence)
     elif method in ENSEMBLE_ATTACKS:
-        # one model object for every batch: its compiled gradient is traced once. A defence that says how it
-        # is attacked (the smoothed classifier) gives its own model; a purifier is differentiated through
-        if defence is not None and hasattr(defence, "attack_model"):
+        # one model object for every batch: its compiled gradient is traced once. The defence says how it is
+        # attacked (defences.BaseDefence.attack_model: classifier ∘ defence, or the soft smoothed classifier)
+        if defence is not None:
             model_fn, settings = defence.attack_model(model_fn, settings)
-        elif defence is not None:
-            model_fn = DefendedModel(defence, model_fn, getattr(defence, "gradient", "exact"), settings.seed)
         fn = ENSEMBLE_ATTACKS[method]
     elif method in ATTACKS:
         fn = ATTACKS[method]

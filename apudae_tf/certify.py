@@ -115,10 +115,10 @@ def load_row(classifier_path: str, sigma: float, denoiser: str, denoiser_folder:
 
 def chosen_purifier(folder: str):
     """The APuDAE variant chosen on validation in ``folder`` (purify_settings.json), with its DAE."""
-    from apudae_tf import evaluate, profiles, table
+    from apudae_tf import reports, profiles, table
     from apudae_tf.purify import Purifier, default_settings
 
-    variant = table.chosen_variant(evaluate._tuned(folder))
+    variant = table.chosen_variant(reports._tuned(folder))
     if variant is None:
         raise ApudaeError(f"--denoisers purify: nothing in {store.shown_path(folder)} was tuned on validation; run "
                           f"`apudae-tf tune DATASET --models {store.shown_path(folder)}` first")

@@ -20,6 +20,7 @@ import tensorflow as tf
 from keras import layers
 
 from apudae_tf import models, store
+from apudae_tf.defences import BaseDefence
 from apudae_tf.errors import ApudaeError
 
 LATENT_DIM = 128
@@ -125,7 +126,7 @@ def _search(generator, x, z0, steps, lr, momentum):
     return z, error(z)
 
 
-class DefenseGan:
+class DefenseGan(BaseDefence):
     """``purify(x)`` = G(z*), z* the best of L restarts of the latent search.
 
     To the adaptive report it is a purifier like APuDAE's: random (each seed draws new restarts),
@@ -135,8 +136,8 @@ class DefenseGan:
     variant = "defense-gan"
     model_key = "generator"  # the model file whose digest keys its attacks' examples
     is_random = True
+    # no ``function``: attacks see the search forward and the identity backward (BPDA), as ``gradient`` says
     attacks = ("bpda-eot", "apgd-ce", "apgd-dlr", "apgd-t", "square")
-    gradient = "bpda"  # the gradient attacks see: the search forward, the identity backward
 
     def __init__(self, generator, settings: SearchSettings = SearchSettings()):
         self.generator, self.settings = generator, settings.check()

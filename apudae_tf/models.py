@@ -285,7 +285,7 @@ def batch_for(image_shape, pixels: int = FORWARD_PIXELS) -> int:
 
 def inference_fn(model):
     """A Keras model as a compiled ``x -> output`` callable in inference mode (dropout off)."""
-    return tf.function(lambda x: model(x, training=False))
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
 def predict_in_batches(fn, x, batch_size: int | None = None):

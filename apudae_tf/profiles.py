@@ -27,13 +27,20 @@ PROFILE_FILE = "profile.json"
 
 @dataclasses.dataclass(frozen=True)
 class ThreatModel:
-    """The attacker's budget (spec §4) and the preset of the iterative attacks (PGD/BIM)."""
+    """The attacker's budget (spec §4): the norm and ε, and the preset of the iterative attacks (PGD/BIM):
+    ``steps`` (default 40) of ``step`` (default 2.5·ε/steps, Madry et al.'s ratio)."""
 
     eps: float
-    steps: int
-    step: float
+    steps: int = 0  # 0: DEFAULT_PGD_STEPS
+    step: float = 0.0  # 0: 2.5·ε/steps
     norm: str = "linf"
     rand_init: bool = True
+
+    def __post_init__(self):
+        if not self.steps:
+            object.__setattr__(self, "steps", DEFAULT_PGD_STEPS)
+        if not self.step:
+            object.__setattr__(self, "step", 2.5 * self.eps / self.steps)
 
     def check(self, where: str) -> ThreatModel:
         if self.norm not in NORMS:
@@ -46,6 +53,7 @@ class ThreatModel:
 
 
 NORMS = ("linf", "l2")
+DEFAULT_PGD_STEPS = 40  # Madry et al.'s PGD-40
 L2_EPS_MAX = 100.0  # an L2 budget beyond this changes every pixel of a 224-px image by ~0.26 on average
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from apudae_tf import fitting, models, names, profiles
+from apudae_tf.defences import BaseDefence
 from apudae_tf.errors import ApudaeError
 from apudae_tf.store import DaeStats
 
@@ -234,7 +235,7 @@ def _stepwise_gradient(step, lr_of, x0, n):
     return run(x0)
 
 
-class Purifier:
+class Purifier(BaseDefence):
     """Purify batches with one variant.
 
     ``function(x, seed)`` is the purification: one ``tf.while_loop`` over the pieces of the
@@ -256,7 +257,6 @@ class Purifier:
     model_key = "dae"  # the model file whose digest keys its attacks' examples
     # every attack of spec §5 applies, and the AutoAttack-grade ones through ``function``'s exact gradient
     attacks = ("bpda", "weighted", "adaptive", "bpda-eot", "apgd-ce", "apgd-dlr", "apgd-t", "square")
-    gradient = "exact"
 
     def __init__(self, dae, stats: DaeStats, variant: str, settings: PurifySettings | None = None,
                  jit_compile: bool = False, checkpoint: bool = False):

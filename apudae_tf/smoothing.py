@@ -26,6 +26,7 @@ import tensorflow as tf
 from scipy import stats
 
 from apudae_tf import fitting, models
+from apudae_tf.defences import BaseDefence
 
 ABSTAIN = -1
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2  # the phases of the draws: each has its own noise
@@ -221,24 +222,41 @@ class SmoothingSettings:
     seed: int = 0
 
 
-class SmoothingDefence:
-    """The smoothed classifier as a defence the adaptive report attacks and scores (the table's "purifier"
-    slot): attacks see the soft smoothed classifier (``SoftSmoothedModel``, the budget's EOT draws inside
+class SmoothingDefence(BaseDefence):
+    """The smoothed classifier as a defence the adaptive report attacks and scores. As a map x → x it is one
+    draw of the noise through the denoiser (``purify``: clip(D(x + δ), 0, 1), random); as a classifier it is the
+    vote over many. Attacks see the soft smoothed classifier (``attack_model``: the budget's EOT draws inside
     each call), and every attacked image is scored by PREDICT (``predict``), abstentions counting as wrong."""
 
     is_random = True
-    gradient = "exact"
-    attacks = ("apgd-ce", "apgd-dlr", "apgd-t", "square")  # through the smoothed classifier; blind PGD is not
 
     def __init__(self, smoothed: Smoothed, settings: SmoothingSettings, model_key: str):
         self.smoothed, self.settings, self.model_key = smoothed, settings, model_key
         self.variant = f"smoothing σ={settings.sigma:g} {settings.denoiser}"
+
+    def function(self, x, seed=None):
+        """One draw: clip(D(x + δ), 0, 1) (x + δ with no denoiser), δ from the stateless seed (seed, 0)."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        seed = tf.stack([tf.cast(0 if seed is None else seed, tf.int64), tf.constant(0, tf.int64)])
+        noisy = x + self.smoothed.sigma * tf.random.stateless_normal(tf.shape(x), seed=seed)
+        s = self.smoothed
+        if s.denoiser is not None:
+            noisy = tf.cast(models.denoise(s.denoiser, noisy), tf.float32)
+        if s.purifier is not None:
+            noisy = s.purifier.purify(tf.clip_by_value(noisy, 0.0, 1.0))
+        return noisy
+
+    purify = function
 
     def attack_model(self, model_fn, attack_settings):
         """(the model the attack differentiates, its settings): the budget's EOT draws go inside each call,
         where the soft classifier averages them, and the attack calls it once per gradient."""
         model = SoftSmoothedModel(self.smoothed, max(int(attack_settings.eot), 1), attack_settings.seed)
         return model, dataclasses.replace(attack_settings, eot=1)
+
+    def predictor(self, model_fn, fresh: bool = False):
+        """Scored by PREDICT: its own noise, which no attack draws (``fresh`` changes nothing)."""
+        return self.predict
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """PREDICT on every image of a batch (the i-th image's noise from seed (seed, i)); ABSTAIN = −1."""

@@ -491,7 +491,7 @@ def _score_cell(d: Defence, c: Column, method: str, s, purifier, examples, idx, 
               "saw_defence": d.target != "classifier" or purifier is not None}
     if method in attacks.ENSEMBLE_ATTACKS:
         attack["gradient"] = "none (scores only)" if method == "square" else (
-            getattr(purifier, "gradient", "exact") if purifier is not None else "white box")
+            purifier.gradient if purifier is not None else "white box")
     rec = {"defence": d.name, "kind": d.kind, "attack": c.key, "accuracy": k / c.n, "n": c.n, "ci95": [lo, hi],
            "seconds": round(time.time() - t0, 2), "settings": {"defence": d.settings, "attack": attack}, **extra}
     if c.cascade:
@@ -529,13 +529,29 @@ def ensemble_for(classes: int) -> tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """What the ensemble may spend per image: APGD iterations, random restarts and target classes
-    (APGD-T), Square's queries, and EOT draws per gradient for a random defence."""
+    (APGD-T), Square's queries, and EOT draws per gradient for a random defence; ``random_restarts``:
+    APGD's restarts on a random defence (None: ``restarts``)."""
 
     apgd_steps: int = names.ADAPTIVE_BUDGET["apgd_steps"]
     restarts: int = names.ADAPTIVE_BUDGET["restarts"]
     targets: int = names.ADAPTIVE_BUDGET["targets"]
     square_queries: int = names.ADAPTIVE_BUDGET["square_queries"]
     eot: int = names.ADAPTIVE_BUDGET["eot"]
+    random_restarts: int | None = None
+
+    def for_defence(self, is_random: bool) -> Budget:
+        """The budget as spent on a defence: a random one gets ``random_restarts``."""
+        if is_random and self.random_restarts:
+            return dataclasses.replace(self, restarts=self.random_restarts)
+        return self
+
+
+# the named budgets of ``apudae_tf.evaluate``: a quick look, today's reports' defaults, and AutoAttack's standard
+# version (Croce & Hein 2020: APGD-CE 100 iterations, APGD-T 9 targets × 100, Square 5000 queries; for a random
+# defence its EOT of 20 draws, and 5 restarts, as its "plus" version runs)
+BUDGETS = {"fast": Budget(apgd_steps=20, restarts=1, targets=1, square_queries=200, eot=2),
+           "standard": Budget(),
+           "autoattack": Budget(apgd_steps=100, restarts=1, targets=9, square_queries=5000, eot=20, random_restarts=5)}
 
 
 def adaptive_columns(dataset: str, n: int, seed: int = 0, lambdas=LAMBDAS, steps: int | None = None,
@@ -647,19 +663,10 @@ def magnet_fn(dae, model_fn, threshold: float):
 FRESH_SEEDS = 1_000_003
 
 
-def purify_fn(purifier, model_fn, batch_size=None, fresh: bool = False):
-    seed = purifier.settings.seed + (FRESH_SEEDS if fresh else 0)
-
-    def predict(x):
-        return np.argmax(models.predict_in_batches(model_fn, purifier.purify_array(x, batch_size, seed=seed)), 1)
-
-    return predict
-
-
 def purifier_row(name: str, paper_row, target: str, purifier, model_fn, settings: dict, kind: str = "purifier"):
     """A row that purifies, then classifies with ``model_fn``; a random purifier also gets its fresh-draws scorer."""
-    return Defence(name, paper_row, target, purify_fn(purifier, model_fn), settings, purifier=purifier, kind=kind,
-                   predict_fresh=purify_fn(purifier, model_fn, fresh=True) if purifier.is_random else None)
+    return Defence(name, paper_row, target, purifier.predictor(model_fn), settings, purifier=purifier, kind=kind,
+                   predict_fresh=purifier.predictor(model_fn, fresh=True) if purifier.is_random else None)
 
 
 def cost_per_image(records: list[dict], defences: list[Defence]) -> dict:

@@ -57,7 +57,7 @@ def test_gan_training_checkpoints_and_writes_a_generator(tmp_path):
 
 
 def test_defense_gan_row_joins_the_table_on_the_same_images_with_its_cost(tiny_models, tmp_path):
-    from apudae_tf import evaluate
+    from apudae_tf import reports
     from apudae_tf.data import Dataset
 
     store.save_model(defensegan.build_generator((28, 28, 1), width=8), os.path.join(tiny_models, defensegan.GAN_FILE))
@@ -68,7 +68,7 @@ def test_defense_gan_row_joins_the_table_on_the_same_images_with_its_cost(tiny_m
     y = np.arange(4, dtype=np.int64)
     ds = Dataset("mnist", x, y, x, y, x, y, source="test")
     out = str(tmp_path / "report")
-    result = evaluate.table_report(store.load_models(tiny_models), ds, 4, ["direct"], out, command="test", steps=1,
+    result = reports.table_report(store.load_models(tiny_models), ds, 4, ["direct"], out, command="test", steps=1,
                                    cw_l2_n=2, figures=False, gan=gan)
     rows = [r for r in result["records"] if r["defence"] == "Defense-GAN (L=2, R=2)"]
     direct = [r for r in result["records"] if r["defence"] == "APuDAE direct"]
@@ -84,7 +84,7 @@ def test_defense_gan_row_joins_the_table_on_the_same_images_with_its_cost(tiny_m
 
 
 def test_defense_gan_in_the_adaptive_report_gets_bpda_with_the_attackers_forward(tiny_models, tmp_path):
-    from apudae_tf import evaluate, table
+    from apudae_tf import reports, table
     from apudae_tf.data import Dataset
 
     store.save_model(defensegan.build_generator((28, 28, 1), width=8), os.path.join(tiny_models, defensegan.GAN_FILE))
@@ -96,7 +96,7 @@ def test_defense_gan_in_the_adaptive_report_gets_bpda_with_the_attackers_forward
     ds = Dataset("mnist", x, y, x, y, x, y, source="test")
     out = str(tmp_path / "adaptive")
     budget = table.Budget(apgd_steps=2, targets=1, square_queries=2, eot=2)
-    result = evaluate.adaptive_report(store.load_models(tiny_models), ds, 4, out, budget=budget, lambdas=(1.0,),
+    result = reports.adaptive_report(store.load_models(tiny_models), ds, 4, out, budget=budget, lambdas=(1.0,),
                                       command="test", steps=1, gan=gan, gan_attack_restarts=2)
     rows = [r for r in result["records"] if r["defence"] == "Defense-GAN (L=3, R=2)"]
     # the DAE's counter attacks do not apply: those cells stay empty
@@ -133,7 +133,7 @@ def test_cw_l2_n_zero_leaves_the_dearest_column_out():
 def test_search_settings_are_chosen_on_validation_and_read_back(tiny_models):
     import json
 
-    from apudae_tf import attacks, evaluate
+    from apudae_tf import attacks, reports
     from apudae_tf.data import Dataset
 
     gen = defensegan.build_generator((28, 28, 1), width=8)
@@ -146,7 +146,7 @@ def test_search_settings_are_chosen_on_validation_and_read_back(tiny_models):
     poison = np.full((1, 28, 28, 1), np.nan, np.float32)  # the test split must never be read
     ds = Dataset("mnist", x_val, y_val, x_val, y_val, poison, np.zeros(1, np.int64), source="test")
     s = attacks.AttackSettings(eps=0.3, steps=1, step=0.3)
-    report = evaluate.tune_gan(store.load_models(tiny_models), ds, gen, 6, s, restarts=2, steps_grid=(0, 3))
+    report = reports.tune_gan(store.load_models(tiny_models), ds, gen, 6, s, restarts=2, steps_grid=(0, 3))
     sweep = report["defense_gan"]["sweep"]
     assert [r["settings"]["steps"] for r in sweep] == [0, 3] and report["split"] == "val" and report["n"] == 6
     best = max(sweep, key=lambda r: r["score"])

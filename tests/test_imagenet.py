@@ -203,7 +203,7 @@ def test_reports_can_keep_only_the_images_the_classifier_gets_right(tmp_path):
     # the paper's Table 4 protocol; the subset must key the cache apart from the full split
     import tensorflow as tf
 
-    from apudae_tf import evaluate
+    from apudae_tf import reports
 
     rng = np.random.default_rng(2)
     flat = tmp_path / "flat"
@@ -217,18 +217,18 @@ def test_reports_can_keep_only_the_images_the_classifier_gets_right(tmp_path):
     def always_one(x):  # right on the images labelled 1
         return tf.one_hot(tf.ones(tf.shape(x)[0], tf.int32), 2)
 
-    kept, facts = evaluate.correctly_classified(ds, always_one, 4, batch_size=3)
+    kept, facts = reports.correctly_classified(ds, always_one, 4, batch_size=3)
     assert facts["indices"] == [1, 2] and (facts["first"], facts["kept"]) == (4, 2)
     np.testing.assert_array_equal(kept.y_test, [1, 1])
     np.testing.assert_allclose(kept.x_test[:], ds.x_test[[1, 2]], atol=0)
     assert kept.source != ds.source and len(ds.x_test) == 5  # the original is untouched
     with pytest.raises(ApudaeError, match="none of the first 1"):
-        evaluate.correctly_classified(ds, always_one, 1)
+        reports.correctly_classified(ds, always_one, 1)
     assert profiles.get("imagenet").correct_only and not profiles.get("mnist").correct_only
     # arrays take the same path (numpy's take without axis would flatten them)
     arrays = data.Dataset("toy", *[np.zeros((0, 4, 4, 3), np.float32), np.zeros(0, np.int64)] * 2,
                           np.asarray(ds.x_test[:5]), np.asarray(labels), "toy")
-    kept_a, facts_a = evaluate.correctly_classified(arrays, always_one, 4, batch_size=3)
+    kept_a, facts_a = reports.correctly_classified(arrays, always_one, 4, batch_size=3)
     assert facts_a["indices"] == [1, 2] and kept_a.x_test.shape == (2, 224, 224, 3)
     np.testing.assert_allclose(kept_a.x_test, kept.x_test[:], atol=0)
 
@@ -411,12 +411,12 @@ def test_the_shipped_imagenet_defence_fits_its_classifier_and_keeps_clean_images
 def test_table_4_says_which_attacks_its_columns_are():
     import json
 
-    from apudae_tf import evaluate
+    from apudae_tf import reports
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "results", "imagenet", "table.json")) as f:
         result = json.load(f)
-    attacks = next(line for line in evaluate.table_notes(result) if line.startswith("**Attacks**"))
+    attacks = next(line for line in reports.table_notes(result) if line.startswith("**Attacks**"))
     assert attacks == ("**Attacks**: random = uniform noise in [−ε, ε] (ε = 0.0627451); bim4 = BIM, 10 steps of "
                        "0.00392157 from the clean image (ε = 0.0156863); bim16 = BIM, 10 steps of 0.0156863 from the "
                        "clean image (ε = 0.0627451).")

@@ -97,17 +97,17 @@ def test_resnet_training_checkpoints_and_resumes_after_an_interruption(tmp_path,
 
 @pytest.mark.slow
 def test_cifar10_table_runs_every_variant_and_attack_on_colour_images(tiny_cifar_models, tmp_path):
-    from apudae_tf import evaluate
+    from apudae_tf import reports
 
     rng = np.random.default_rng(0)
     x = rng.random((6, 32, 32, 3), dtype=np.float32)
     y = (np.arange(6) % 10).astype(np.int64)
     ds = Dataset("cifar10", x, y, x, y, x, y, source="test")
     m = store.load_models(tiny_cifar_models)
-    variants = evaluate.parse_variants("cifar10", "all")
+    variants = reports.parse_variants("cifar10", "all")
     assert variants[:4] == ["direct", "A:n=12", "A:n=15", "A:n=18"] and len(variants) == 10
     out = str(tmp_path / "report")
-    result = evaluate.table_report(m, ds, 3, variants, out, adv=None, command="test", steps=1)
+    result = reports.table_report(m, ds, 3, variants, out, adv=None, command="test", steps=1)
     records = result["records"]
     # CIFAR-10 has no "pgd" column: the figures show the paper's BIM examples
     assert result["figures"]["attack"] == "BIM"
@@ -122,7 +122,7 @@ def test_cifar10_table_runs_every_variant_and_attack_on_colour_images(tiny_cifar
     assert bim["settings"]["attack"]["rand_init"] is False and bim["settings"]["attack"]["eps"] == 8 / 255
     assert all(r["n"] == 3 and r["accuracy"] * 3 == round(r["accuracy"] * 3) for r in records)
     with pytest.raises(ApudaeError, match="unknown variant 'A:n=x'"):
-        evaluate.parse_variants("cifar10", "A:n=x")
+        reports.parse_variants("cifar10", "A:n=x")
 
 
 def _tiny_cifar(n=32):
@@ -190,11 +190,11 @@ def test_adapted_classifier_learns_purified_images_into_its_own_folder_and_reuse
         saved_accuracy(os.path.join(out, store.CLASSIFIER), ds.x_test, ds.y_test))
     assert any("epoch 1/1" in s for s in said)
     # its reports name the rows and say what the classifier learnt
-    from apudae_tf import evaluate
+    from apudae_tf import reports
 
-    defences, _, _, facts = evaluate.table_defences(store.load_models(out), ds, ["direct"])
+    defences, _, _, facts = reports.table_defences(store.load_models(out), ds, ["direct"])
     assert {"No defence (adapted classifier)", "APuDAE direct + adapted classifier"} <= {d.name for d in defences}
-    assert "fine-tuned on the purifier's outputs (B:n=2:alpha=2/255, direct)" in evaluate._models_text(
+    assert "fine-tuned on the purifier's outputs (B:n=2:alpha=2/255, direct)" in reports._models_text(
         {"models": out, "dae_recipe": "paper", "classifier_adapted_to": facts["classifier_adapted_to"]})
     # a second run takes the purified training images from the cache
     purified.clear()
@@ -238,7 +238,7 @@ def test_n_fgsm_steps_eps_from_wide_noise_and_is_not_projected_back_to_eps():
 @pytest.mark.slow
 def test_cifar10_adaptive_report_attacks_the_chosen_variant_beside_the_papers_counter_attacks(tiny_cifar_models,
                                                                                               tmp_path):
-    from apudae_tf import evaluate
+    from apudae_tf import reports
 
     # the paper reports every CIFAR-10 variant; the chosen one must still get the counter attacks
     store.write_json(os.path.join(tiny_cifar_models, store.PURIFY_SETTINGS),
@@ -249,7 +249,7 @@ def test_cifar10_adaptive_report_attacks_the_chosen_variant_beside_the_papers_co
     from apudae_tf import table
 
     budget = table.Budget(apgd_steps=1, targets=1, square_queries=2, eot=1)
-    result = evaluate.adaptive_report(store.load_models(tiny_cifar_models), ds, 3, str(tmp_path / "a"),
+    result = reports.adaptive_report(store.load_models(tiny_cifar_models), ds, 3, str(tmp_path / "a"),
                                       budget=budget, lambdas=(1.0,), command="test", steps=1)
     rows = {r["defence"] for r in result["records"]}
     assert rows == {"APuDAE direct", "APuDAE C (chosen on val)"}

@@ -64,7 +64,7 @@ def _tiny_mnist(n=12):
 
 @pytest.mark.slow
 def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny_models, tmp_path, monkeypatch):
-    from apudae_tf import attacks, evaluate, store
+    from apudae_tf import attacks, reports, store
     from apudae_tf.store import load_models
 
     ds = _tiny_mnist()
@@ -75,7 +75,7 @@ def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny
                       "training": {"epochs": 1, "learning_rate": 5e-4}, "init": "random"})
     adv = store.load_adv_classifier(tiny_models)
     out = str(tmp_path / "report")
-    result = evaluate.table_report(m, ds, 6, ["direct", "B"], out, adv=adv, cw_l2_n=3, command="test", steps=1)
+    result = reports.table_report(m, ds, 6, ["direct", "B"], out, adv=adv, cw_l2_n=3, command="test", steps=1)
 
     with open(os.path.join(out, "table.json")) as f:
         saved = json.load(f)
@@ -110,12 +110,12 @@ def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny
         raise AssertionError("the cache should have answered")
 
     monkeypatch.setattr(attacks, "run_attack", no_attacks)
-    again = evaluate.table_report(m, ds, 6, ["direct", "B"], out, adv=adv, cw_l2_n=3, command="test", steps=1,
+    again = reports.table_report(m, ds, 6, ["direct", "B"], out, adv=adv, cw_l2_n=3, command="test", steps=1,
                                   figures=False)
     assert [r["accuracy"] for r in again["records"]] == [r["accuracy"] for r in records]
     # other settings are not served from the cache
     with pytest.raises(AssertionError, match="cache should have answered"):
-        evaluate.table_report(m, ds, 6, ["direct"], out, adv=None, cw_l2_n=3, command="test", steps=2)
+        reports.table_report(m, ds, 6, ["direct"], out, adv=None, cw_l2_n=3, command="test", steps=2)
 
     # a retrained DAE misses the cache for every row that uses it, and only for those
     dae_digest = store.file_digest(os.path.join(tiny_models, store.DAE))
@@ -125,18 +125,18 @@ def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny
     rescored = set()
     put_cell = table.Cache.put_cell
     monkeypatch.setattr(table.Cache, "put_cell", lambda self, k, r: (rescored.add(r["defence"]), put_cell(self, k, r)))
-    evaluate.table_report(store.load_models(tiny_models), ds, 6, ["direct", "B"], out, adv=adv, cw_l2_n=3,
+    reports.table_report(store.load_models(tiny_models), ds, 6, ["direct", "B"], out, adv=adv, cw_l2_n=3,
                           command="test", steps=1, figures=False)
     assert rescored == defences - {"No defence", "Adversarial training (Madry PGD)"}
 
 
 @pytest.mark.slow
 def test_counter_attacks_make_one_set_of_examples_for_every_variant_of_a_dae(tiny_models, tmp_path):
-    from apudae_tf import evaluate, store
+    from apudae_tf import reports, store
 
     ds = _tiny_mnist()
     m = store.load_models(tiny_models)
-    defences, targets, files, _ = evaluate.table_defences(m, ds, ["direct", "B"])
+    defences, targets, files, _ = reports.table_defences(m, ds, ["direct", "B"])
     defences = [d for d in defences if d.purifier is not None]
     budget = table.Budget(apgd_steps=1, targets=1, square_queries=2)
     columns = [c for c in table.adaptive_columns("mnist", 4, lambdas=(1.0,), steps=1, budget=budget)
@@ -214,7 +214,7 @@ def test_roc_auc_is_the_probability_that_an_adversarial_input_scores_higher():
 
 @pytest.mark.slow
 def test_adaptive_report_end_to_end_cascades_and_keeps_each_rows_worst_case(tiny_models, tmp_path):
-    from apudae_tf import evaluate, store
+    from apudae_tf import reports, store
 
     ds = _tiny_mnist()
     m = store.load_models(tiny_models)
@@ -225,7 +225,7 @@ def test_adaptive_report_end_to_end_cascades_and_keeps_each_rows_worst_case(tiny
                      {"variants": {"B": {"settings": {"n": 2}, "val_clean": 0.9, "val_pgd": 0.5}}})
     adv = store.load_adv_classifier(tiny_models)
     budget = table.Budget(apgd_steps=2, targets=2, square_queries=3, eot=2)
-    result = evaluate.adaptive_report(m, ds, 6, out, adv=adv, budget=budget, lambdas=(0.0, 10.0), command="test",
+    result = reports.adaptive_report(m, ds, 6, out, adv=adv, budget=budget, lambdas=(0.0, 10.0), command="test",
                                       steps=1)
     saved = json.load(open(os.path.join(out, "adaptive.json")))
     columns = ["clean", "pgd", "bpda", "weighted", "apgd-ce", "apgd-t", "square", "worst"]
@@ -273,20 +273,20 @@ def test_adaptive_report_end_to_end_cascades_and_keeps_each_rows_worst_case(tiny
     assert result["budget"]["square_queries"] == 3
     # the Markdown is rendered from the records alone: re-rendering the JSON gives it again
     os.remove(os.path.join(out, "adaptive.md"))
-    assert evaluate.render(os.path.join(out, "adaptive.json")) == os.path.join(out, "adaptive.md")
+    assert reports.render(os.path.join(out, "adaptive.json")) == os.path.join(out, "adaptive.md")
     assert open(os.path.join(out, "adaptive.md")).read() == md
 
 
 @pytest.mark.slow
 def test_chunked_cells_attack_as_whole_ones_and_resume_from_cells_json_alone(tiny_models, tmp_path, monkeypatch):
-    from apudae_tf import attacks, evaluate, models, store
+    from apudae_tf import attacks, reports, models, store
 
     m = store.load_models(tiny_models)
     ds = _tiny_mnist()
     # labels the direct row gets right clean, so that the cascade has images to attack
     y = np.argmax(m.classifier(models.denoise(m.dae, ds.x_test)), -1).astype(np.int64)
     ds = Dataset("mnist", ds.x_train, y, ds.x_val, y, ds.x_test, y, source="test, labelled by the model")
-    defences, targets, files, _ = evaluate.table_defences(m, ds, evaluate.parse_variants("mnist", "direct,F:n=2"))
+    defences, targets, files, _ = reports.table_defences(m, ds, reports.parse_variants("mnist", "direct,F:n=2"))
     defences = [d for d in defences if d.purifier is not None]
     budget = table.Budget(apgd_steps=2, targets=1, square_queries=2, eot=2)
     before = ("bpda", "weighted", "pgd", "bpda-eot")
@@ -338,7 +338,7 @@ def test_chunked_cells_attack_as_whole_ones_and_resume_from_cells_json_alone(tin
     cache.put_cell(heavy, dict(cache.cells[heavy], peak_rss_gib=99.0))
     resumed, _ = table.build(ds, defences, targets, files, columns, out, batch_size=2, per_image=True, chunk=2)
     assert resumed["peak_rss_gib"] == 99.0 and result["peak_rss_gib"] < 99.0
-    assert "peak memory 99.0 GiB" in evaluate._cost(dict(resumed, environment=machine.environment()))
+    assert "peak memory 99.0 GiB" in reports._cost(dict(resumed, environment=machine.environment()))
 
 
 def test_a_profile_file_with_an_unknown_adaptive_attack_or_a_bad_chunk_is_one_error():
@@ -366,7 +366,7 @@ def test_two_reports_sharing_a_cache_folder_keep_each_others_cells(tmp_path):
 
 
 def test_report_names_every_apudae_cell_below_the_paper_and_only_those():
-    from apudae_tf import evaluate
+    from apudae_tf import reports
 
     def rec(defence, attack, acc, paper, ci):
         kind = "purifier" if defence.startswith("APuDAE") else "undefended"
@@ -376,12 +376,12 @@ def test_report_names_every_apudae_cell_below_the_paper_and_only_those():
                           rec("APuDAE D", "pgd", 0.948, 0.951, [0.944, 0.952]),
                           rec("APuDAE D", "cw", 0.991, 0.953, [0.989, 0.993]),
                           rec("No defence", "pgd", 0.0, 0.129, [0.0, 0.001])]}
-    text = "\n".join(evaluate._below_paper(result))
+    text = "\n".join(reports._below_paper(result))
     assert "APuDAE D × fgsm: 0.915 vs 0.964" in text and "× cw" not in text and "No defence" not in text
     assert "APuDAE D × pgd: 0.948 vs 0.951 (the paper's value is inside our 95% interval)" in text
     assert "fgsm: 0.915 vs 0.964 (the paper" not in text
     result["records"] = result["records"][2:]
-    assert evaluate._below_paper(result) == []
+    assert reports._below_paper(result) == []
 
 
 

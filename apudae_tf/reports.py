@@ -295,8 +295,8 @@ def _gan_defence(m: Models, gan, fn, files: dict, attacker=None):
     if attacker is not None:
         settings["attacker_forward"] = dataclasses.asdict(attacker.settings)
     return table.Defence(f"Defense-GAN (L={gs.restarts}, R={gs.steps})", "defense-gan", "classifier",
-                         table.purify_fn(gan, fn), settings, purifier=attacker, kind="defense-gan",
-                         predict_fresh=table.purify_fn(gan, fn, fresh=True) if attacker is not None else None)
+                         gan.predictor(fn), settings, purifier=attacker, kind="defense-gan",
+                         predict_fresh=gan.predictor(fn, fresh=True) if attacker is not None else None)
 
 
 def table_figures(m: Models, ds: Dataset, variant: str, x_adv: np.ndarray, out_dir: str, threshold: float,

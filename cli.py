@@ -279,7 +279,6 @@ def models_for(batch, model_dir, dataset, need=("classifier", "dae"), classifier
 
 
 EOT_DEFAULT = names.ADAPTIVE_BUDGET["eot"]  # samples of the defence's randomness per gradient for F and G
-RANDOM_VARIANTS = ("F", "G")
 
 
 def _variant_list(text: str) -> list[str]:
@@ -504,7 +503,7 @@ def info(dataset, model_dir, classifier_path, as_json, data_dir):
                    "gradient (Square: its outputs only). Settings from the model folder, as for `purify`.")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
               help="APGD's random starts per image.")
-@click.option("--targets", type=click.IntRange(min=1), default=9, show_default=True,
+@click.option("--targets", type=click.IntRange(min=1), default=names.APGD_TARGETS, show_default=True,
               help="apgd-t: target classes, the highest ranked after the true one.")
 @click.option("--lam", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Counter B's weight on r(x) (weighted), >= 0.")
@@ -546,6 +545,8 @@ def attack(dataset, method, eps, steps, step_size, n_images, split, seed, batch_
     m = store.load_models(folder, ds.image_shape, need=("classifier", "dae") if adaptive else ("classifier",),
                           classifier=classifier_path, num_classes=ds.num_classes)
     if eot is None:
+        from apudae_tf.purify import RANDOM_VARIANTS
+
         eot = EOT_DEFAULT if adaptive and method not in ("bpda", "weighted") and variant in RANDOM_VARIANTS else 1
     settings = attacks.settings_for(method, ds.name, eps, steps, step_size, seed, lam, eot)
     settings = dataclasses.replace(settings, restarts=restarts, targets=targets)

@@ -23,7 +23,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from apudae_tf import store
+from apudae_tf import io
 from apudae_tf.errors import ApudaeError
 
 DEVICES_ENV = "APUDAE_DEVICES"  # comma-separated devices to mirror training over, e.g. /cpu:0,/cpu:1
@@ -121,7 +121,7 @@ class EpochLog(keras.callbacks.Callback):
         record = {"epoch": epoch + 1, **logs, **(self.extra() if self.extra else {})}
         self.history.append(record)
         if self.folder is not None:
-            store.write_json(os.path.join(self.folder, "history.json"), self.history)
+            io.write_json(os.path.join(self.folder, "history.json"), self.history)
         self.echo(f"{self.what}: epoch {epoch + 1}/{self.epochs}: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
 
@@ -164,7 +164,7 @@ def fit(model, data, epochs: int, backup: str | None, settings: dict, what: str,
     if backup is not None:
         _check_resume(backup, settings, resume, what)
         os.makedirs(backup, exist_ok=True)
-        store.write_json(os.path.join(backup, "settings.json"), json.loads(json.dumps(settings, default=str)))
+        io.write_json(os.path.join(backup, "settings.json"), json.loads(json.dumps(settings, default=str)))
         resumable = [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)]
     log = EpochLog(backup, what, epochs, echo, extra, keys)
     model.fit(data, epochs=epochs, validation_data=validation_data, callbacks=[*resumable, log, *callbacks],

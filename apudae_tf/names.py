@@ -13,6 +13,9 @@ ADAPTIVE_COLUMNS = ("pgd", "bpda", "weighted")
 # AutoAttack-grade attacks (Croce & Hein 2020; Andriushchenko et al. 2020): on the classifier alone,
 # or through a purification variant when one is named
 ENSEMBLE_METHODS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
+# APGD-T's target classes in AutoAttack's standard evaluation: `attack --method apgd-t`'s default and the
+# "autoattack" budget's (the adaptive report's default budget spends fewer: ADAPTIVE_BUDGET)
+APGD_TARGETS = 9
 # the adaptive report's default budget per image (AutoAttack's standard: 100 iterations, 1 restart,
 # 9 targets, 5000 queries; through an iterative purifier each target costs a full APGD run and each
 # query a purification); EOT draws per gradient for a random defence

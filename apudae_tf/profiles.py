@@ -19,7 +19,7 @@ import json
 import math
 import os
 
-from apudae_tf import names
+from apudae_tf import io, names
 from apudae_tf.errors import ApudaeError
 
 PROFILE_FILE = "profile.json"
@@ -362,9 +362,7 @@ def declare(name: str, eps=None, steps=None, step=None, sigma_max=None, path: st
 
 
 def save(profile: Profile, folder: str) -> None:
-    from apudae_tf import store
-
-    store.write_json(os.path.join(folder, PROFILE_FILE), profile.to_json())
+    io.write_json(os.path.join(folder, PROFILE_FILE), profile.to_json())
 
 
 def from_folder(folder: str, name: str | None = None) -> Profile | None:

@@ -158,6 +158,8 @@ VARIANT_PIECES = {
     "F": Variant(loss_one_sided, noise=True),
     "G": Variant(loss_one_sided, noise=True, transform=True),
 }
+# the variants that draw noise (or a transform) per call: attacks average over their draws (EOT)
+RANDOM_VARIANTS = tuple(v for v, p in VARIANT_PIECES.items() if p.noise or p.transform)
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -256,7 +258,7 @@ class Purifier(BaseDefence):
 
     model_key = "dae"  # the model file whose digest keys its attacks' examples
     # every attack of spec §5 applies, and the AutoAttack-grade ones through ``function``'s exact gradient
-    attacks = ("bpda", "weighted", "adaptive", "bpda-eot", "apgd-ce", "apgd-dlr", "apgd-t", "square")
+    attacks = names.ADAPTIVE_METHODS + names.ENSEMBLE_METHODS
 
     def __init__(self, dae, stats: DaeStats, variant: str, settings: PurifySettings | None = None,
                  jit_compile: bool = False, checkpoint: bool = False):
@@ -282,7 +284,7 @@ class Purifier(BaseDefence):
     @property
     def is_random(self) -> bool:
         """F and G draw noise (and G a transform) per call; the others are deterministic."""
-        return self.pieces is not None and (self.pieces.noise or self.pieces.transform)
+        return self.variant in RANDOM_VARIANTS
 
     def _settings_tensors(self):
         s = self.settings

@@ -13,7 +13,11 @@ import json
 import os
 import tempfile
 
+from apudae_tf import io, profiles
 from apudae_tf.errors import ApudaeError, first_line
+
+# model folders are written through io's atomic writers (store.write_json is the name the package has used)
+atomic_write, write_bytes, write_json = io.atomic_write, io.write_bytes, io.write_json
 
 CLASSIFIER = "classifier.keras"
 DAE = "dae.keras"
@@ -49,8 +53,6 @@ def default_model_dir(dataset: str) -> str:
 def run_dir(dataset: str, what: str) -> str:
     """The default output of a command that writes: ./apudae-runs/<dataset>/<what>, never the shipped models
     or the committed results. ``npz:PATH`` datasets are named by their file."""
-    from apudae_tf import profiles
-
     return os.path.join(RUNS, profiles.dataset_name(dataset), what)
 
 
@@ -178,37 +180,6 @@ def copy_model_files(src: str, dst: str, names=MODEL_FILES + (PURIFY_SETTINGS, "
     for name in copied:
         copy_file(os.path.join(src, name), os.path.join(dst, name))
     return copied
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` and move the result into place, so readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=ext, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file a normal mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    atomic_write(path, write)
-
-
-def write_json(path: str, obj) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def save_model(model, path: str) -> None:

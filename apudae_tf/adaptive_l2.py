@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from apudae_tf import certify, profiles, smoothing, store, table
+from apudae_tf import certify, profiles, smoothing, stats, store, table
 from apudae_tf.data import Dataset
 
 MAX_RADIUS_MARGIN = 1.5  # the report's σ certifies past 1.5 ε at N = 10,000 (``report_sigma``)
@@ -93,7 +93,7 @@ def certified_vs_empirical(result: dict, certify_path: str | None, eps: float) -
         if r["attack"] != "worst" or r.get("kind") != "smoothing":
             continue
         s = r["settings"]["defence"]
-        robust = table.unpack(r["robust"], r["n"])
+        robust = stats.unpack(r["robust"], r["n"])
         # the certificates of the same smoothed classifier: same σ, denoiser and classifier, largest N first
         mine = [c for c in records if c["sigma"] == s["sigma"] and c["denoiser"] == s["denoiser"]
                 and c["classifier_digest"] == result["classifier_digest"]]

@@ -98,7 +98,7 @@ def load_row(classifier_path: str, sigma: float, denoiser: str, denoiser_folder:
                               f"--sigma {sigma:g} --out FOLDER` and pass --denoisers-from FOLDER")
         dae, dae_digest = store.load_model(path), store.file_digest(path)
         if purifier is not None:  # the loop's DAE and settings are part of the base classifier
-            from apudae_tf.table import digest
+            from apudae_tf.cache import digest
 
             dae_digest = digest(dae_digest, store.file_digest(os.path.join(purifier_folder or denoiser_folder, store.DAE)),
                                 purifier.variant, dataclasses.asdict(purifier.settings))
@@ -204,7 +204,7 @@ def summarize(records: list[dict], flops_per_sample: dict | None = None, matmul:
     """One summary per row: certified accuracy at ``RADII``, abstentions, the average certified radius (0
     for images not certified correct), and the cost (seconds per image, draws per second, and, with the
     FLOPs of a draw and the matmul rate, the share of this machine's matmul rate)."""
-    from apudae_tf.table import wilson
+    from apudae_tf.stats import wilson
 
     rows: dict[tuple, list[dict]] = {}
     for r in records:

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from apudae_tf import attacks, defences, table
+from apudae_tf import attacks, cache, defences, stats, table
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 from apudae_tf.profiles import NORMS, ThreatModel
@@ -53,13 +53,13 @@ class Evaluation:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        d["robust"] = table.pack(self.robust)
+        d["robust"] = stats.pack(self.robust)
         return json.loads(json.dumps(d, default=_plain))
 
     @classmethod
     def from_json(cls, d: dict) -> Evaluation:
         d = dict(d)
-        d["robust"] = table.unpack(d["robust"], int(d["n"]))
+        d["robust"] = stats.unpack(d["robust"], int(d["n"]))
         return cls(**d)
 
     def __str__(self) -> str:
@@ -147,7 +147,7 @@ def evaluate(model, x, y, *, defence=None, threat_model, budget="standard", seed
         budget = budget.for_defence(d.is_random)
     classes = int(np.asarray(model_fn(x[:1])).shape[-1])
     n = len(x)
-    ds = Dataset("arrays", x[:0], y[:0], x[:0], y[:0], x, y, f"arrays:{table.digest(_array_digest(x), _array_digest(y))}")
+    ds = Dataset("arrays", x[:0], y[:0], x[:0], y[:0], x, y, f"arrays:{cache.digest(_array_digest(x), _array_digest(y))}")
     files = {"classifier": _model_digest(model), "dae": "none"}
     if d is None:
         row = table.Defence("No defence", None, "classifier", table.classify_fn(model_fn), {}, kind="undefended")
@@ -165,7 +165,7 @@ def evaluate(model, x, y, *, defence=None, threat_model, budget="standard", seed
     by_column = {r["attack"]: r for r in records}
     worst = by_column.pop("worst")
     return Evaluation(
-        worst_case=float(worst["accuracy"]), robust=table.unpack(worst["robust"], n),
+        worst_case=float(worst["accuracy"]), robust=stats.unpack(worst["robust"], n),
         columns={k: float(r["accuracy"]) for k, r in by_column.items()}, clean=float(by_column["clean"]["accuracy"]),
         seconds=round(time.time() - started, 1), n=n, threat_model=dataclasses.asdict(threat),
         budget=dataclasses.asdict(budget), defence=None if d is None else d.variant,
@@ -200,7 +200,7 @@ def _defence_digest(d) -> str:
 
     inner = d.inner if isinstance(d, defences.BpdaDefence) else d
     settings = dataclasses.asdict(d.settings) if dataclasses.is_dataclass(d.settings) else str(d.settings)
-    return table.digest(d.variant, settings, d.gradient,
+    return cache.digest(d.variant, settings, d.gradient,
                         defences.weights_digest(inner.dae) if isinstance(inner, Purifier) else None)
 
 

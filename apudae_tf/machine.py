@@ -14,7 +14,7 @@ def environment() -> dict:
 
     import tensorflow as tf
 
-    from apudae_tf import table
+    from apudae_tf import stats
 
     versions = {}
     for dist in ("tensorflow", "keras", "numpy", "cleverhans", "tensorflow-datasets"):
@@ -24,7 +24,7 @@ def environment() -> dict:
             versions[dist] = None
     return {"python": platform.python_version(), **versions, "machine": platform.machine(),
             "processor": cpu_model(), "cpu_cores": usable_cores(), "gpus": len(tf.config.list_physical_devices("GPU")),
-            "peak_rss_gib": table.peak_rss_gib()}  # this run's; a report's own peak_rss_gib covers its cache's runs
+            "peak_rss_gib": stats.peak_rss_gib()}  # this run's; a report's own peak_rss_gib covers its cache's runs
 
 
 def usable_cores() -> int:

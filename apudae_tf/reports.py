@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from apudae_tf import models
+from apudae_tf.cache import digest
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 from apudae_tf.machine import environment
@@ -85,16 +86,14 @@ def _val_probe(m: Models, ds: Dataset, n_val: int, attack_settings) -> tuple:
 
 def _sweep(candidates, make_defence, x, x_adv, acc, progress=None, cache=None, key=()) -> tuple[dict, list[dict]]:
     """Score each candidate's defence on clean and PGD validation images; the best and the sweep.
-    With ``cache`` (a table.Cache) each scored candidate is kept under ``key`` and its settings, so an
+    With ``cache`` (a cache.Cache) each scored candidate is kept under ``key`` and its settings, so an
     interrupted sweep resumes where it stopped."""
     import dataclasses
     import time
 
-    from apudae_tf import table
-
     sweep = []
     for s in candidates:
-        cell = table.digest(*key, dataclasses.asdict(s))
+        cell = digest(*key, dataclasses.asdict(s))
         row = cache.cell(cell) if cache else None
         if row is None:
             d = make_defence(s)
@@ -128,11 +127,11 @@ def tune(m: Models, ds: Dataset, variants, n_val: int, attack_settings, seed: in
     is kept there (keyed by the models' files, the images and the attack), so a rerun resumes."""
     import dataclasses
 
-    from apudae_tf import table
+    from apudae_tf.cache import Cache
     from apudae_tf.purify import Purifier
 
     x, x_adv, acc, report = _val_probe(m, ds, n_val, attack_settings)
-    cache = table.Cache(cache_dir) if cache_dir else None
+    cache = Cache(cache_dir) if cache_dir else None
     files = _model_digests(m).values()
     report["variants"] = {}
     for variant in variants:
@@ -611,7 +610,7 @@ def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed
     import dataclasses
     import os
 
-    from apudae_tf import attacks, defensegan, plots, profiles, store, table
+    from apudae_tf import attacks, defensegan, plots, profiles, stats, store, table
 
     budget = budget or table.Budget()
     paper = profiles.get(ds.name).paper_adaptive
@@ -680,7 +679,7 @@ def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed
             if c.cascade:  # each row attacks its own survivors
                 k = len(got["idx"])
                 label += f" [{d.name}: {k} image{'s' if k != 1 else ''} still standing]"
-            curves[label] = table.roc(r_clean[got["idx"]], np.asarray(got["r"]))
+            curves[label] = stats.roc(r_clean[got["idx"]], np.asarray(got["r"]))
     store.write_json(os.path.join(out_dir, "roc.json"), {"dataset": ds.name, "detector": "r(x) > t",
                                                           "clean_n": int(n), "curves": curves})
     plots.roc_curves(os.path.join(out_dir, "roc.png"), curves)

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
-import math
 import os
 import time
 
 import numpy as np
 
-from apudae_tf import attacks, models, names, pipeline, profiles, store
+from apudae_tf import attacks, models, names, profiles
+from apudae_tf.cache import Cache, digest
+from apudae_tf.stats import pack, peak_rss_gib, unpack, wilson
 from apudae_tf.data import Dataset
-from apudae_tf.errors import ApudaeError
 
 # Columns whose attack is another's with other settings: BIM is the paper's CIFAR-10 protocol
 # (the preset without a random start); pgd50 the stronger check a reader wants (50 steps from a
@@ -66,16 +64,6 @@ class Defence:
     predict_fresh: object = None
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def score(pred: np.ndarray, y: np.ndarray, attack: str, rejected_counts_as_defended: bool) -> np.ndarray:
     """Which answers are correct, per image. A refused adversarial input counts as defended only
     under MagNet's rule, and a refused clean input is always an error (a false alarm)."""
@@ -83,121 +71,6 @@ def score(pred: np.ndarray, y: np.ndarray, attack: str, rejected_counts_as_defen
     if rejected_counts_as_defended and attack != "clean":
         ok |= pred == REJECTED
     return ok
-
-
-def pack(mask: np.ndarray) -> str:
-    """A per-image boolean as hex (bit i = image i, numpy's packbits order), for json records."""
-    return np.packbits(np.asarray(mask, bool)).tobytes().hex()
-
-
-def unpack(text: str, n: int) -> np.ndarray:
-    """The inverse of ``pack`` for ``n`` images."""
-    return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:n].astype(bool)
-
-
-def peak_rss_gib() -> float:
-    """The peak resident memory of this process so far, in GiB. Each cell's record keeps it (an upper bound
-    on what that cell needed), so a report resumed from its cache still knows what its runs took."""
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)  # Linux: KiB
-
-
-def digest(*parts) -> str:
-    """A short hash of JSON-able parts: the caches' keys."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class Cache:
-    """Attack examples (pipeline npz) and finished cells (one json) under ``folder``."""
-
-    def __init__(self, folder: str | None):
-        self.folder = folder
-        self.cells = self._read() if folder else {}
-
-    def _read(self) -> dict:
-        if not os.path.isfile(self._cells_path):
-            return {}
-        try:
-            with open(self._cells_path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}  # a damaged cache is recomputed, not trusted
-
-    @property
-    def _cells_path(self):
-        return os.path.join(self.folder, "cells.json")
-
-    def cell(self, key):
-        return self.cells.get(key)
-
-    def put_cell(self, key, record):
-        self.cells[key] = record
-        if self.folder:
-            # two reports may share one folder (the table and the adaptive report): merge with what
-            # is on disk under a lock, or each process would overwrite the other's cells
-            import fcntl
-
-            os.makedirs(self.folder, exist_ok=True)
-            with open(os.path.join(self.folder, "cells.lock"), "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                on_disk = self._read()
-                self.cells = {**on_disk, **self.cells}
-                store.write_json(self._cells_path, self.cells)
-
-    def examples(self, key):
-        """(images, seconds it took to make them), or (None, 0) when not cached."""
-        path = self.folder and os.path.join(self.folder, f"{key}.npz")
-        if path and os.path.isfile(path):
-            try:
-                batch = pipeline.read(path)
-                return batch.x, float(batch.meta.get("seconds", 0.0))
-            except ApudaeError:
-                pass
-        return None, 0.0
-
-    def put_examples(self, key, x, meta):
-        if self.folder:
-            pipeline.write(pipeline.Batch(x=x, y=None, meta=meta), os.path.join(self.folder, f"{key}.npz"))
-            for path in self._batch_paths(key):  # the finished examples replace their batches
-                os.remove(path)
-
-    def batches(self, key) -> "BatchStore | None":
-        """Where an attack keeps its finished batches while it runs (``attacks.run_attack(done=...)``), so a
-        cell that takes hours resumes from its last batch; None without a folder."""
-        return BatchStore(self.folder, key) if self.folder else None
-
-    def _batch_paths(self, key):
-        import glob
-
-        return glob.glob(os.path.join(glob.escape(self.folder), f"{key}.batch-*.npz"))
-
-
-class BatchStore:
-    """One attack's finished batches, by their first image's index: ``get(i)`` and ``put(i, x, seconds)``.
-    ``reused_seconds``: what the batches ``get`` returned took when they were made (a resumed attack's
-    time is the sum of both runs')."""
-
-    def __init__(self, folder: str, key: str):
-        self.folder, self.key, self.reused_seconds = folder, key, 0.0
-
-    def _path(self, i: int) -> str:
-        return os.path.join(self.folder, f"{self.key}.batch-{i}.npz")
-
-    def get(self, i: int):
-        path = self._path(i)
-        if os.path.isfile(path):
-            try:
-                batch = pipeline.read(path)
-            except ApudaeError:
-                return None  # a damaged batch is recomputed
-            self.reused_seconds += float(batch.meta.get("seconds", 0.0))
-            return batch.x
-        return None
-
-    def put(self, i: int, x, seconds: float = 0.0) -> None:
-        pipeline.write(pipeline.Batch(x=np.asarray(x, np.float32), y=None,
-                                      meta={"first": int(i), "seconds": float(seconds)}), self._path(i))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -602,30 +475,6 @@ def worst_over_lambda(records: list[dict]) -> list[dict]:
                                  "lambda_sweep": {str(q["settings"]["attack"].get("lam")): q["accuracy"] for q in rows}}
             out.append(worst)
     return out
-
-
-def roc(r_clean: np.ndarray, r_adv: np.ndarray) -> dict:
-    """ROC of the detector "r(x) > t" (adversarial = positive) over every threshold, and its AUC
-    (the Mann–Whitney statistic: P(r_adv > r_clean), ties counted half)."""
-    scores = np.concatenate([r_clean, r_adv])
-    labels = np.concatenate([np.zeros(len(r_clean)), np.ones(len(r_adv))])
-    order = np.argsort(-scores, kind="stable")
-    tp, fp = np.cumsum(labels[order]), np.cumsum(1 - labels[order])
-    tpr = np.concatenate([[0.0], tp / max(len(r_adv), 1)])
-    fpr = np.concatenate([[0.0], fp / max(len(r_clean), 1)])
-    ranks = np.empty(len(scores))
-    ranks[np.argsort(scores, kind="stable")] = np.arange(1, len(scores) + 1)
-    for v in np.unique(scores):  # average ranks over ties
-        tie = scores == v
-        if tie.sum() > 1:
-            ranks[tie] = ranks[tie].mean()
-    n0, n1 = len(r_clean), len(r_adv)
-    auc = (ranks[labels == 1].sum() - n1 * (n1 + 1) / 2) / max(n0 * n1, 1)
-    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))  # a plot needs no more
-    return {"auc": float(auc), "fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}
-
-
-# -- the defences ----------------------------------------------------------------------------
 
 
 def classify_fn(model_fn, batch_size=None):

@@ -25,7 +25,7 @@ import tensorflow as tf
 from art.attacks.evasion import AutoProjectedGradientDescent
 from art.estimators.classification import TensorFlowV2Classifier
 
-from apudae_tf import attacks, data, models, purify, store, table
+from apudae_tf import attacks, data, models, purify, stats, store
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--n-adv", type=int, default=500)
@@ -93,7 +93,7 @@ def attach_report(row, pick):
         adaptive = json.load(f)
     worst = [r for r in adaptive["records"] if r["attack"] == "worst" and pick(r)]
     if worst:
-        robust = table.unpack(worst[0]["robust"], worst[0]["n"])[: row["n"]]
+        robust = stats.unpack(worst[0]["robust"], worst[0]["n"])[: row["n"]]
         row["our_report_worst_case_same_images"] = float(robust.mean())
         row["our_report"] = {"file": args.report, "command": adaptive.get("command"), "row": worst[0]["defence"]}
 

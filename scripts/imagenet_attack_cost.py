@@ -23,7 +23,8 @@ def measure(args):
     """One configuration, in this process: prints one JSON line."""
     import numpy as np
 
-    from apudae_tf import attacks, data, models, profiles, purify, store, table
+    from apudae_tf import attacks, data, models, profiles, purify, store
+    from apudae_tf.stats import peak_rss_gib
 
     folder = args.models
     ds = data.load_dataset("imagenet", test_only=True)
@@ -52,7 +53,7 @@ def measure(args):
         grad = attacks.eot_gradient(model, attacks.ce_loss, x, y, y)[2]
         out["gradient_nonzero"] = bool(np.abs(grad).max() > 0)
     out["seconds_per_image"] = round((time.time() - t0) / args.batch, 2)
-    out["peak_rss_gib"] = table.peak_rss_gib()
+    out["peak_rss_gib"] = peak_rss_gib()
     print(json.dumps(out), flush=True)
 
 

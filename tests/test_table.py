@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from apudae_tf import machine, table
+from apudae_tf import cache, machine, stats, table
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 from conftest import data_dir
 
 
 def test_wilson_interval_holds_the_proportion_and_narrows_with_n():
-    lo, hi = table.wilson(50, 100)
+    lo, hi = stats.wilson(50, 100)
     assert lo < 0.5 < hi and 0.18 < hi - lo < 0.21
-    lo2, hi2 = table.wilson(5000, 10000)
+    lo2, hi2 = stats.wilson(5000, 10000)
     assert hi2 - lo2 < (hi - lo) / 5
-    assert table.wilson(0, 40)[0] == 0.0 and table.wilson(40, 40)[1] == 1.0
+    assert stats.wilson(0, 40)[0] == 0.0 and stats.wilson(40, 40)[1] == 1.0
 
 
 def test_refused_inputs_count_as_defended_only_under_magnets_rule_and_never_when_clean():
@@ -32,7 +32,7 @@ def test_refused_inputs_count_as_defended_only_under_magnets_rule_and_never_when
 
 def test_per_image_results_survive_the_json_round_trip():
     mask = np.random.default_rng(0).random(1003) > 0.5
-    assert np.array_equal(table.unpack(table.pack(mask), 1003), mask)
+    assert np.array_equal(stats.unpack(stats.pack(mask), 1003), mask)
 
 
 def test_magnet_threshold_refuses_one_percent_of_clean_validation_images(tiny_models):
@@ -123,8 +123,8 @@ def test_table_builder_end_to_end_on_a_tiny_case_and_resumes_from_its_cache(tiny
     m.dae.get_layer("enc1_conv").kernel.assign(m.dae.get_layer("enc1_conv").kernel * 1.01)
     store.save_model(m.dae, os.path.join(tiny_models, store.DAE))
     rescored = set()
-    put_cell = table.Cache.put_cell
-    monkeypatch.setattr(table.Cache, "put_cell", lambda self, k, r: (rescored.add(r["defence"]), put_cell(self, k, r)))
+    put_cell = cache.Cache.put_cell
+    monkeypatch.setattr(cache.Cache, "put_cell", lambda self, k, r: (rescored.add(r["defence"]), put_cell(self, k, r)))
     reports.table_report(store.load_models(tiny_models), ds, 6, ["direct", "B"], out, adv=adv, cw_l2_n=3,
                           command="test", steps=1, figures=False)
     assert rescored == defences - {"No defence", "Adversarial training (Madry PGD)"}
@@ -204,11 +204,11 @@ def test_evaluate_without_an_adversarially_trained_classifier_says_how_to_get_on
 
 def test_roc_auc_is_the_probability_that_an_adversarial_input_scores_higher():
     clean, adv = np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6])
-    assert table.roc(clean, adv)["auc"] == 1.0
-    assert table.roc(adv, clean)["auc"] == 0.0
-    assert table.roc(np.array([1.0, 1.0]), np.array([1.0, 1.0]))["auc"] == 0.5  # ties count half
-    assert table.roc(np.array([0.1, 0.4]), np.array([0.3, 0.5]))["auc"] == 0.75
-    c = table.roc(clean, adv)
+    assert stats.roc(clean, adv)["auc"] == 1.0
+    assert stats.roc(adv, clean)["auc"] == 0.0
+    assert stats.roc(np.array([1.0, 1.0]), np.array([1.0, 1.0]))["auc"] == 0.5  # ties count half
+    assert stats.roc(np.array([0.1, 0.4]), np.array([0.3, 0.5]))["auc"] == 0.75
+    c = stats.roc(clean, adv)
     assert c["fpr"][0] == c["tpr"][0] == 0.0 and c["fpr"][-1] == c["tpr"][-1] == 1.0
 
 
@@ -235,7 +235,7 @@ def test_adaptive_report_end_to_end_cascades_and_keeps_each_rows_worst_case(tiny
     for row in rows:
         recs = [r for r in saved["records"] if r["defence"] == row]
         assert [r["attack"] for r in recs] == columns
-        robust = {r["attack"]: table.unpack(r["robust"], 6) for r in recs}
+        robust = {r["attack"]: stats.unpack(r["robust"], 6) for r in recs}
         assert all(r["accuracy"] == robust[r["attack"]].mean() for r in recs)
         # the worst case is the images robust in every column: never above any single column
         every = np.logical_and.reduce([robust[a] for a in columns[:-1]])
@@ -310,15 +310,15 @@ def test_chunked_cells_attack_as_whole_ones_and_resume_from_cells_json_alone(tin
                             detector=r_fn)
     for d in defences:
         recs = [r for r in result["records"] if r["defence"] == d.name and r["attack"] != "worst"]
-        standing = table.unpack(recs[0]["robust"], 6)
+        standing = stats.unpack(recs[0]["robust"], 6)
         for r in recs[1:]:
-            robust = table.unpack(r["robust"], 6)
+            robust = stats.unpack(r["robust"], 6)
             assert r["attacked"] == standing.sum() and not (robust & ~standing).any()
             assert r["r_adv"]["idx"] == np.flatnonzero(standing).tolist() and len(r["r_adv"]["r"]) == r["attacked"]
             standing &= robust
     assert 0 < sum(r["attacked"] for r in result["records"] if r["attack"] not in ("clean", "worst"))
     # attacks that run the purification at every step keep each image as it finishes: a cached chunk per image
-    cells = table.Cache(os.path.join(out, "cache")).cells.values()
+    cells = cache.Cache(os.path.join(out, "cache")).cells.values()
     for r in result["records"]:
         if r["attack"] in ("bpda-eot", "apgd-ce", "square"):
             assert sum(q["defence"] == r["defence"] and q["attack"] == r["attack"] for q in cells) == max(r["attacked"], 1)
@@ -333,9 +333,9 @@ def test_chunked_cells_attack_as_whole_ones_and_resume_from_cells_json_alone(tin
     # each chunk keeps the memory of the run that made it: a report resumed by a lighter run still names the
     # peak of the runs that filled its cache, in its data and its text
     assert all(r["peak_rss_gib"] > 0.1 for r in result["records"] if r["attack"] != "worst")
-    cache = table.Cache(os.path.join(out, "cache"))
-    heavy = next(k for k, r in cache.cells.items() if r["attack"] == "bpda-eot")
-    cache.put_cell(heavy, dict(cache.cells[heavy], peak_rss_gib=99.0))
+    cached = cache.Cache(os.path.join(out, "cache"))
+    heavy = next(k for k, r in cached.cells.items() if r["attack"] == "bpda-eot")
+    cached.put_cell(heavy, dict(cached.cells[heavy], peak_rss_gib=99.0))
     resumed, _ = table.build(ds, defences, targets, files, columns, out, batch_size=2, per_image=True, chunk=2)
     assert resumed["peak_rss_gib"] == 99.0 and result["peak_rss_gib"] < 99.0
     assert "peak memory 99.0 GiB" in reports._cost(dict(resumed, environment=machine.environment()))
@@ -358,11 +358,11 @@ def test_a_profile_file_with_an_unknown_adaptive_attack_or_a_bad_chunk_is_one_er
 
 def test_two_reports_sharing_a_cache_folder_keep_each_others_cells(tmp_path):
     folder = str(tmp_path / "cache")
-    table_run, adaptive_run = table.Cache(folder), table.Cache(folder)  # both opened before either writes
+    table_run, adaptive_run = cache.Cache(folder), cache.Cache(folder)  # both opened before either writes
     table_run.put_cell("a", {"accuracy": 0.5})
     adaptive_run.put_cell("b", {"accuracy": 0.25})
     table_run.put_cell("c", {"accuracy": 0.75})
-    assert set(table.Cache(folder).cells) == {"a", "b", "c"}
+    assert set(cache.Cache(folder).cells) == {"a", "b", "c"}
 
 
 def test_report_names_every_apudae_cell_below_the_paper_and_only_those():
@@ -401,16 +401,16 @@ def test_an_interrupted_attack_resumes_from_its_finished_batches(tmp_path, monke
     s = attacks.AttackSettings(eps=0.1, steps=1, step=0.1, seed=7)
     whole = attacks.run_attack("fake", None, x, np.zeros(10), s, batch_size=4)
     firsts.clear()
-    cache = table.Cache(str(tmp_path))
+    cached = cache.Cache(str(tmp_path))
     stop_at[0] = 2
     with pytest.raises(KeyboardInterrupt):
-        attacks.run_attack("fake", None, x, np.zeros(10), s, batch_size=4, done=cache.batches("k"))
+        attacks.run_attack("fake", None, x, np.zeros(10), s, batch_size=4, done=cached.batches("k"))
     assert firsts == [7, 11]
     firsts.clear()
     stop_at[0] = None
-    done = cache.batches("k")
+    done = cached.batches("k")
     again = attacks.run_attack("fake", None, x, np.zeros(10), s, batch_size=4, done=done)
     assert firsts == [15] and np.array_equal(again, whole)  # only the last batch was run again
-    assert len(cache._batch_paths("k")) == 3 and done.reused_seconds >= 0
-    cache.put_examples("k", again, {})
-    assert cache._batch_paths("k") == [] and np.array_equal(cache.examples("k")[0], whole)
+    assert len(cached._batch_paths("k")) == 3 and done.reused_seconds >= 0
+    cached.put_examples("k", again, {})
+    assert cached._batch_paths("k") == [] and np.array_equal(cached.examples("k")[0], whole)

@@ -31,7 +31,7 @@ def run_attack(method: str, model_fn, x, y, settings: AttackSettings, batch_size
                defence=None, done=None):
     """Attack ``x`` (numpy) in batches (default: ``models.batch_for`` its image size at ``GRADIENT_PIXELS``);
     returns float32 numpy adversarial images. ``done`` (``get(i)``/``put(i, x)`` by the batch's first
-    index, e.g. ``table.BatchStore``) keeps finished batches, so an interrupted attack resumes.
+    index, e.g. ``cache.BatchStore``) keeps finished batches, so an interrupted attack resumes.
 
     The attacks of ``DEFENCE_ATTACKS`` also need ``defence``, the Purifier in front of ``model_fn``."""
     if method in DEFENCE_ATTACKS:

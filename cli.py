@@ -466,16 +466,16 @@ def info(dataset, model_dir, classifier_path, as_json, data_dir):
     Scores the whole test split; r(x) is reported on clean test and
     validation images beside the stored mu and sigma.
     """
-    from apudae_tf import data, reports, store
+    from apudae_tf import data, info, store
 
     folder = model_folder(dataset, model_dir)
     ds = data.load_dataset(dataset, data_dir)
     m = store.load_models(folder, ds.image_shape, classifier=classifier_path, num_classes=ds.num_classes)
-    facts = reports.model_facts(m, ds)
+    facts = info.model_facts(m, ds)
     if as_json:
         click.echo(json.dumps(facts, indent=2))
     else:
-        click.echo(reports.format_facts(facts))
+        click.echo(info.format_facts(facts))
 
 
 @main.command()
@@ -776,7 +776,7 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
     Each scored setting is kept in ./apudae-runs/<dataset>/tune-cache, so the
     same command run again after an interruption resumes.
     """
-    from apudae_tf import attacks, data, reports, store
+    from apudae_tf import attacks, data, store, tuning
 
     chosen_variants = None if defense_gan else _variant_list(variants)
     folder = model_folder(dataset, model_dir)
@@ -813,7 +813,7 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
                    f"clean {row['clean']:.3f} pgd {row['pgd']:.3f}", err=True)
 
     # every scored setting is kept, so an interrupted tune resumes (at ImageNet size one costs minutes)
-    report = reports.tune(m, ds, chosen_variants, n_val, attacks.preset(ds.name, seed=seed), seed, progress=show,
+    report = tuning.tune(m, ds, chosen_variants, n_val, attacks.preset(ds.name, seed=seed), seed, progress=show,
                            cache_dir=store.run_dir(dataset, "tune-cache"))
     report["command"] = "apudae-tf tune " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     report["models"] = store.shown_path(folder)
@@ -831,7 +831,7 @@ def tune(dataset, variants, n_val, seed, defense_gan, out_dir, report_path, forc
 
 
 def _tune_gan(ds, m, folder, out_dir, n_val, seed, report_path):
-    from apudae_tf import attacks, defensegan, reports, store
+    from apudae_tf import attacks, defensegan, store, tuning
 
     gen = _load_generator(folder, ds.name, "tune")
 
@@ -840,7 +840,7 @@ def _tune_gan(ds, m, folder, out_dir, n_val, seed, report_path):
         click.echo(f"Defense-GAN: L={s['restarts']} R={s['steps']} lr={s['lr']:g} clean {row['clean']:.3f} "
                    f"pgd {row['pgd']:.3f} ({row['ms_per_image']:.0f} ms/image)", err=True)
 
-    report = reports.tune_gan(m, ds, gen, n_val, attacks.preset(ds.name, seed=seed), seed=seed, progress=show)
+    report = tuning.tune_gan(m, ds, gen, n_val, attacks.preset(ds.name, seed=seed), seed=seed, progress=show)
     report["command"] = "apudae-tf tune " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     store.write_json(report_path, report)
     defensegan.save_search(out_dir, report)
@@ -971,7 +971,8 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_traini
     Writes OUT/table.json (records), OUT/table.md (the paper's numbers
     beside ours) and PNG figures. An interrupted run resumes from OUT/cache.
     """
-    from apudae_tf import data, reports as ev, profiles, store, table
+    from apudae_tf import data, profiles, store, table
+    from apudae_tf import reports as ev
 
     if norm == "l2":
         if not adaptive:
@@ -1038,7 +1039,8 @@ def evaluate(dataset, n_images, variants, cw_l2_n, out_dir, force, no_adv_traini
 def _evaluate_l2(dataset, n_images, every, out_dir, force, budget, seed, sigma, denoiser_list, denoiser_dir, predict_n,
                  alpha, mixed_precision, certify_path, no_purifier, model_dir, classifier_path, data_dir):
     """`evaluate --adaptive --norm l2`: the L2 adaptive report (adaptive_l2.py)."""
-    from apudae_tf import adaptive_l2, certify as cert, data, profiles, store
+    from apudae_tf import adaptive_l2, data, profiles, store
+    from apudae_tf import certify as cert
 
     kinds = _denoiser_kinds(denoiser_list)
     folder = model_folder(dataset, model_dir)

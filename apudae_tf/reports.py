@@ -1,165 +1,17 @@
-"""Measurements of trained models and defences, as data first, text second."""
+"""The reports, as data first (table.json, adaptive.json) and text second (report_text.py renders them): the
+paper's table (spec §6) with its baselines, and the attacks that see the defence (spec §5) with the detection
+view. Which rows a report has is decided here, for the command line and Python alike."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from apudae_tf import models
-from apudae_tf.cache import digest
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 from apudae_tf.machine import environment
+from apudae_tf.report_text import ADAPTIVE_LABELS, render
 from apudae_tf.store import Models, shown_path
-
-
-def model_facts(m: Models, ds: Dataset) -> dict:
-    """Classifier test accuracy and the DAE's clean r(x) on the full test and validation splits."""
-    logits = models.predict_in_batches(lambda b: m.classifier(b, training=False), ds.x_test)
-    r_test = models.reconstruction_errors(m.dae, ds.x_test)
-    r_val = models.reconstruction_errors(m.dae, ds.x_val)
-    return {
-        "dataset": ds.name,
-        "models": shown_path(m.folder),
-        "data_source": ds.source,
-        "classifier_test_accuracy": float(np.mean(np.argmax(logits, 1) == ds.y_test)),
-        "n_test": int(len(ds.y_test)),
-        "dae_r_test_mean": float(r_test.mean()),
-        "dae_r_test_std": float(r_test.std()),
-        "dae_r_val_mean": float(r_val.mean()),
-        "dae_r_val_std": float(r_val.std()),
-        "stored_mu": m.stats.mu,
-        "stored_sigma": m.stats.sigma,
-        "sigma_max": m.stats.sigma_max,
-    }
-
-
-def format_facts(f: dict) -> str:
-    return "\n".join(
-        [
-            f"dataset        {f['dataset']} ({f['data_source']}), models {f['models']}",
-            f"classifier     test accuracy {f['classifier_test_accuracy']:.4f} on {f['n_test']} images",
-            f"DAE r(x) test  mean {f['dae_r_test_mean']:.4f}, std {f['dae_r_test_std']:.4f}",
-            f"DAE r(x) val   mean {f['dae_r_val_mean']:.4f}, std {f['dae_r_val_std']:.4f}"
-            f" (stored mu {f['stored_mu']:.4f}, sigma {f['stored_sigma']:.4f}; sigma_max {f['sigma_max']})",
-        ]
-    )
-
-
-# -- choosing purification settings on the validation split --------------------------------
-
-def tune_candidates(dataset: str, variant: str):
-    """The settings swept for one variant (a list of PurifySettings), from the dataset profile's grid:
-    the Adam variants share one grid; A takes sign steps, so its α is a pixel step; F and G add the
-    noise scale ε_r."""
-    import itertools
-
-    from apudae_tf import profiles
-    from apudae_tf.purify import PurifySettings
-
-    grid = profiles.get(dataset).tune_grid
-    if variant == "direct":
-        return [PurifySettings(n=0)]
-    base = grid["A"] if variant == "A" else grid["adam"]
-    noise = grid["noise"]["eps_r"] if variant in ("F", "G") else [0.0]
-    return [PurifySettings(n=n, alpha=a, eps_r=e) for n, a, e in itertools.product(base["n"], base["alpha"], noise)]
-
-
-def _val_probe(m: Models, ds: Dataset, n_val: int, attack_settings) -> tuple:
-    """Validation images, their blind PGD versions, an accuracy scorer and the report's head:
-    what every sweep on validation shares. The test split is never touched."""
-    import dataclasses
-
-    from apudae_tf import attacks
-
-    x, y = ds.x_val[:n_val], ds.y_val[:n_val]
-    fn = m.classifier_fn()
-    x_adv = attacks.run_attack("pgd", fn, x, y, attack_settings)
-
-    def acc(images):
-        return float(np.mean(np.argmax(models.predict_in_batches(fn, images), 1) == y))
-
-    head = {"dataset": ds.name, "split": "val", "n": int(len(x)), "criterion": "mean of clean and pgd accuracy",
-            "attack": {"method": "pgd", **dataclasses.asdict(attack_settings), "saw_defence": False},
-            "undefended": {"clean": acc(x), "pgd": acc(x_adv)}, "environment": environment()}
-    return x, x_adv, acc, head
-
-
-def _sweep(candidates, make_defence, x, x_adv, acc, progress=None, cache=None, key=()) -> tuple[dict, list[dict]]:
-    """Score each candidate's defence on clean and PGD validation images; the best and the sweep.
-    With ``cache`` (a cache.Cache) each scored candidate is kept under ``key`` and its settings, so an
-    interrupted sweep resumes where it stopped."""
-    import dataclasses
-    import time
-
-    sweep = []
-    for s in candidates:
-        cell = digest(*key, dataclasses.asdict(s))
-        row = cache.cell(cell) if cache else None
-        if row is None:
-            d = make_defence(s)
-            t0 = time.perf_counter()
-            row = {"settings": dataclasses.asdict(s), "clean": acc(d.purify_array(x))}
-            row["ms_per_image"] = 1000 * (time.perf_counter() - t0) / max(len(x), 1)
-            row["pgd"] = acc(d.purify_array(x_adv))
-            row["score"] = (row["clean"] + row["pgd"]) / 2
-            if cache:
-                cache.put_cell(cell, row)
-        sweep.append(row)
-        if progress:
-            progress(row)
-    return max(sweep, key=lambda r: r["score"]), sweep
-
-
-def _model_digests(m: Models) -> dict:
-    """The digests of the classifier's and the DAE's files: what keys the caches to these models."""
-    import os
-
-    from apudae_tf import store
-
-    return {"classifier": store.file_digest(m.classifier_file or os.path.join(m.folder, store.CLASSIFIER)),
-            "dae": store.file_digest(os.path.join(m.folder, store.DAE))}
-
-
-def tune(m: Models, ds: Dataset, variants, n_val: int, attack_settings, seed: int = 0, progress=None,
-         cache_dir: str | None = None) -> dict:
-    """Pick each variant's settings on validation images: maximise the mean of clean and
-    PGD accuracy (PGD from the preset, blind to the defence). With ``cache_dir``, each scored setting
-    is kept there (keyed by the models' files, the images and the attack), so a rerun resumes."""
-    import dataclasses
-
-    from apudae_tf.cache import Cache
-    from apudae_tf.purify import Purifier
-
-    x, x_adv, acc, report = _val_probe(m, ds, n_val, attack_settings)
-    cache = Cache(cache_dir) if cache_dir else None
-    files = _model_digests(m).values()
-    report["variants"] = {}
-    for variant in variants:
-        best, sweep = _sweep([dataclasses.replace(s, seed=seed) for s in tune_candidates(ds.name, variant)],
-                             lambda s: Purifier(m.dae, m.stats, variant, s), x, x_adv, acc,
-                             progress and (lambda row: progress(variant, row)), cache,
-                             ("tune", variant, *files, ds.source, len(x), report["attack"]))
-        report["variants"][variant] = {"settings": best["settings"], "val_clean": best["clean"],
-                                       "val_pgd": best["pgd"], "sweep": sweep}
-    return report
-
-
-# Defense-GAN's R: its paper fixes R = 200 for a well-trained GAN; a generator trained on a CPU
-# budget has a wider range, and fewer steps keep G(z*) from fitting the perturbation too.
-GAN_STEPS_GRID = (10, 25, 50, 100, 200)
-
-
-def tune_gan(m: Models, ds: Dataset, generator, n_val: int, attack_settings, restarts: int = 10,
-             steps_grid=GAN_STEPS_GRID, seed: int = 0, progress=None) -> dict:
-    """Pick Defense-GAN's R on validation images by the same criterion as the APuDAE variants."""
-    from apudae_tf import defensegan
-
-    x, x_adv, acc, report = _val_probe(m, ds, n_val, attack_settings)
-    candidates = [defensegan.SearchSettings(restarts=restarts, steps=r, seed=seed) for r in steps_grid]
-    best, sweep = _sweep(candidates, lambda s: defensegan.DefenseGan(generator, s), x, x_adv, acc, progress)
-    report["defense_gan"] = {"settings": best["settings"], "val_clean": best["clean"], "val_pgd": best["pgd"],
-                             "sweep": sweep}
-    return report
 
 
 # -- the paper's table (spec §6) with its baselines ------------------------------------------
@@ -224,7 +76,7 @@ def table_defences(m: Models, ds: Dataset, variants, adv=None, gan=None, paper=N
 
     fn = m.classifier_fn()
     targets = {"classifier": fn}
-    files = _model_digests(m)
+    files = m.digests()
     recipe = (m.stats.training or {}).get("recipe", "paper")
     tag = "" if recipe == "paper" else f" ({recipe} DAE)"
     adapted = _adapted_to(m.folder)
@@ -404,30 +256,6 @@ def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=Non
     render(os.path.join(out_dir, "table.json"))
     return result
 
-
-def _column_text(key: str, u: dict) -> str:
-    """What a table column's attack was, from its recorded settings."""
-    from apudae_tf import attacks
-
-    m, eps = u["method"], f"ε = {u['eps']:g}"
-    if m == "random":
-        return f"{key} = uniform noise in [−ε, ε] ({eps})"
-    if m == "fgsm":
-        return f"{key} = FGSM ({eps})"
-    if m == "r-fgsm":
-        return f"{key} = R-FGSM, a random step of ε/2 then FGSM with ε/2 ({eps})"
-    iterative = (f"{u['steps']} steps of {u['step']:g} "
-                 + ("from a random start" if u.get("rand_init") else "from the clean image"))
-    if m == "pgd":
-        return f"{key} = {'PGD (Madry)' if u.get('rand_init') else 'BIM'}, {iterative} ({eps})"
-    if m == "cw":
-        return f"{key} = PGD on the Carlini–Wagner margin loss (κ = {attacks.CW_KAPPA:g}), {iterative} ({eps})"
-    if m == "cw-l2":
-        return (f"{key} = cleverhans' Carlini–Wagner L2, {attacks.CW_L2_SEARCH} binary-search steps × {u['steps']} "
-                "Adam steps, no ε (L2-minimal)")
-    return f"{key} = {m} ({eps})"
-
-
 def _gan_facts(folder: str, gan) -> dict:
     """How the Defense-GAN row's generator was trained and whether its search was chosen on validation."""
     import dataclasses
@@ -448,137 +276,6 @@ def _gan_facts(folder: str, gan) -> dict:
             "chosen_on_val": bool(chosen) and all(chosen.get(k) == used[k] for k in ("restarts", "steps", "lr")),
             "val_clean": search.get("val_clean"), "val_pgd": search.get("val_pgd"), "n_val": search.get("n_val")}
 
-
-def _gan_notes(g: dict, dataset: str) -> list[str]:
-    s = g["settings"]
-    how = (f"R chosen on {g['n_val']} validation images by `apudae-tf tune {dataset} --defense-gan` (val clean "
-           f"{g['val_clean']:.3f}, val blind PGD {g['val_pgd']:.3f}; the sweep is in tune_gan.json)"
-           if g["chosen_on_val"] else "settings given on the command line, not chosen on validation")
-    return ["", f"**Defense-GAN**: WGAN-GP generator ({g['generator_epochs']} epochs, `apudae-tf train {dataset} --what "
-            f"gan`); each input is projected onto its range by {s['restarts']} random starts of z, {s['steps']} steps "
-            f"of gradient descent (rate {s['lr']:g}, momentum {s['momentum']:g}) on the mean squared error, keeping "
-            f"the best start; {how}. Attacked blind like the other purifying rows."]
-
-
-def _cost(result: dict) -> str:
-    """What a report cost, honestly when part of it came from the cache of earlier runs."""
-    total, run = result["compute_seconds"] / 60, result["seconds"] / 60
-    env = result.get("environment")  # reports made before it was recorded ran on this project's 2 cores
-    where = ("2 CPU cores" if env is None else f"{env['gpus']} GPU(s)" if env.get("gpus")
-             else f"{env['cpu_cores']} CPU cores ({env['processor']}; TensorFlow {env['tensorflow']})")
-    peak = max(result.get("peak_rss_gib") or 0.0, (env or {}).get("peak_rss_gib") or 0.0)
-    if peak:
-        where += f", peak memory {peak:.1f} GiB"
-    if run >= total:
-        return f"{run:.1f} min on {where}"
-    return (f"{total:.1f} min of attacks and defences, summed over the runs that filled its cache (the last run: "
-            f"{run:.1f} min), on {where}")
-
-
-def _optimizer_text(training: dict) -> str:
-    if training.get("optimizer") == "SGD one-cycle":
-        return (f"SGD with a one-cycle rate peaking at {training['peak_lr']:g} (momentum {training['momentum']:g}, "
-                f"weight decay {training['weight_decay']:g}, crop + flip)")
-    return f"Adam {training['learning_rate']:g}"
-
-
-def _below_paper(result: dict) -> list[str]:
-    """The APuDAE cells under the paper's number, said in the report rather than left to the eye."""
-    short = [r for r in result["records"] if r.get("kind") == "purifier" and r.get("paper") is not None
-             and r["accuracy"] < r["paper"]]
-    if not short:
-        return []
-    cells = "; ".join(f"{r['defence']} × {r['attack']}: {r['accuracy']:.3f} vs {r['paper']:.3f}"
-                      + (" (the paper's value is inside our 95% interval)" if r.get("ci95") and r["ci95"][1] >= r["paper"]
-                         else "") for r in short)
-    return ["", f"**Below the paper**: {cells}. What was tried to close these gaps (validation only; attacks are "
-                "never weakened): README, the section on this table, and the val_attacks*.json diagnostics here."]
-
-
-def _models_text(result: dict) -> str:
-    text = f"models from `{shown_path(result['models'])}` (DAE recipe: {result['dae_recipe']})"
-    adapted = result.get("classifier_adapted_to")
-    if adapted:
-        text += (f"; its classifier was fine-tuned on the purifier's outputs ({', '.join(adapted)}) of clean training "
-                 "images (`apudae-tf train ... --what adapted-classifier`), and every attack is made on that "
-                 "classifier")
-    return text
-
-
-def _images_text(result: dict) -> str:
-    """Which test images a report scored."""
-    t = result.get("test_images")
-    if t:
-        return (f"the {t['kept']} of the first {t['first']} {result['dataset']} test images that the classifier "
-                "gets right (`--correct-only`, the paper's protocol for ImageNet)")
-    return f"the first {result['n']} {result['dataset']} test images"
-
-
-def table_notes(result: dict) -> list[str]:
-    """The prose under table.md's table: how every number was made."""
-    from apudae_tf import table
-
-    used = result["attacks"]
-    lines = [
-        f"Made by `{result['command']}` on {_images_text(result)}; "
-        f"{_cost(result)}; {_models_text(result)}.",
-        "",
-        "**Attacks**: " + "; ".join(_column_text(k, used[k]) for k in dict.fromkeys(r["attack"] for r in result["records"])
-                                    if k in used and used[k]["method"] != "none") + ".",
-        "Every purifying row (MagNet, APuDAE) is attacked **blind**: the examples are white-box attacks on the "
-        "undefended classifier, which then classifies the purified images (the paper's protocol). The adversarial-"
-        "training row is attacked white-box on its own model. Attacks that see the purifier: the adaptive report.",
-        "",
-        f"**MagNet**: our DAE as both detector and reformer. An input with r(x) > {result['magnet_threshold']:.3f} "
-        f"(the {100 * (1 - table.MAGNET_FPR):.0f}th percentile of r on clean validation images: "
-        f"{100 * table.MAGNET_FPR:.0f}% false alarms) is refused; others are classified after the DAE. MagNet counts "
-        "a refused adversarial input as defended (the paper's MagNet column); the row 'refused = error' counts it "
-        "as a miss. A refused clean image is always a miss.",
-    ]
-    lines += _below_paper(result)
-    if result.get("adv_classifier"):
-        a = result["adv_classifier"]
-        at = a["attack"]
-        ramp = f", ε ramped up from 0 over the first {a['eps_ramp_epochs']} epochs" if a.get("eps_ramp_epochs") else ""
-        history = a.get("history") or []
-        last = ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items() if k != "epoch") if history else ""
-        lines += ["", f"**Adversarial training**: {a['method']}, the classifier's architecture: {at['steps']} "
-                  f"step(s) of {at['step']:g} (ε {at['eps']:g}, random start) on every training batch{ramp}; "
-                  f"{a['training']['epochs']} epochs, {_optimizer_text(a['training'])}, "
-                  + (f"fine-tuned from the folder's `{a['init']}` " if a["init"] != "random" else "from random weights ")
-                  + f"(`apudae-tf train {result['dataset']} --what adv-classifier --epochs {a['training']['epochs']}`)."
-                  + (f" After the last epoch, on 1000 validation images: {last}." if last else "")]
-    cost = result.get("cost_ms_per_image") or {}
-    if cost:
-        lines += ["", "**Cost per image** (purification and classification, mean over the row's cells, 2 CPU cores; "
-                  "cells from the cache keep the time of the run that made them): "
-                  + "; ".join(f"{k} {v:.2f} ms" for k, v in cost.items()) + "."]
-        kind = {r["defence"]: r.get("kind") for r in result["records"]}
-        gan = [v for k, v in cost.items() if kind.get(k) == "defense-gan"]
-        if gan:
-            lines[-1] += " Defense-GAN / APuDAE: " + ", ".join(
-                f"{gan[0] / v:.0f}× {k}" for k, v in cost.items() if kind.get(k) == "purifier" and v > 0) + "."
-    if result.get("defense_gan"):
-        lines += _gan_notes(result["defense_gan"], result["dataset"])
-    tuned = result.get("tuned") or {}
-    if tuned:
-        lines += ["", f"**Purification settings** were chosen on the validation split "
-                  f"(chosen on: {result.get('purify_settings_chosen_on')}), never on test, by "
-                  f"`apudae-tf tune {result['dataset']}` (best mean of clean and blind-PGD accuracy; the full sweep "
-                  "is in tune.json). The chosen variant is the iterative one with the best validation score.", "",
-                  "| variant | n | α | ε_r | val clean | val PGD |", "|---|---:|---:|---:|---:|---:|"]
-        for v, t in tuned.items():
-            st = t["settings"]
-            lines.append(f"| {v} | {st['n']} | {st['alpha']:g} | {st['eps_r']:g} | {t['val_clean']:.3f} | "
-                         f"{t['val_pgd']:.3f} |")
-    if result.get("figures"):
-        f = result["figures"]
-        lines += ["", f"Figures (first {f['figure_images']} test images, variant "
-                  f"{f.get('variant') or result['chosen_variant']}): "
-                  f"![r(x) histograms](fig3_r_hist.png) ![clean, {f.get('attack', 'PGD')} and purified images](examples.png)"]
-    return lines
-
-
 # -- attacks that see the defence (spec §5) and the detection view ---------------------------
 
 # Defense-GAN's gradient attacks run its search forward at every step; with L = 10 restarts that is
@@ -587,10 +284,6 @@ def table_notes(result: dict) -> list[str]:
 # full defence's.
 GAN_ATTACK_RESTARTS = 1
 # the adaptive report's column headers
-ADAPTIVE_LABELS = {"clean": "clean", "pgd": "blind PGD", "bpda": "counter A", "weighted": "counter B (worst λ)",
-                   "bpda-eot": "BPDA+EOT",
-                   "apgd-ce": "+ APGD-CE", "apgd-dlr": "+ APGD-DLR", "apgd-t": "+ APGD-T", "square": "+ Square",
-                   "worst": "**worst case**"}
 
 
 def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed: int = 0, budget=None,
@@ -697,98 +390,4 @@ def _seconds_per_image(attack_seconds: list[dict]) -> dict:
         if a["n"] and a["attack"] != "none":
             out.setdefault(a["target"], {})[a["column"] if a["column"] != "weighted" else "weighted (each λ)"] = \
                 round(a["seconds"] / a["n"], 4)
-    return out
-
-
-def adaptive_notes(result: dict) -> list[str]:
-    b = result["budget"]
-    s = result["attacks"]["pgd"]
-    worst = [r for r in result["records"] if r["attack"] == "worst"]
-    lines = [
-        f"Made by `{result['command']}` on {_images_text(result)}: {_cost(result)}; {_models_text(result)}.",
-        "",
-        "**The number to quote for each defence is its worst case**: an image counts as robust only if the "
-        "defence classifies it correctly clean and after every attack of its row: "
-        + "; ".join(f"{r['defence']} **{r['accuracy']:.3f}** [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" for r in worst)
-        + ". Every adversarial image is scored through the real defence (`purify`, then the classifier), never "
-        "through the differentiable function the attacks use.",
-        "",
-        f"**Columns.** ε = {s['eps']:g} throughout. **blind PGD**: {s['steps']} steps of {s['step']:g} from a random "
-        "start, white box on the row's classifier alone (the paper's protocol; for adversarial training it is the "
-        "white-box attack). **counter A** (eq. 14): the same PGD through the DAE, L(f(D(x)), y). **counter B** "
-        "(eq. 15): L(f(x), y) − λ·r(x), the worst λ of " + ", ".join(f"{v:g}" for v in result["lambdas"])
-        + " (the sweep is in adaptive.json). Then the AutoAttack-grade ensemble (Croce & Hein 2020), a **cascade**: "
-        "each attack runs only on the images that every column to its left left standing, so its cell is the "
-        "row's robust accuracy so far: "
-        f"**APGD-CE** ({b['apgd_steps']} iterations, {b['restarts']} random start(s), step 2ε halved at the "
-        "checkpoints, momentum 0.75), **APGD-T** (the targeted DLR loss, once per target among the "
-        f"{b['targets']} classes ranked highest after the true one, {b['apgd_steps']} iterations each), "
-        f"**Square** (Andriushchenko et al. 2020: {b['square_queries']} queries, p_init 0.8, margin loss; scores "
-        "only, no gradient: the check on gradient masking).",
-        "",
-        "**What each attack sees.** Adversarial training: white box on its model. An APuDAE row: APGD differentiates "
-        "the purification itself (`Purifier.function`: the exact gradient through every step of the loop and the "
-        f"DAE gradients inside it, second-order tapes), averaged over {b['eot']} draws of the defence's randomness "
-        "(EOT) for the random variants F and G; a deterministic variant needs one draw, which is exact. Square "
-        "queries the purifier's forward (scores only); on a random defence each score is the margin averaged over "
-        f"the same {b['eot']} draws. A random defence is scored twice, with the draws `apudae-tf purify` uses and "
-        "with fresh ones no attack has seen; an image is robust only if it is right both times (both accuracies are "
-        "in adaptive.json). The row 'adversarially trained classifier' puts the chosen purifier in front of the "
-        "adversarially trained classifier and attacks the whole pipeline.",
-    ]
-    if "bpda-eot" in result["attacks"]:
-        lines += ["", f"**BPDA+EOT** (Athalye et al. 2018): PGD, {s['steps']} steps of {s['step']:g}, whose gradient is "
-                  "the classifier's at the real purifier's output (the purification forward, the identity backward), "
-                  f"averaged over {result['attacks']['bpda-eot'].get('eot', 1)} draws of a random defence; it runs "
-                  "before the exact cascade because a gradient costs one purification instead of its second-order "
-                  "unrolling."]
-    if result.get("cascade_all"):
-        lines += ["", "**Every column after clean is a cascade here** (`--cascade`; the dataset profile's default "
-                  "where an attack through the purifier costs minutes per image): each attack runs only on the "
-                  "images that every column to its left left standing, so a cell is the row's robust accuracy so "
-                  "far, not that attack's alone; the worst case is the same as if every attack had run on every "
-                  "image. The first attack's cell is that attack's alone (on the images the defence gets right "
-                  "clean); the paper's numbers beside later cells are each attack's alone, so ours are lower "
-                  "than such an attack alone would give."]
-    if result.get("chunk"):
-        each = result.get("purifier_chunk", result["chunk"])
-        lines += ["", f"Cells were attacked, scored and cached {result['chunk']} images at a time"
-                  + (f" ({each} at a time in the attacks that run the purification at every step)"
-                     if each != result["chunk"] else "")
-                  + ", so an interrupted run resumes from its last finished chunk."]
-    if "defense_gan_attacker_restarts" in result:
-        lines += ["", f"**Defense-GAN** has no counter A or B (they target a DAE). Its gradient attacks use BPDA "
-                  "(the latent search forward, the identity backward, Athalye et al. 2018) with EOT: each attack step "
-                  f"runs the search with {result['defense_gan_attacker_restarts']} fresh random restart(s) instead "
-                  "of L, a cheaper forward for the attacker, and Square queries that same forward (its scores "
-                  "averaged over the EOT draws); the score is always the full defence's."]
-    per = result.get("seconds_per_image") or {}
-    if per:
-        lines += ["", "**Attack time per attacked image** (seconds, 2 CPU cores; cells from the cache keep the time "
-                  "of the run that made them): " + "; ".join(
-                      f"{t}: " + ", ".join(f"{k} {v:.3g}" for k, v in cols.items()) for t, cols in per.items()) + "."]
-    lines += [
-        "",
-        "**Detection** (roc.png, roc.json): the AUC of r(x) as a detector of each attack's examples against the "
-        "same clean images: " + ", ".join(f"{k} {v:.3f}" for k, v in result.get("detection_auc", {}).items()) + ".",
-    ]
-    return lines
-
-
-def render(path: str) -> str:
-    """Write the Markdown report beside a report's JSON (table.json -> table.md, adaptive.json -> adaptive.md)
-    from the records alone: computing and rendering are separate, and a report can be re-rendered without
-    running anything. Returns the Markdown's path."""
-    import json
-    import os
-
-    from apudae_tf import store, table
-
-    with open(path) as f:
-        result = json.load(f)
-    adaptive = os.path.basename(path).startswith("adaptive")
-    text = (table.markdown(result, adaptive_notes(result), ADAPTIVE_LABELS) if adaptive
-            else table.markdown(result, table_notes(result)))
-    out = os.path.splitext(path)[0] + ".md"
-    store.write_bytes(out, text.encode())
     return out

@@ -236,6 +236,11 @@ class Models:
     folder: str
     classifier_file: str | None = None  # where the classifier came from (a user's own, or the folder's)
 
+    def digests(self) -> dict:
+        """The digests of the classifier's and the DAE's files: what keys the reports' caches to these models."""
+        return {"classifier": file_digest(self.classifier_file or os.path.join(self.folder, CLASSIFIER)),
+                "dae": file_digest(os.path.join(self.folder, DAE))}
+
     def classifier_fn(self):
         """The classifier as a compiled ``x -> logits`` callable, in inference mode."""
         from apudae_tf import models

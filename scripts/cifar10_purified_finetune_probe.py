@@ -13,9 +13,9 @@ import os
 import shutil
 import sys
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
 from apudae_tf import data, models, store
 

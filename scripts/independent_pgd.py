@@ -17,9 +17,9 @@ import os
 
 import foolbox as fb
 import numpy as np
+from foolbox_common import add_options, first_test_images, linf_pgd, save
 
 from apudae_tf import store
-from foolbox_common import add_options, linf_pgd, save, first_test_images
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 add_options(parser, n=500)

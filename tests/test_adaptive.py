@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import half_images, linear_classifier
 
 from apudae_tf import attacks, models, purify, store
 from apudae_tf.errors import ApudaeError
-from conftest import half_images, linear_classifier
 
 SHAPE = (8, 8, 1)
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import half_images, linear_classifier
 
 from apudae_tf import attacks
-from conftest import half_images, linear_classifier
 
 EPS = 0.2
 

@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import data_dir
 
 from apudae_tf import data
 from apudae_tf.errors import ApudaeError
-from conftest import data_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import data_dir
 
 from apudae_tf import defensegan, store
-from conftest import data_dir
 
 
 def _tiny_generator():
@@ -114,8 +114,9 @@ def test_defense_gan_in_the_adaptive_report_gets_bpda_with_the_attackers_forward
 
 
 def test_evaluate_asks_for_a_generator_before_it_adds_the_defense_gan_row(tiny_models):
-    import cli
     from click.testing import CliRunner
+
+    import cli
 
     r = CliRunner().invoke(cli.main, ["evaluate", "mnist", "--models", tiny_models, "--n", "4", "--no-adv-training",
                                       "--defense-gan", *(["--data-dir", data_dir()] if data_dir() else [])])
@@ -133,7 +134,7 @@ def test_cw_l2_n_zero_leaves_the_dearest_column_out():
 def test_search_settings_are_chosen_on_validation_and_read_back(tiny_models):
     import json
 
-    from apudae_tf import attacks, reports
+    from apudae_tf import attacks, tuning
     from apudae_tf.data import Dataset
 
     gen = defensegan.build_generator((28, 28, 1), width=8)
@@ -146,7 +147,7 @@ def test_search_settings_are_chosen_on_validation_and_read_back(tiny_models):
     poison = np.full((1, 28, 28, 1), np.nan, np.float32)  # the test split must never be read
     ds = Dataset("mnist", x_val, y_val, x_val, y_val, poison, np.zeros(1, np.int64), source="test")
     s = attacks.AttackSettings(eps=0.3, steps=1, step=0.3)
-    report = reports.tune_gan(store.load_models(tiny_models), ds, gen, 6, s, restarts=2, steps_grid=(0, 3))
+    report = tuning.tune_gan(store.load_models(tiny_models), ds, gen, 6, s, restarts=2, steps_grid=(0, 3))
     sweep = report["defense_gan"]["sweep"]
     assert [r["settings"]["steps"] for r in sweep] == [0, 3] and report["split"] == "val" and report["n"] == 6
     best = max(sweep, key=lambda r: r["score"])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
+from conftest import data_dir
 
 import cli
 from apudae_tf import data, pipeline, purify, store
-from conftest import data_dir
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models", "mnist")
 

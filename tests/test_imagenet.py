@@ -7,11 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import data_dir
 from PIL import Image
 
 from apudae_tf import data, models, profiles, store
 from apudae_tf.errors import ApudaeError
-from conftest import data_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -411,12 +411,12 @@ def test_the_shipped_imagenet_defence_fits_its_classifier_and_keeps_clean_images
 def test_table_4_says_which_attacks_its_columns_are():
     import json
 
-    from apudae_tf import reports
+    from apudae_tf import report_text
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "results", "imagenet", "table.json")) as f:
         result = json.load(f)
-    attacks = next(line for line in reports.table_notes(result) if line.startswith("**Attacks**"))
+    attacks = next(line for line in report_text.table_notes(result) if line.startswith("**Attacks**"))
     assert attacks == ("**Attacks**: random = uniform noise in [−ε, ε] (ε = 0.0627451); bim4 = BIM, 10 steps of "
                        "0.00392157 from the clean image (ε = 0.0156863); bim16 = BIM, 10 steps of 0.0156863 from the "
                        "clean image (ε = 0.0627451).")

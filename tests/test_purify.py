@@ -141,17 +141,15 @@ def test_tune_picks_the_best_validation_setting_and_purify_uses_it(tiny_models, 
     import json
     import os
 
-    from apudae_tf import attacks, data, reports
-
-    from apudae_tf import profiles
+    from apudae_tf import attacks, data, profiles, tuning
 
     ds = data.load_dataset(f"npz:{tiny_npz}")
     profiles.declare(ds.name, 0.3, 2, 0.1, 0.5)
     m = store.load_models(tiny_models, ds.image_shape)
-    report = reports.tune(m, ds, ["B"], n_val=8, attack_settings=attacks.AttackSettings(0.3, 2, 0.1))
+    report = tuning.tune(m, ds, ["B"], n_val=8, attack_settings=attacks.AttackSettings(0.3, 2, 0.1))
     assert report["split"] == "val" and report["n"] == 8
     sweep = report["variants"]["B"]["sweep"]
-    assert len(sweep) == len(reports.tune_candidates(ds.name, "B")) > 1
+    assert len(sweep) == len(tuning.tune_candidates(ds.name, "B")) > 1
     assert report["variants"]["B"]["settings"] == max(sweep, key=lambda r: r["score"])["settings"]
     # a model folder's purify_settings.json becomes purify's default
     chosen = {"B": {"settings": {**report["variants"]["B"]["settings"], "n": 7}}}

@@ -7,11 +7,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import saved_accuracy
 
 from apudae_tf import adversarial, classifiers, fitting, models, profiles, store, train
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
-from conftest import saved_accuracy
 
 
 def test_resnet20_and_resnet18_have_their_published_sizes_and_take_0_1_images():
@@ -190,11 +190,11 @@ def test_adapted_classifier_learns_purified_images_into_its_own_folder_and_reuse
         saved_accuracy(os.path.join(out, store.CLASSIFIER), ds.x_test, ds.y_test))
     assert any("epoch 1/1" in s for s in said)
     # its reports name the rows and say what the classifier learnt
-    from apudae_tf import reports
+    from apudae_tf import report_text, reports
 
     defences, _, _, facts = reports.table_defences(store.load_models(out), ds, ["direct"])
     assert {"No defence (adapted classifier)", "APuDAE direct + adapted classifier"} <= {d.name for d in defences}
-    assert "fine-tuned on the purifier's outputs (B:n=2:alpha=2/255, direct)" in reports._models_text(
+    assert "fine-tuned on the purifier's outputs (B:n=2:alpha=2/255, direct)" in report_text._models_text(
         {"models": out, "dae_recipe": "paper", "classifier_adapted_to": facts["classifier_adapted_to"]})
     # a second run takes the purified training images from the cache
     purified.clear()
@@ -218,7 +218,6 @@ def test_train_adapted_classifier_cli_refuses_an_unknown_variant_in_one_line(tmp
 
 def test_n_fgsm_steps_eps_from_wide_noise_and_is_not_projected_back_to_eps():
     import tensorflow as tf
-
     from conftest import half_images, linear_classifier
 
     model = linear_classifier()

@@ -6,9 +6,9 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import data_dir, needs_cifar10
 
 from apudae_tf import data, models, store
-from conftest import data_dir, needs_cifar10
 
 pytestmark = pytest.mark.acceptance
 

@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import data_dir
 
 from apudae_tf import cache, machine, stats, table
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
-from conftest import data_dir
 
 
 def test_wilson_interval_holds_the_proportion_and_narrows_with_n():
@@ -214,7 +214,7 @@ def test_roc_auc_is_the_probability_that_an_adversarial_input_scores_higher():
 
 @pytest.mark.slow
 def test_adaptive_report_end_to_end_cascades_and_keeps_each_rows_worst_case(tiny_models, tmp_path):
-    from apudae_tf import reports, store
+    from apudae_tf import report_text, reports, store
 
     ds = _tiny_mnist()
     m = store.load_models(tiny_models)
@@ -273,13 +273,13 @@ def test_adaptive_report_end_to_end_cascades_and_keeps_each_rows_worst_case(tiny
     assert result["budget"]["square_queries"] == 3
     # the Markdown is rendered from the records alone: re-rendering the JSON gives it again
     os.remove(os.path.join(out, "adaptive.md"))
-    assert reports.render(os.path.join(out, "adaptive.json")) == os.path.join(out, "adaptive.md")
+    assert report_text.render(os.path.join(out, "adaptive.json")) == os.path.join(out, "adaptive.md")
     assert open(os.path.join(out, "adaptive.md")).read() == md
 
 
 @pytest.mark.slow
 def test_chunked_cells_attack_as_whole_ones_and_resume_from_cells_json_alone(tiny_models, tmp_path, monkeypatch):
-    from apudae_tf import attacks, reports, models, store
+    from apudae_tf import attacks, models, report_text, reports, store
 
     m = store.load_models(tiny_models)
     ds = _tiny_mnist()
@@ -338,7 +338,7 @@ def test_chunked_cells_attack_as_whole_ones_and_resume_from_cells_json_alone(tin
     cached.put_cell(heavy, dict(cached.cells[heavy], peak_rss_gib=99.0))
     resumed, _ = table.build(ds, defences, targets, files, columns, out, batch_size=2, per_image=True, chunk=2)
     assert resumed["peak_rss_gib"] == 99.0 and result["peak_rss_gib"] < 99.0
-    assert "peak memory 99.0 GiB" in reports._cost(dict(resumed, environment=machine.environment()))
+    assert "peak memory 99.0 GiB" in report_text._cost(dict(resumed, environment=machine.environment()))
 
 
 def test_a_profile_file_with_an_unknown_adaptive_attack_or_a_bad_chunk_is_one_error():
@@ -366,7 +366,7 @@ def test_two_reports_sharing_a_cache_folder_keep_each_others_cells(tmp_path):
 
 
 def test_report_names_every_apudae_cell_below_the_paper_and_only_those():
-    from apudae_tf import reports
+    from apudae_tf import report_text
 
     def rec(defence, attack, acc, paper, ci):
         kind = "purifier" if defence.startswith("APuDAE") else "undefended"
@@ -376,12 +376,12 @@ def test_report_names_every_apudae_cell_below_the_paper_and_only_those():
                           rec("APuDAE D", "pgd", 0.948, 0.951, [0.944, 0.952]),
                           rec("APuDAE D", "cw", 0.991, 0.953, [0.989, 0.993]),
                           rec("No defence", "pgd", 0.0, 0.129, [0.0, 0.001])]}
-    text = "\n".join(reports._below_paper(result))
+    text = "\n".join(report_text._below_paper(result))
     assert "APuDAE D × fgsm: 0.915 vs 0.964" in text and "× cw" not in text and "No defence" not in text
     assert "APuDAE D × pgd: 0.948 vs 0.951 (the paper's value is inside our 95% interval)" in text
     assert "fgsm: 0.915 vs 0.964 (the paper" not in text
     result["records"] = result["records"][2:]
-    assert reports._below_paper(result) == []
+    assert report_text._below_paper(result) == []
 
 
 

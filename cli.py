@@ -226,46 +226,17 @@ def _out_option(given, option="--out"):
     return option if given else f"{option} (default)"
 
 
-def check_dataset(dataset, model_dir=None):
-    """A dataset argument names a built-in dataset, a user's npz:PATH or folder:PATH, or a dataset whose model
-    folder (--models) declares it; a typo is one error with the nearest name."""
-    import difflib
-
-    from apudae_tf import data, profiles
-
-    if dataset is None or dataset.startswith(("npz:", "folder:")) or dataset in profiles.REGISTRY \
-            or dataset in data.BUILTIN:
-        return
-    if model_dir is not None and os.path.isfile(os.path.join(model_dir, profiles.PROFILE_FILE)):
-        return  # the folder's profile.json declares it (checked when it is read)
-    known = sorted(set(profiles.BUILTIN) | set(data.BUILTIN) | set(data.IMAGE_FOLDERS))
-    near = difflib.get_close_matches(dataset, known, n=1)
-    raise ApudaeError(f"unknown dataset {dataset!r}" + (f"; did you mean {near[0]}?" if near else "")
-                      + f" (use {', '.join(known)}, npz:PATH or folder:PATH)")
-
-
 def model_folder(dataset, model_dir):
-    """--models DIR if given, else the shipped saved_models/<dataset>, else what `train` and `tune` made here
-    by default (./apudae-runs/<dataset>/tuned, then .../models). The profile the folder was trained with
-    (profile.json) joins the registry, so a user's dataset is known from here on."""
-    from apudae_tf import profiles, store
+    """The model folder of a command (store.resolve_model_folder), saying which when it is not the shipped one."""
+    from apudae_tf import store
 
-    check_dataset(dataset, model_dir)
-    if model_dir is None:
-        name = profiles.dataset_name(dataset)
-        found = [d for d in (store.default_model_dir(name), store.run_dir(name, "tuned"), store.run_dir(name, "models"))
-                 if os.path.isdir(d)]
-        if not found:
-            raise ApudaeError(f"no models for dataset {name!r}: none shipped and none trained in ./{store.RUNS}; "
-                              f"train with `apudae-tf train {dataset}` or pass --models DIR")
-        model_dir = found[0]
-        if not store.is_shipped(model_dir):
-            click.echo(f"using the models in {model_dir}", err=True)
-    elif not os.path.isdir(model_dir):
-        raise ApudaeError(f"--models {model_dir}: no such model folder; train one with `apudae-tf train` or pass "
-                          "another folder")
-    profiles.from_folder(model_dir)
-    return model_dir
+    return store.resolve_model_folder(dataset, model_dir, echo=lambda m: click.echo(m, err=True))
+
+
+def check_dataset(dataset, model_dir=None):
+    from apudae_tf import data
+
+    data.check_name(dataset, model_dir)
 
 
 def models_for(batch, model_dir, dataset, need=("classifier", "dae"), classifier=None):

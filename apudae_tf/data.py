@@ -240,6 +240,22 @@ def _test_only(name: str, arrays: dict[str, np.ndarray], source: str) -> Dataset
     return Dataset(name, empty, none, empty, none, x, arrays["y_test"].astype(np.int64), source)
 
 
+def check_name(dataset: str | None, model_dir: str | None = None) -> None:
+    """A dataset argument names a built-in dataset, a user's npz:PATH or folder:PATH, or a dataset whose model
+    folder (--models) declares it; a typo is one error with the nearest name."""
+    import difflib
+
+    if dataset is None or dataset.startswith(("npz:", "folder:")) or dataset in profiles.REGISTRY \
+            or dataset in BUILTIN:
+        return
+    if model_dir is not None and os.path.isfile(os.path.join(model_dir, profiles.PROFILE_FILE)):
+        return  # the folder's profile.json declares it (checked when it is read)
+    known = sorted(set(profiles.BUILTIN) | set(BUILTIN) | set(IMAGE_FOLDERS))
+    near = difflib.get_close_matches(dataset, known, n=1)
+    raise ApudaeError(f"unknown dataset {dataset!r}" + (f"; did you mean {near[0]}?" if near else "")
+                      + f" (use {', '.join(known)}, npz:PATH or folder:PATH)")
+
+
 def resolve_data_dir(data_dir: str | None) -> str | None:
     return data_dir or os.environ.get(DATA_DIR_ENV) or None
 

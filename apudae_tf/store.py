@@ -56,6 +56,32 @@ def run_dir(dataset: str, what: str) -> str:
     return os.path.join(RUNS, profiles.dataset_name(dataset), what)
 
 
+def resolve_model_folder(dataset: str | None, model_dir: str | None, echo=None) -> str:
+    """The model folder a command uses: --models DIR (``model_dir``) if given, else the shipped
+    saved_models/<dataset>, else what `train` and `tune` made here by default (./apudae-runs/<dataset>/tuned,
+    then .../models). The profile the folder was trained with
+    (profile.json) joins the registry, so a user's dataset is known from here on. ``echo`` is told which folder
+    when it is not the shipped one."""
+    from apudae_tf import data
+
+    data.check_name(dataset, model_dir)
+    if model_dir is None:
+        name = profiles.dataset_name(dataset)
+        found = [d for d in (default_model_dir(name), run_dir(name, "tuned"), run_dir(name, "models"))
+                 if os.path.isdir(d)]
+        if not found:
+            raise ApudaeError(f"no models for dataset {name!r}: none shipped and none trained in ./{RUNS}; "
+                              f"train with `apudae-tf train {dataset}` or pass --models DIR")
+        model_dir = found[0]
+        if not is_shipped(model_dir) and echo:
+            echo(f"using the models in {model_dir}")
+    elif not os.path.isdir(model_dir):
+        raise ApudaeError(f"--models {model_dir}: no such model folder; train one with `apudae-tf train` or pass "
+                          "another folder")
+    profiles.from_folder(model_dir)
+    return model_dir
+
+
 @dataclasses.dataclass(frozen=True)
 class DaeStats:
     """Clean reconstruction-error statistics and how the DAE was trained."""

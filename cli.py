@@ -1123,7 +1123,7 @@ def certify(dataset, sigma_list, denoiser_list, n_images, every, n0, n_draws, al
     m = store.load_models(folder, ds.image_shape, need=("classifier",), classifier=classifier_path,
                           num_classes=ds.num_classes)
     rows = [cert.load_row(m.classifier_file, s, d, denoiser_dir or folder, settings, ds.num_classes, m.classifier,
-                          purifier_folder=folder) for s in sigmas for d in kinds]
+                          purifier_folder=folder, image_shape=ds.image_shape) for s in sigmas for d in kinds]
     indices = cert.test_indices(len(ds.x_test), n_images, every)
     command = "apudae-tf certify " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     echo = functools.partial(click.echo, err=True)

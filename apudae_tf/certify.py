@@ -59,6 +59,7 @@ class Row:
 
     smoothed: smoothing.Smoothed
     identity: dict  # sigma, denoiser, classifier, classifier_digest, denoiser_digest, precision
+    image_shape: tuple | None = None  # the images it certifies (for the cost of a model that takes any size)
 
     @property
     def label(self) -> str:
@@ -79,7 +80,8 @@ def denoiser_path(folder: str, sigma: float, denoiser: str) -> str:
 
 
 def load_row(classifier_path: str, sigma: float, denoiser: str, denoiser_folder: str, settings: CertifySettings,
-             num_classes: int | None = None, classifier=None, purifier_folder: str | None = None) -> Row:
+             num_classes: int | None = None, classifier=None, purifier_folder: str | None = None,
+             image_shape=None) -> Row:
     """The smoothed classifier of one row: ``classifier_path``'s model (or ``classifier``, already loaded from
     it) at noise ``sigma`` behind ``denoiser`` (``none``, or a stage of ``denoiser_folder``/smoothing/; ``purify``:
     the MSE stage, then the variant chosen in ``purifier_folder``, default ``denoiser_folder``)."""
@@ -110,7 +112,7 @@ def load_row(classifier_path: str, sigma: float, denoiser: str, denoiser_folder:
     identity = {"sigma": float(sigma), "denoiser": name, "classifier": store.shown_path(classifier_path),
                 "classifier_digest": store.file_digest(classifier_path), "denoiser_digest": dae_digest,
                 "precision": precision}
-    return Row(smoothed, identity)
+    return Row(smoothed, identity, None if image_shape is None else tuple(int(d) for d in image_shape))
 
 
 def chosen_purifier(folder: str):
@@ -240,9 +242,11 @@ def _flops_key(summary: dict) -> str:
 def flops_of(row: Row) -> tuple[str, float]:
     """(the key of a row's models, GFLOP of one draw through its base classifier)."""
     s = row.smoothed
-    flops = models.forward_flops(s.classifier) + (models.forward_flops(s.denoiser) if s.denoiser is not None else 0)
+    shape = row.image_shape
+    flops = models.forward_flops(s.classifier, shape) + (models.forward_flops(s.denoiser, shape)
+                                                          if s.denoiser is not None else 0)
     if s.purifier is not None:  # r(x_in), then per step a forward and an input gradient (~2 forwards) of its DAE
-        flops += (3 * s.purifier.settings.n + 1) * models.forward_flops(s.purifier.dae)
+        flops += (3 * s.purifier.settings.n + 1) * models.forward_flops(s.purifier.dae, shape)
     return _flops_key(row.identity), flops / 1e9
 
 

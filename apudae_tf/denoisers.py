@@ -253,8 +253,10 @@ def train_smoothing_denoiser(ds: Dataset, out_dir: str, sigma: float, settings, 
     folder = os.path.join(out_dir, store.SMOOTHING_DIR)
     shape = tuple(ds.image_shape)
     keras.utils.set_random_seed(settings.seed)
-    labels = np.argmax(models.predict_in_batches(models.inference_fn(classifier), ds.x_train), axis=1)
-    x_val, y_val = ds.x_val[:SMOOTHING_VAL_IMAGES], ds.y_val[:SMOOTHING_VAL_IMAGES]
+    # an image folder (ImageNet's 800 training images: 0.5 GB at 224 px) is decoded once, here
+    x_train = np.asarray(ds.x_train, np.float32)
+    labels = np.argmax(models.predict_in_batches(models.inference_fn(classifier), x_train), axis=1)
+    x_val, y_val = np.asarray(ds.x_val[:SMOOTHING_VAL_IMAGES], np.float32), ds.y_val[:SMOOTHING_VAL_IMAGES]
     records, dae = {}, None
     for stage, epochs in (("mse", settings.epochs), ("stability", stability_epochs)):
         path = os.path.join(folder, smoothing_denoiser_file(sigma, stage))
@@ -266,14 +268,14 @@ def train_smoothing_denoiser(ds: Dataset, out_dir: str, sigma: float, settings, 
             continue
         backup = os.path.join(folder, f".sigma{sigma:g}-{stage}_backup")
         rate = SMOOTHING_LEARNING_RATE[stage]
-        steps = epochs * -(-len(ds.x_train) // settings.batch_size)
+        steps = epochs * -(-len(x_train) // settings.batch_size)
         with fitting.precision(settings.mixed_precision):
             with fitting.strategy().scope():
                 net = models.build_residual_unet(shape, filters, stages)
                 if dae is not None:
                     net.set_weights(dae.get_weights())
                 if stage == "mse":
-                    model, targets, loss = net, ds.x_train, "mse"
+                    model, targets, loss = net, x_train, "mse"
                 else:
                     model = _with_classifier(net, classifier)
                     targets, loss = labels, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -285,7 +287,7 @@ def train_smoothing_denoiser(ds: Dataset, out_dir: str, sigma: float, settings, 
             def validate(net=net):
                 return {"val_noisy_accuracy": noisy_accuracy(net, classifier, x_val, y_val, sigma, settings.seed)}
 
-            history = fitting.fit(model, smoothing_batches(ds.x_train, targets, sigma, settings.batch_size,
+            history = fitting.fit(model, smoothing_batches(x_train, targets, sigma, settings.batch_size,
                                                            settings.seed),
                                   epochs, backup, recipe, f"smoothing σ={sigma:g} {stage}", echo, resume,
                                   extra=validate, keys=("loss",))

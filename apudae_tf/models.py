@@ -225,7 +225,7 @@ def with_policy(model: keras.Model, policy: str) -> keras.Model:
 
 
 def layer_flops(layer) -> int:
-    """2 × multiply-adds of one Conv2D, Conv2DTranspose or Dense layer for one image (0 for other layers,
+    """2 × multiply-adds of one Conv2D, Conv2DTranspose, DepthwiseConv2D or Dense layer for one image (0 for others,
     whose elementwise work is small beside them)."""
     kind = type(layer).__name__
     if kind == "Conv2D":  # each output pixel: kh·kw·cin MACs per output channel
@@ -236,14 +236,21 @@ def layer_flops(layer) -> int:
         kh, kw, cout, cin = (int(d) for d in layer.kernel.shape)
         _, ih, iw, _ = layer.input.shape
         return 2 * ih * iw * cin * kh * kw * cout
+    if kind == "DepthwiseConv2D":  # each output pixel and channel: kh·kw MACs
+        kh, kw, c, mult = (int(d) for d in layer.kernel.shape)
+        _, oh, ow, _ = layer.output.shape
+        return 2 * oh * ow * c * mult * kh * kw
     if kind == "Dense":
         return 2 * int(np.prod(layer.kernel.shape))
     return 0
 
 
-def forward_flops(model) -> int:
+def forward_flops(model, image_shape=None) -> int:
     """The FLOPs of one image's forward pass through a model's convolutions and dense layers (nested models
-    included): the cost figures' reference work."""
+    included): the cost figures' reference work. A model that takes any image size (None in its input shape) is
+    counted at ``image_shape``."""
+    if image_shape is not None and any(d is None for d in model.input_shape[1:3]):
+        model = keras.models.clone_model(model, input_tensors=keras.Input(shape=tuple(image_shape)))
     return int(sum(forward_flops(layer) if isinstance(layer, keras.Model) else layer_flops(layer)
                    for layer in model.layers))
 

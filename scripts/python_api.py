@@ -1,0 +1,48 @@
+"""The README's Python example, run as written on 100 MNIST test images, with what it cost: writes
+results/api/example.json (each evaluation's numbers, seconds and the process's peak memory).
+
+  python scripts/python_api.py [--n 100] [--budget fast] [--out results/api/example.json]
+"""
+
+import argparse
+import os
+import resource
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up lines: set before it is imported
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import apudae_tf as A  # noqa: E402
+from apudae_tf import data, io, store  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--n", type=int, default=100)
+parser.add_argument("--budget", default="fast")
+parser.add_argument("--out", default="results/api/example.json")
+args = parser.parse_args()
+
+started = time.time()
+ds = data.load_dataset("mnist", test_only=True)  # inside the package: no data folder, no network
+x, y = ds.x_test[: args.n], ds.y_test[: args.n]
+clf = keras.models.load_model(os.path.join(store.SAVED_MODELS, "mnist", "classifier.keras"))
+tm = A.ThreatModel(norm="linf", eps=0.3)
+runs = {
+    "bare classifier": None,
+    "your own defence: 8-bit quantization": lambda t, seed=None: tf.round(t * 255) / 255,
+    "shipped purifier (load_defence('mnist'))": A.load_defence("mnist"),
+}
+out = {"n": args.n, "budget": args.budget, "threat_model": {"norm": "linf", "eps": 0.3}, "evaluations": {}}
+for name, defence in runs.items():
+    t0 = time.time()
+    e = A.evaluate(clf, x, y, defence=defence, threat_model=tm, budget=args.budget)
+    out["evaluations"][name] = {"worst_case": e.worst_case, "clean": e.clean, "columns": e.columns,
+                                "gradient": e.gradient, "gradient_check": e.gradient_check["status"],
+                                "seconds": round(time.time() - t0, 1)}
+    print(f"{name}: {e}", flush=True)
+out["seconds"] = round(time.time() - started, 1)
+out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+out["command"] = "python scripts/python_api.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items())
+io.write_json(args.out, out)
+print(f"{out['seconds']:.0f} s, peak memory {out['peak_rss_gib']} GiB -> {args.out}")

@@ -28,19 +28,19 @@ PROFILE_FILE = "profile.json"
 @dataclasses.dataclass(frozen=True)
 class ThreatModel:
     """The attacker's budget (spec §4): the norm and ε, and the preset of the iterative attacks (PGD/BIM):
-    ``steps`` (default 40) of ``step`` (default 2.5·ε/steps, Madry et al.'s ratio)."""
+    ``steps`` (default 40) of ``step`` (default 2.5·ε/steps, Madry et al.'s ratio, at most ε)."""
 
     eps: float
     steps: int = 0  # 0: DEFAULT_PGD_STEPS
-    step: float = 0.0  # 0: 2.5·ε/steps
+    step: float = 0.0  # 0: min(2.5·ε/steps, ε)
     norm: str = "linf"
     rand_init: bool = True
 
     def __post_init__(self):
         if not self.steps:
             object.__setattr__(self, "steps", DEFAULT_PGD_STEPS)
-        if not self.step:
-            object.__setattr__(self, "step", 2.5 * self.eps / self.steps)
+        if not self.step:  # Madry et al.'s ratio, never a step beyond the ball
+            object.__setattr__(self, "step", min(2.5 * self.eps / self.steps, self.eps))
 
     def check(self, where: str) -> ThreatModel:
         if self.norm not in NORMS:

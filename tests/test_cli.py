@@ -16,7 +16,7 @@ from apudae_tf import data, pipeline, store
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, os.path.join(REPO, "cli.py")]
-COMMANDS = ("train", "info", "attack", "purify", "classify", "export", "tune", "evaluate")
+COMMANDS = ("train", "info", "attack", "purify", "classify", "export", "tune", "evaluate", "certify")
 
 
 def _cli(args, cwd, env=None, **kw):

@@ -84,7 +84,22 @@ for name, devices in (("one", ""), ("two", "/cpu:0,/cpu:1")):
         model = attacks.DefendedModel(p, lambda b: c(b), "exact", seed=1)
         res[v + "_grad"] = attacks.eot_gradient(model, attacks.ce_loss, x, y, y, eot=2)[2].tolist()
     out[name] = res
-print(json.dumps({"train": trained, "purify": out}))
+
+# randomized smoothing: each batch of noise draws split over the replicas, counted in order
+from apudae_tf import smoothing
+
+smoothed = {}
+for name, devices in (("one", ""), ("two", "/cpu:0,/cpu:1")):
+    os.environ[fitting.DEVICES_ENV] = devices
+    with fitting.strategy().scope():
+        c = keras.models.clone_model(clf)
+    c.set_weights(clf.get_weights())
+    s = smoothing.Smoothed(c, 0.5, num_classes=3, batch_size=64)
+    cert = s.certify(x[0], n0=50, n=301, alpha=0.01, seed=3, index=0)
+    smoothed[name] = {"replicas": fitting.strategy().num_replicas_in_sync,
+                      "counts": s.sample_counts(x[1], 301, smoothing.noise_seed(3, 1, 1)).tolist(),
+                      "certificate": [cert.prediction, cert.radius, cert.n_a]}
+print(json.dumps({"train": trained, "purify": out, "smoothing": smoothed}))
 """
 
 
@@ -101,3 +116,11 @@ def test_purification_and_attack_gradients_over_two_devices(mirrored):
     # F draws its noise per replica: purified, and attacked through, but not one device's draws
     f1, f2 = np.asarray(one["F"]), np.asarray(two["F"])
     assert f2.shape == f1.shape and 0 <= f2.min() and f2.max() <= 1 and np.abs(np.asarray(two["F_grad"])).max() > 0
+
+
+@pytest.mark.slow
+def test_certification_over_two_devices_draws_and_counts_as_one(mirrored):
+    one, two = mirrored["smoothing"]["one"], mirrored["smoothing"]["two"]
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    assert sum(one["counts"]) == 301 and one["counts"] == two["counts"]  # the same draws, the same votes
+    assert one["certificate"] == two["certificate"]

@@ -116,3 +116,18 @@ def test_saved_model_predict_agrees_with_the_library(tmp_path):
     assert served["abstain"].numpy().any() and not served["abstain"].numpy().all()
     with pytest.raises(Exception, match="values outside"):
         tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(x + 2.0))
+
+
+def test_a_denoiser_in_mixed_precision_keeps_its_weights_and_nearly_its_votes():
+    """certify --mixed-precision: the same weights computing in bfloat16 (float16 on a GPU); the base classifier
+    changes a little, and each record says which one voted."""
+    from apudae_tf import fitting, models
+
+    keras.utils.set_random_seed(0)
+    dae = models.build_residual_unet((8, 8, 1), 8, 2)
+    mixed = models.with_policy(dae, fitting.mixed_policy())
+    assert mixed.layers[1].compute_dtype in ("bfloat16", "float16")
+    for a, b in zip(dae.get_weights(), mixed.get_weights()):
+        assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
+    x = np.random.default_rng(0).random((16, 8, 8, 1)).astype(np.float32)
+    assert np.abs(dae(x).numpy() - np.asarray(mixed(x), np.float32)).max() < 0.05

@@ -327,3 +327,17 @@ def test_the_readmes_python_quickstart_runs(monkeypatch, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert [line.split(" ")[0] for line in printed] == ["bare", "quantized", "APuDAE"]
     assert "bpda" in printed[1] and "white box" in printed[0] and "exact" in printed[2]
+
+def test_progress_in_a_log_prints_every_tenth_and_a_heartbeat(capsys):
+    """stderr is not a terminal (CI, a log file): a line at the start, every 10 % of the work, a heartbeat while a
+    long batch gives no update, and one at the end."""
+    import cli
+
+    with cli.LogProgress(100, "attack", every=0.2) as bar:
+        for _ in range(20):
+            bar.update(5)
+        time.sleep(0.5)  # one batch that takes a while: the heartbeat speaks
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "attack: 0/100" and lines[-1].startswith("attack: 100/100 done in")
+    assert sum("attack: " in line and "%" in line for line in lines) >= 9  # ~every 10 %
+    assert len(lines) <= 14

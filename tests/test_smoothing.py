@@ -131,3 +131,31 @@ def test_a_denoiser_in_mixed_precision_keeps_its_weights_and_nearly_its_votes():
         assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
     x = np.random.default_rng(0).random((16, 8, 8, 1)).astype(np.float32)
     assert np.abs(dae(x).numpy() - np.asarray(mixed(x), np.float32)).max() < 0.05
+
+
+@pytest.mark.slow
+def test_classify_smooth_shows_abstentions_and_export_smooth_serves(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "APUDAE_DATA_DIR"}
+
+    def run(*args, **kw):
+        return subprocess.run([sys.executable, os.path.join(repo, "cli.py"), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600, **kw)
+
+    assert run("attack", "--dataset", "mnist", "--method", "none", "--n", "6", "-o", "x.npz").returncode == 0
+    res = run("classify", "-i", "x.npz", "--smooth", "1.0", "--denoiser", "none", "--N", "100", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["smoothing"]["abstained"] >= 1  # the bare CNN under σ = 1 noise: its votes split
+    assert out["accuracy"] <= 1 - out["smoothing"]["abstained"] / 6 + 1e-9  # abstentions count as wrong
+    line = run("classify", "-i", "x.npz", "--smooth", "0.25", "--denoiser", "none", "--N", "100").stdout
+    assert line.startswith("accuracy ") and "abstained on" in line
+    res = run("export", "--dataset", "mnist", "--smooth", "0.25", "--denoiser", "none", "--N", "50", "--out", "served")
+    assert res.returncode == 0, res.stderr
+    served = tf.saved_model.load(res.stdout.strip()).signatures["serving_default"]
+    assert set(served.structured_outputs) == {"classes", "abstain", "counts"}

@@ -655,7 +655,7 @@ def _smoothing_defence(m, sigma, denoiser, n_draws, alpha, seed):
     from apudae_tf import certify as cert
     from apudae_tf import smoothing
 
-    row = cert.load_row(m.classifier_file, sigma, denoiser, m.folder, cert.CertifySettings(), None, m.classifier)
+    row = cert.load_row(m.classifier_file, sigma, denoiser, m.folder, cert.CertifySettings(), classifier=m.classifier)
     settings = smoothing.SmoothingSettings(sigma, denoiser, n_draws, alpha, seed)
     return smoothing.SmoothingDefence(row.smoothed, settings, f"smoothing-{sigma:g}-{denoiser}")
 
@@ -1122,13 +1122,15 @@ def certify(dataset, sigma_list, denoiser_list, n_images, every, n0, n_draws, al
     ds = data.load_dataset(dataset, data_dir, test_only=True)
     m = store.load_models(folder, ds.image_shape, need=("classifier",), classifier=classifier_path,
                           num_classes=ds.num_classes)
-    rows = [cert.load_row(m.classifier_file, s, d, denoiser_dir or folder, settings, ds.num_classes, m.classifier,
-                          purifier_folder=folder, image_shape=ds.image_shape) for s in sigmas for d in kinds]
+    rows = [cert.load_row(m.classifier_file, s, d, denoiser_dir or folder, settings, num_classes=ds.num_classes,
+                          classifier=m.classifier, purifier_folder=folder, image_shape=ds.image_shape)
+            for s in sigmas for d in kinds]
     indices = cert.test_indices(len(ds.x_test), n_images, every)
     command = "apudae-tf certify " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     echo = functools.partial(click.echo, err=True)
     echo(f"certifying {len(indices)} test images (every {every}th) with {len(rows)} rows -> {out_dir}")
-    cert.certify_rows(rows, ds.x_test, ds.y_test, indices, settings, out_dir, ds.name, command, echo=echo)
+    cert.certify_rows(rows, ds.x_test, ds.y_test, indices, settings, out_dir=out_dir, dataset=ds.name, command=command,
+                      echo=echo)
     report = cert.finish(out_dir, ds.name, command, flops=dict(cert.flops_of(r) for r in rows))
     with open(os.path.join(out_dir, "certify.md")) as f:
         click.echo(f.read().split("## Best over")[0].rstrip())

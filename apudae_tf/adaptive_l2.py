@@ -54,7 +54,8 @@ def smoothing_rows(m, sigma: float, denoisers, denoiser_dir: str, predict_n: int
     rows, files = [], {}
     settings = certify.CertifySettings(mixed_precision=mixed_precision)
     for kind in denoisers:
-        row = certify.load_row(m.classifier_file, sigma, kind, denoiser_dir, settings, num_classes, m.classifier)
+        row = certify.load_row(m.classifier_file, sigma, kind, denoiser_dir, settings, num_classes=num_classes,
+                               classifier=m.classifier)
         key = f"smoothing-{sigma:g}-{kind}"
         files[key] = row.identity["denoiser_digest"] or row.identity["classifier_digest"]
         sd = smoothing.SmoothingDefence(row.smoothed, smoothing.SmoothingSettings(sigma, kind, predict_n, alpha, seed),

@@ -79,7 +79,7 @@ def denoiser_path(folder: str, sigma: float, denoiser: str) -> str:
     return os.path.join(folder, store.SMOOTHING_DIR, smoothing_denoiser_file(sigma, denoiser))
 
 
-def load_row(classifier_path: str, sigma: float, denoiser: str, denoiser_folder: str, settings: CertifySettings,
+def load_row(classifier_path: str, sigma: float, denoiser: str, denoiser_folder: str, settings: CertifySettings, *,
              num_classes: int | None = None, classifier=None, purifier_folder: str | None = None,
              image_shape=None) -> Row:
     """The smoothed classifier of one row: ``classifier_path``'s model (or ``classifier``, already loaded from
@@ -150,7 +150,7 @@ def read_report(path: str) -> dict:
     return report
 
 
-def certify_rows(rows: list[Row], x, y, indices: np.ndarray, settings: CertifySettings, out_dir: str,
+def certify_rows(rows: list[Row], x, y, indices: np.ndarray, settings: CertifySettings, *, out_dir: str,
                  dataset: str, command: str = "", echo=print, min_gap: float = 30.0) -> dict:
     """Certify images ``indices`` of (x, y) with every row, resuming from ``out_dir``/certify.json, then
     write the report there. ``echo`` gets a progress line every ``min_gap`` seconds or 10 % of a row."""

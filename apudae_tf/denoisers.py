@@ -243,7 +243,7 @@ def _with_classifier(dae, classifier):
     return keras.Model(x, keras.ops.cast(logits, "float32"), name="denoised_classifier")
 
 
-def train_smoothing_denoiser(ds: Dataset, out_dir: str, sigma: float, settings, classifier, echo=print,
+def train_smoothing_denoiser(ds: Dataset, out_dir: str, sigma: float, settings, classifier, *, echo=print,
                              resume: bool = False, filters: int = 32, stages: int = 4,
                              stability_epochs: int = 0) -> dict:
     """The MSE denoiser for σ (``settings.epochs``), then, from it, the stability denoiser
@@ -317,7 +317,7 @@ def noisy_accuracy(dae, classifier, x, y, sigma: float, seed: int) -> float:
     return float(np.mean(np.argmax(models.predict_in_batches(fn, x), axis=1) == y))
 
 
-def train_smoothing_part(ds: Dataset, out_dir: str, settings, echo, resume: bool, base_dir: str,
+def train_smoothing_part(ds: Dataset, out_dir: str, settings, *, echo, resume: bool, base_dir: str,
                          sigmas=None, stability_epochs: int | None = None) -> dict:
     """The smoothing denoisers of a model folder (``out_dir``/smoothing/): for each σ of ``sigmas`` (default:
     the profile's), the MSE denoiser and its stability fine-tune against ``base_dir``'s classifier, frozen.
@@ -332,7 +332,7 @@ def train_smoothing_part(ds: Dataset, out_dir: str, settings, echo, resume: bool
     info = read_smoothing_info(os.path.join(out_dir, store.SMOOTHING_DIR))
     arch = dict(profile.smoothing_denoiser)
     for sigma in sigmas:
-        records = train_smoothing_denoiser(ds, out_dir, sigma, settings, classifier, echo, resume,
+        records = train_smoothing_denoiser(ds, out_dir, sigma, settings, classifier, echo=echo, resume=resume,
                                            stability_epochs=stability_epochs, **arch)
         for stage, record in records.items():
             record["classifier"] = store.shown_path(base_path)

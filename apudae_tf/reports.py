@@ -222,7 +222,7 @@ def correctly_classified(ds: Dataset, classifier_fn, n: int, batch_size: int = 1
                   "indices": keep.tolist()}
 
 
-def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, adv=None, seed: int = 0,
+def table_report(m: Models, ds: Dataset, n: int, variants, out_dir: str, *, adv=None, seed: int = 0,
                  cw_l2_n: int | None = None, figures: bool = True, command: str = "", echo=None,
                  progress_bar=None, steps: int | None = None, gan=None, test_images: dict | None = None) -> dict:
     """Build the table, write out_dir/table.json, table.md and the figures; returns the result.
@@ -286,7 +286,7 @@ GAN_ATTACK_RESTARTS = 1
 # the adaptive report's column headers
 
 
-def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, adv=None, seed: int = 0, budget=None,
+def adaptive_report(m: Models, ds: Dataset, n: int, out_dir: str, *, adv=None, seed: int = 0, budget=None,
                     lambdas=None, command: str = "", echo=None, progress_bar=None, steps: int | None = None,
                     gan=None, gan_attack_restarts: int = GAN_ATTACK_RESTARTS, variants=("direct", "chosen"),
                     test_images: dict | None = None, cascade: bool | None = None, chunk: int | None = None) -> dict:

@@ -136,7 +136,7 @@ def _attack_settings(d: Defence, c: Column, method: str, purifier) -> attacks.At
 
 
 def build(ds: Dataset, defences: list[Defence], targets: dict, target_files: dict, columns: list[Column],
-          out_dir: str | None, echo=None, progress_bar=None, batch_size: int | None = None, paper=None,
+          out_dir: str | None, *, echo=None, progress_bar=None, batch_size: int | None = None, paper=None,
           per_image: bool = False, chunk: int = 0, detector=None) -> tuple[dict, dict]:
     """Score every defence on every column (the first ``column.n`` test images).
 

@@ -71,9 +71,9 @@ def train(ds: Dataset, what: str, out_dir: str, settings: TrainSettings, echo=pr
         elif part == "adv-classifier":
             summary.update(adversarial.train_adv_classifier(ds, out_dir, settings, echo, resume=resume))
         elif part == "smoothing-dae":
-            summary.update(denoisers.train_smoothing_part(ds, out_dir, settings, echo, resume,
-                                                          base_dir or store.default_model_dir(ds.name), sigmas,
-                                                          stability_epochs))
+            summary.update(denoisers.train_smoothing_part(
+                ds, out_dir, settings, echo=echo, resume=resume, base_dir=base_dir or store.default_model_dir(ds.name),
+                sigmas=sigmas, stability_epochs=stability_epochs))
         elif part == "gan":
             summary.update(defensegan.train_gan(ds.x_train, out_dir, settings.epochs, settings.batch_size,
                                                 settings.seed, echo, resume, ds.name, ds.source))

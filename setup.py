@@ -12,7 +12,7 @@ setup(
     # the trained models in saved_models/ install inside the package, so an
     # installed apudae-tf finds its defaults without the repository
     package_dir={"apudae_tf.saved_models": "saved_models"},
-    package_data={"apudae_tf.saved_models": ["*/*.keras", "*/*.json"], "apudae_tf": ["embedded/*.npz", "embedded/*.md"]},
+    package_data={"apudae_tf.saved_models": ["*/*.keras", "*/*.json", "*/smoothing/*.keras", "*/smoothing/*.json"], "apudae_tf": ["embedded/*.npz", "embedded/*.md"]},
     py_modules=["cli"],
     install_requires=[
         "tensorflow>=2.21",

@@ -311,6 +311,10 @@ def from_json(d: dict, where: str) -> Profile:
         raise ApudaeError(f"{where}: the profile lacks {', '.join(missing)} (declare --eps, --steps, --step and "
                           "--sigma-max when you train, or a --profile file with name, eps, steps, step, sigma_max)")
     try:
+        # 0 means "the default" to ThreatModel; in a declared profile it is a mistake to report
+        if int(flat["steps"]) < 1 or not float(flat["step"]) > 0:
+            raise ApudaeError(f"{where}: the profile needs steps >= 1 and step > 0; got steps={flat['steps']}, "
+                              f"step={flat['step']}")
         threat = ThreatModel(eps=float(flat["eps"]), steps=int(flat["steps"]), step=float(flat["step"]),
                              norm=str(flat.get("norm", "linf")), rand_init=bool(flat.get("rand_init", True)))
         fields = {f.name for f in dataclasses.fields(Profile)} - {"name", "threat"}

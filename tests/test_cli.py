@@ -19,6 +19,10 @@ CLI = [sys.executable, os.path.join(REPO, "cli.py")]
 COMMANDS = ("train", "info", "attack", "purify", "classify", "export", "tune", "evaluate", "certify")
 
 
+# a user's npz dataset declares its threat model when it is trained
+DECLARED = ["--eps", "0.3", "--steps", "10", "--step", "0.03", "--sigma-max", "0.5"]
+
+
 def _cli(args, cwd, env=None, **kw):
     env = {k: v for k, v in os.environ.items() if k != data.DATA_DIR_ENV} | (env or {})
     return subprocess.run(CLI + list(args), cwd=cwd, env=env, capture_output=True, timeout=600, **kw)
@@ -67,7 +71,7 @@ def test_a_reader_that_stops_early_is_an_error_not_a_silent_cut(tiny_models, tin
 def test_unwritable_outputs_fail_before_any_work(tiny_models, tiny_npz, tmp_path):
     cases = [
         ["attack", "--dataset", f"npz:{tiny_npz}", "--models", tiny_models, "--n", "5", "-o", "/sys/apudae.npz"],
-        ["train", f"npz:{tiny_npz}", "--out", "/sys/apudae"],
+        ["train", f"npz:{tiny_npz}", "--out", "/sys/apudae"] + DECLARED,
         ["evaluate", "mnist", "--out", "/sys/apudae"],
         ["tune", "mnist", "--models", tiny_models, "--out", "/sys/apudae"],
         ["export", "--dataset", "mnist", "--models", tiny_models, "--out", "/sys/apudae"],
@@ -91,7 +95,7 @@ def test_unwritable_outputs_fail_before_any_work(tiny_models, tiny_npz, tmp_path
 @pytest.mark.slow
 def test_existing_outputs_are_kept_unless_forced(tiny_models, tiny_npz, tmp_path):
     # a model folder that already holds the DAE (tiny_models does)
-    res = _cli(["train", f"npz:{tiny_npz}", "--what", "dae", "--out", tiny_models], tmp_path)
+    res = _cli(["train", f"npz:{tiny_npz}", "--what", "dae", "--out", tiny_models] + DECLARED, tmp_path)
     assert "already holds dae.keras" in _one_error_line(res) and "--force" in res.stderr.decode()
     # a report folder that holds the report
     report = tmp_path / "report"
@@ -123,22 +127,25 @@ def test_shipped_models_are_read_only_to_every_command(tmp_path):
         assert "shipped" in line or "already holds" in line, line
 
 
+def _digests(folder: str) -> dict:
+    """Every file under ``folder`` (subfolders included) by its SHA-256."""
+    return {os.path.relpath(os.path.join(d, f), folder): hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
+            for d, _, files in os.walk(folder) for f in files}
+
+
 @pytest.mark.slow
 def test_train_without_out_writes_under_the_working_folder_only(tiny_npz, tmp_path):
-    before = {f: hashlib.sha256(open(os.path.join(store.SAVED_MODELS, "mnist", f), "rb").read()).hexdigest()
-              for f in os.listdir(os.path.join(store.SAVED_MODELS, "mnist"))}
-    declared = ["--eps", "0.3", "--steps", "10", "--step", "0.03", "--sigma-max", "0.5"]
-    res = _cli(["train", f"npz:{tiny_npz}", "--what", "dae", "--epochs", "1", *declared], tmp_path)
+    before = _digests(os.path.join(store.SAVED_MODELS, "mnist"))
+    res = _cli(["train", f"npz:{tiny_npz}", "--what", "dae", "--epochs", "1", *DECLARED], tmp_path)
     assert res.returncode == 0, res.stderr.decode()
     summary = json.loads(res.stdout)  # stdout is the JSON summary alone: Keras' lines went to stderr
     out = os.path.join("apudae-runs", "tiny", "models")
     assert summary["out"] == out and os.path.isfile(tmp_path / out / store.DAE)
     assert f"writing to {out}" in res.stderr.decode() and "training the dae" in res.stderr.decode()
-    after = {f: hashlib.sha256(open(os.path.join(store.SAVED_MODELS, "mnist", f), "rb").read()).hexdigest()
-             for f in os.listdir(os.path.join(store.SAVED_MODELS, "mnist"))}
+    after = _digests(os.path.join(store.SAVED_MODELS, "mnist"))
     assert after == before
     # the same command again keeps what it made
-    assert "already holds dae.keras" in _one_error_line(_cli(["train", f"npz:{tiny_npz}", "--what", "dae", *declared],
+    assert "already holds dae.keras" in _one_error_line(_cli(["train", f"npz:{tiny_npz}", "--what", "dae", *DECLARED],
                                                              tmp_path))
 
 
@@ -308,7 +315,7 @@ def test_an_unknown_dataset_or_an_incomplete_profile_is_one_line(tmp_path):
     line = _one_error_line(_cli(["train", f"npz:{data_file}", "--profile", str(tmp_path / "p.json")], tmp_path))
     assert "steps >= 1" in line
     line = _one_error_line(_cli(["attack", "--dataset", "svhn", "-o", "a.npz"], tmp_path))
-    assert "no models for dataset 'svhn'" in line
+    assert "unknown dataset 'svhn'" in line and "npz:PATH" in line
 
 
 @pytest.mark.slow

@@ -159,3 +159,43 @@ def test_classify_smooth_shows_abstentions_and_export_smooth_serves(tmp_path):
     assert res.returncode == 0, res.stderr
     served = tf.saved_model.load(res.stdout.strip()).signatures["serving_default"]
     assert set(served.structured_outputs) == {"classes", "abstain", "counts"}
+
+
+def test_smoothing_denoiser_stages_keep_the_classifier_frozen_and_their_records(tmp_path):
+    """`train --what smoothing-dae`'s two stages on a toy task: both files written, the classifier's weights
+    untouched by the stability stage, a record handed over as each stage finishes, and a finished stage whose
+    record was lost kept (not retrained) with its accuracy measured again."""
+    import os
+
+    from apudae_tf import data, denoisers
+    from apudae_tf.train import TrainSettings
+    from conftest import half_images, linear_classifier
+
+    x, y = half_images(96)
+    ds = data.Dataset("toy", x[:64], y[:64], x[64:], y[64:], x[64:], y[64:], "test")
+    clf = linear_classifier()
+    before = [w.copy() for w in clf.get_weights()]
+    got = {}
+
+    def keep(stage, record):
+        if record is None:
+            return stage in got
+        got[stage] = record
+        return True
+
+    settings = TrainSettings(epochs=1, batch_size=32)
+    denoisers.train_smoothing_denoiser(ds, str(tmp_path), 0.25, settings, clf, filters=4, stages=2,
+                                       stability_epochs=2, on_record=keep)
+    files = {s: tmp_path / "smoothing" / denoisers.smoothing_denoiser_file(0.25, s) for s in ("mse", "stability")}
+    assert all(f.is_file() for f in files.values())
+    assert all(np.array_equal(a, b) for a, b in zip(before, clf.get_weights()))
+    assert set(got) == {"mse", "stability"} and len(got["stability"]["history"]) == 2
+    assert all(0.0 <= r["val_noisy_accuracy"] <= 1.0 for r in got.values())
+    assert got["stability"]["recipe"]["from"] == "mse"
+
+    mtime = os.path.getmtime(files["mse"])
+    del got["mse"]
+    denoisers.train_smoothing_denoiser(ds, str(tmp_path), 0.25, settings, clf, filters=4, stages=2,
+                                       stability_epochs=2, on_record=keep)
+    assert os.path.getmtime(files["mse"]) == mtime
+    assert "cut off" in got["mse"]["note"] and 0.0 <= got["mse"]["val_noisy_accuracy"] <= 1.0

@@ -202,7 +202,12 @@ def certified_accuracy(records: list[dict], radius: float) -> float:
     return float(np.mean([r["correct"] and r["radius"] >= radius for r in records])) if records else 0.0
 
 
-def summarize(records: list[dict], flops_per_sample: dict | None = None, matmul: float | None = None) -> list[dict]:
+def matmul_precision(precision: str) -> str:
+    """The dtype whose matmul rate bounds a row's draws: its denoiser's (``"bfloat16 denoiser"``), else float32."""
+    return next((d for d in ("bfloat16", "float16") if d in (precision or "")), "float32")
+
+
+def summarize(records: list[dict], flops_per_sample: dict | None = None, matmul: dict | None = None) -> list[dict]:
     """One summary per row: certified accuracy at ``RADII``, abstentions, the average certified radius (0
     for images not certified correct), and the cost (seconds per image, draws per second, and, with the
     FLOPs of a draw and the matmul rate, the share of this machine's matmul rate)."""
@@ -229,7 +234,8 @@ def summarize(records: list[dict], flops_per_sample: dict | None = None, matmul:
         if gflop and seconds:
             summary["gflop_per_sample"] = gflop
             summary["gflops"] = gflop * draws / seconds
-            summary["fraction_of_matmul"] = summary["gflops"] / matmul if matmul else None
+            rate = (matmul or {}).get(matmul_precision(summary["precision"]))
+            summary["fraction_of_matmul"] = summary["gflops"] / rate if rate else None
         out.append(summary)
     out.sort(key=lambda s: (s["classifier"], s["denoiser"] != "none", s["denoiser"], s["sigma"], -s["images"]))
     return out
@@ -276,10 +282,12 @@ def finish(out_dir: str, dataset: str, command: str = "", flops: dict | None = N
     cost = report.get("cost", {})
     if flops:
         cost.setdefault("gflop_per_sample", {}).update(flops)
-        cost["matmul_gflops"] = machine.matmul_gflops()
+        # each row against the matmul rate of its denoiser's precision (bfloat16 runs past the float32 rate)
+        cost["matmul_gflops"] = {d: machine.matmul_gflops(dtype=d) for d in
+                                 sorted({"float32"} | {matmul_precision(r["precision"]) for r in report["records"]})}
         cost["environment"] = machine.environment()
     report["cost"] = cost
-    report["rows"] = summarize(report["records"], cost.get("gflop_per_sample"), cost.get("matmul_gflops"))
+    report["rows"] = summarize(report["records"], cost.get("gflop_per_sample"), _rates(cost))
     report["best_over_sigma"] = best_over_sigma(report["rows"])
     profile = profiles.REGISTRY.get(dataset)
     report["anchors"] = dict(profile.certify_anchors) if profile else {}
@@ -291,6 +299,11 @@ def finish(out_dir: str, dataset: str, command: str = "", flops: dict | None = N
 
 
 SHOWN_RADII = ("0", "0.25", "0.5", "0.75", "1", "1.5", "2", "2.5", "3")
+
+
+def _rates(cost: dict) -> dict:
+    rates = cost.get("matmul_gflops") or {}
+    return rates if isinstance(rates, dict) else {"float32": rates}  # a report written before precisions
 
 
 def _pct(v) -> str:
@@ -333,11 +346,12 @@ def markdown(report: dict) -> str:
     cost = report.get("cost", {})
     if cost.get("matmul_gflops"):
         env = cost.get("environment", {})
-        lines += ["", f"Cost: seconds per certified image (n0 + N draws through the base classifier), draws per "
-                  f"second, and the FLOPs those draws compute (convolutions and dense layers of the denoiser and the "
-                  f"classifier) as a share of this machine's float32 matmul rate, "
-                  f"{cost['matmul_gflops']:.0f} GFLOP/s ({env.get('processor', '?')}, {env.get('cpu_cores', '?')} "
-                  "cores). A denoiser in bfloat16 can exceed the float32 matmul share."]
+        lines += ["", "Cost: seconds per certified image (n0 + N draws through the base classifier), draws per "
+                  "second, and the FLOPs those draws compute (convolutions and dense layers of the denoiser and the "
+                  "classifier) as a share of this machine's matmul rate in the denoiser's precision ("
+                  + ", ".join(f"{d} {v:.0f} GFLOP/s" for d, v in _rates(cost).items())
+                  + f"; {env.get('processor', '?')}, {env.get('cpu_cores', '?')} cores, measured when the report was "
+                  "written, on cores the run may have shared)."]
     lines += ["", "What is not certified: the paper's L∞ budgets. An L∞ ball of radius ε lies inside the L2 ball of "
               "radius ε·√d only (8.4 for MNIST at ε = 0.3, 1.74 for CIFAR-10 at 8/255, 43 for ImageNet at 16/255 "
               "and 224 px), so these L2 radii do not cover them.", "",

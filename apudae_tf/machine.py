@@ -58,12 +58,12 @@ def timed(fn, min_seconds: float = 1.0, min_reps: int = 2) -> float:
     return (time.perf_counter() - start) / reps
 
 
-def matmul_gflops(n: int = 2048, tries: int = 5) -> float:
-    """This machine's float32 matmul rate (tf.linalg.matmul of two n×n matrices, best of ``tries``): what a
-    dense kernel reaches here, the bound against which a throughput is judged."""
+def matmul_gflops(n: int = 2048, tries: int = 5, dtype: str = "float32") -> float:
+    """This machine's matmul rate in ``dtype`` (tf.linalg.matmul of two n×n matrices, best of ``tries``): what
+    a dense kernel reaches here, the bound against which a throughput is judged."""
     import tensorflow as tf
 
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n])
+    a = tf.cast(tf.random.normal([n, n]), dtype)
+    b = tf.cast(tf.random.normal([n, n]), dtype)
     mm = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
     return max(2 * n**3 / timed(lambda: mm().numpy(), 0.5) / 1e9 for _ in range(tries))

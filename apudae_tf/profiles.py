@@ -31,16 +31,16 @@ class ThreatModel:
     ``steps`` (default 40) of ``step`` (default 2.5·ε/steps, Madry et al.'s ratio, at most ε)."""
 
     eps: float
-    steps: int = 0  # 0: DEFAULT_PGD_STEPS
-    step: float = 0.0  # 0: min(2.5·ε/steps, ε)
+    steps: int | None = None  # None: DEFAULT_PGD_STEPS (an explicit 0 is an error, ``check``)
+    step: float | None = None  # None: min(2.5·ε/steps, ε)
     norm: str = "linf"
     rand_init: bool = True
 
     def __post_init__(self):
-        if not self.steps:
+        if self.steps is None:
             object.__setattr__(self, "steps", DEFAULT_PGD_STEPS)
-        if not self.step:  # Madry et al.'s ratio, never a step beyond the ball
-            object.__setattr__(self, "step", min(2.5 * self.eps / self.steps, self.eps))
+        if self.step is None:  # Madry et al.'s ratio, never a step beyond the ball
+            object.__setattr__(self, "step", min(2.5 * self.eps / max(self.steps, 1), self.eps))
 
     def check(self, where: str) -> ThreatModel:
         if self.norm not in NORMS:
@@ -311,10 +311,6 @@ def from_json(d: dict, where: str) -> Profile:
         raise ApudaeError(f"{where}: the profile lacks {', '.join(missing)} (declare --eps, --steps, --step and "
                           "--sigma-max when you train, or a --profile file with name, eps, steps, step, sigma_max)")
     try:
-        # 0 means "the default" to ThreatModel; in a declared profile it is a mistake to report
-        if int(flat["steps"]) < 1 or not float(flat["step"]) > 0:
-            raise ApudaeError(f"{where}: the profile needs steps >= 1 and step > 0; got steps={flat['steps']}, "
-                              f"step={flat['step']}")
         threat = ThreatModel(eps=float(flat["eps"]), steps=int(flat["steps"]), step=float(flat["step"]),
                              norm=str(flat.get("norm", "linf")), rand_init=bool(flat.get("rand_init", True)))
         fields = {f.name for f in dataclasses.fields(Profile)} - {"name", "threat"}

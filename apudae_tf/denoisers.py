@@ -245,13 +245,13 @@ def _with_classifier(dae, classifier):
 
 def train_smoothing_denoiser(ds: Dataset, out_dir: str, sigma: float, settings, classifier, *, echo=print,
                              resume: bool = False, filters: int = 32, stages: int = 4,
-                             stability_epochs: int = 0, on_record=None) -> dict:
+                             stability_epochs: int = 0, on_record=None, recorded=None) -> dict:
     """The MSE denoiser for σ (``settings.epochs``), then, from it, the stability denoiser
     (``stability_epochs``; 0: none), both saved in ``out_dir``/smoothing/. Each stage resumes from its own
     backup folder; a finished stage's file is not trained again. Returns each stage's record (recipe,
     history, noisy validation accuracy of f(D(x + δ))), and hands each to ``on_record(stage, record)`` as
-    the stage finishes, so a run cut off later keeps it. A stage found finished whose record is missing
-    (``on_record`` returns False for ``(stage, None)``) gets its accuracy measured again."""
+    the stage finishes, so a run cut off later keeps it. A stage found finished but not among ``recorded``
+    (the stages whose records the caller holds; None: all) gets its accuracy measured again."""
     folder = os.path.join(out_dir, store.SMOOTHING_DIR)
     shape = tuple(ds.image_shape)
     keras.utils.set_random_seed(settings.seed)
@@ -267,12 +267,13 @@ def train_smoothing_denoiser(ds: Dataset, out_dir: str, sigma: float, settings, 
         if os.path.isfile(path):
             echo(f"smoothing σ={sigma:g}: {stage} denoiser already in {path}; kept")
             dae = store.load_model(path)
-            if on_record is not None and not on_record(stage, None):
+            if recorded is not None and stage not in recorded:
                 records[stage] = {"file": os.path.basename(path), "recipe": None, "history": None,
                                   "val_noisy_accuracy": noisy_accuracy(dae, classifier, x_val, y_val, sigma, settings.seed),
                                   "note": "the run that trained it was cut off before its record was written: the "
                                           "accuracy was measured again from the file, its recipe and history are lost"}
-                on_record(stage, records[stage])
+                if on_record is not None:
+                    on_record(stage, records[stage])
             continue
         backup = os.path.join(folder, f".sigma{sigma:g}-{stage}_backup")
         rate = SMOOTHING_LEARNING_RATE[stage]
@@ -342,21 +343,19 @@ def train_smoothing_part(ds: Dataset, out_dir: str, settings, *, echo, resume: b
     info = read_smoothing_info(os.path.join(out_dir, store.SMOOTHING_DIR))
     arch = dict(profile.smoothing_denoiser)
     info.update({"dataset": ds.name, "image_shape": list(ds.image_shape), "arch": "residual-unet", **arch})
+    known = info.setdefault("denoisers", {})
+    provenance = {"classifier": store.shown_path(base_path), "classifier_digest": store.file_digest(base_path),
+                  "source": ds.source}
     for sigma in sigmas:
         def keep(stage, record, sigma=sigma):
-            """denoisers.json gains a stage's record as it finishes; (stage, None) asks whether it has one."""
-            name = smoothing_denoiser_file(sigma, stage)
-            if record is None:
-                return name in info.get("denoisers", {})
-            record.update({"classifier": store.shown_path(base_path), "classifier_digest": store.file_digest(base_path),
-                           "source": ds.source})
-            info.setdefault("denoisers", {})[name] = record
+            """denoisers.json gains a stage's record as the stage finishes."""
+            known[smoothing_denoiser_file(sigma, stage)] = {**record, **provenance}
             store.write_json(info_path, info)
-            return True
 
         train_smoothing_denoiser(ds, out_dir, sigma, settings, classifier, echo=echo, resume=resume,
-                                 stability_epochs=stability_epochs, on_record=keep, **arch)
-    return {"smoothing_denoisers": sorted(info.get("denoisers", {}))}
+                                 stability_epochs=stability_epochs, on_record=keep, **arch,
+                                 recorded={s for s in SMOOTHING_STAGES if smoothing_denoiser_file(sigma, s) in known})
+    return {"smoothing_denoisers": sorted(known)}
 
 
 def read_smoothing_info(folder: str) -> dict:

@@ -176,16 +176,9 @@ def test_smoothing_denoiser_stages_keep_the_classifier_frozen_and_their_records(
     clf = linear_classifier()
     before = [w.copy() for w in clf.get_weights()]
     got = {}
-
-    def keep(stage, record):
-        if record is None:
-            return stage in got
-        got[stage] = record
-        return True
-
     settings = TrainSettings(epochs=1, batch_size=32)
     denoisers.train_smoothing_denoiser(ds, str(tmp_path), 0.25, settings, clf, filters=4, stages=2,
-                                       stability_epochs=2, on_record=keep)
+                                       stability_epochs=2, on_record=got.__setitem__, recorded=got)
     files = {s: tmp_path / "smoothing" / denoisers.smoothing_denoiser_file(0.25, s) for s in ("mse", "stability")}
     assert all(f.is_file() for f in files.values())
     assert all(np.array_equal(a, b) for a, b in zip(before, clf.get_weights()))
@@ -196,6 +189,6 @@ def test_smoothing_denoiser_stages_keep_the_classifier_frozen_and_their_records(
     mtime = os.path.getmtime(files["mse"])
     del got["mse"]
     denoisers.train_smoothing_denoiser(ds, str(tmp_path), 0.25, settings, clf, filters=4, stages=2,
-                                       stability_epochs=2, on_record=keep)
+                                       stability_epochs=2, on_record=got.__setitem__, recorded=got)
     assert os.path.getmtime(files["mse"]) == mtime
     assert "cut off" in got["mse"]["note"] and 0.0 <= got["mse"]["val_noisy_accuracy"] <= 1.0

@@ -1129,9 +1129,8 @@ def certify(dataset, sigma_list, denoiser_list, n_images, every, n0, n_draws, al
     command = "apudae-tf certify " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     echo = functools.partial(click.echo, err=True)
     echo(f"certifying {len(indices)} test images (every {every}th) with {len(rows)} rows -> {out_dir}")
-    cert.certify_rows(rows, ds.x_test, ds.y_test, indices, settings, out_dir=out_dir, dataset=ds.name, command=command,
-                      echo=echo)
-    report = cert.finish(out_dir, ds.name, command, flops=dict(cert.flops_of(r) for r in rows))
+    report = cert.certify_rows(rows, ds.x_test, ds.y_test, indices, settings, out_dir=out_dir, dataset=ds.name,
+                               command=command, echo=echo)
     with open(os.path.join(out_dir, "certify.md")) as f:
         click.echo(f.read().split("## Best over")[0].rstrip())
     click.echo(f"wrote {out_dir}/certify.json, certify.md and certify.png ({len(report['records'])} records)", err=True)

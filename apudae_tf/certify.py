@@ -153,7 +153,8 @@ def read_report(path: str) -> dict:
 def certify_rows(rows: list[Row], x, y, indices: np.ndarray, settings: CertifySettings, *, out_dir: str,
                  dataset: str, command: str = "", echo=print, min_gap: float = 30.0) -> dict:
     """Certify images ``indices`` of (x, y) with every row, resuming from ``out_dir``/certify.json, then
-    write the report there. ``echo`` gets a progress line every ``min_gap`` seconds or 10 % of a row."""
+    write the report there (``finish``, with the rows' FLOPs). ``echo`` gets a progress line every ``min_gap``
+    seconds or 10 % of a row."""
     path = os.path.join(out_dir, REPORT)
     report = read_report(path)
     records = report["records"]
@@ -188,7 +189,7 @@ def certify_rows(rows: list[Row], x, y, indices: np.ndarray, settings: CertifySe
                      f"{np.mean([r['correct'] for r in mine]):.3f}, {seconds:.1f} s/image, ~{left / 60:.0f} min left")
                 last_echo = now
         _write(path, report, dataset, command)
-    return finish(out_dir, dataset, command)
+    return finish(out_dir, dataset, command, flops=dict(flops_of(r) for r in rows))
 
 
 def _write(path: str, report: dict, dataset: str, command: str) -> None:

@@ -40,8 +40,13 @@ def main() -> None:
     ap.add_argument("dataset", choices=("mnist", "cifar10"))
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--budget", default="autoattack")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="JSON file to write (refused if it exists, unless --force)")
+    ap.add_argument("--force", action="store_true", help="replace --out")
     args = ap.parse_args()
+    if os.path.exists(args.out) and not args.force:
+        print(f"error: --out {args.out} already exists; name another file, or pass --force to replace it",
+              file=sys.stderr)
+        sys.exit(2)
     started = time.time()
     folder = store.default_model_dir(args.dataset)
     profile = profiles.get(args.dataset)

@@ -18,16 +18,24 @@ import sys
 import time
 
 import numpy as np
-from scipy.stats import norm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from apudae_tf import certify, data, smoothing, store  # noqa: E402
+from apudae_tf.errors import ApudaeError  # noqa: E402
 
 RADII = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
 def main() -> None:
+    try:
+        run()
+    except ApudaeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dataset")
     ap.add_argument("--rows", required=True, help="comma-separated sigma:denoiser (none, mse, stability)")
@@ -39,15 +47,18 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="JSON file to write (refused if it exists)")
     args = ap.parse_args()
     if os.path.exists(args.out):
-        sys.exit(f"error: --out {args.out} already exists; move it away or name another file")
+        raise ApudaeError(f"--out {args.out} already exists; move it away or name another file")
+    specs = [spec.split(":") for spec in args.rows.split(",")]
+    if any(len(s) != 2 for s in specs):
+        raise ApudaeError(f"--rows {args.rows}: expected SIGMA:DENOISER pairs, comma-separated (e.g. 0.5:stability)")
     folder = args.denoisers_from or store.default_model_dir(args.dataset)
     ds = data.load_dataset(args.dataset)
     idx = np.linspace(0, len(ds.x_val) - 1, args.n).astype(int)
     settings = certify.CertifySettings(n=args.N, alpha=args.alpha, mixed_precision=True).check()
     classifier_path = os.path.join(store.default_model_dir(args.dataset), store.CLASSIFIER)
     rows = []
-    for spec in args.rows.split(","):
-        sigma, denoiser = spec.split(":")
+    for sigma, denoiser in specs:
+        spec = f"{sigma}:{denoiser}"
         row = certify.load_row(classifier_path, float(sigma), denoiser, folder, settings)
         start = time.perf_counter()
         p_hat = []
@@ -57,11 +68,11 @@ def main() -> None:
             if (k + 1) % max(1, args.n // 5) == 0:
                 print(f"{spec}: {k + 1}/{args.n} images", file=sys.stderr, flush=True)
         p_hat = np.array(p_hat)
-        lower = np.array([smoothing.lower_confidence_bound(int(round(p * args.n_cert)), args.n_cert, args.alpha)
-                          for p in p_hat])
+        # the radius CERTIFY would give had N_cert draws shown the same share (NaN: it would abstain)
+        radius = np.array([smoothing.radius_from_counts(int(round(p * args.n_cert)), args.n_cert, args.alpha,
+                                                        float(sigma)) for p in p_hat])
         rows.append({"sigma": float(sigma), "denoiser": denoiser, "mean_p_hat": float(p_hat.mean()),
-                     "estimated_certified": {f"{r:g}": float(np.mean(lower >= norm.cdf(r / float(sigma))))
-                                             for r in RADII},
+                     "estimated_certified": {f"{r:g}": float(np.mean(radius >= r)) for r in RADII},
                      "seconds": round(time.perf_counter() - start, 1)})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     report = {"dataset": args.dataset, "split": "validation", "images": args.n, "indices": idx.tolist(),

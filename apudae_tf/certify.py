@@ -22,6 +22,7 @@ from apudae_tf.errors import ApudaeError
 DENOISERS = ("none", "mse", "stability", "purify")
 # "purify": the MSE denoiser of σ, then the APuDAE variant chosen on validation (its loop with the folder's DAE, in
 # the near-clean regime it was trained for), then the classifier: the paper's purification inside the smoothing
+SAME_MACHINE = ("machine", "processor", "cpu_cores", "gpus")  # environment() keys that name the hardware
 # the radii a report tabulates: certified accuracy at r counts the images certified correct with radius >= r
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
 REPORT = "certify.json"
@@ -284,9 +285,15 @@ def finish(out_dir: str, dataset: str, command: str = "", flops: dict | None = N
     if flops:
         cost.setdefault("gflop_per_sample", {}).update(flops)
         # each row against the matmul rate of its denoiser's precision (bfloat16 runs past the float32 rate)
-        cost["matmul_gflops"] = {d: machine.matmul_gflops(dtype=d) for d in
-                                 sorted({"float32"} | {matmul_precision(r["precision"]) for r in report["records"]})}
-        cost["environment"] = machine.environment()
+        measured = {d: machine.matmul_gflops(dtype=d) for d in
+                    sorted({"float32"} | {matmul_precision(r["precision"]) for r in report["records"]})}
+        env = machine.environment()
+        # cores shared with other jobs measure less than the machine has (a fraction above 100 %); a report
+        # finished again on the same machine keeps the best rate measured there
+        same = {k: env.get(k) for k in SAME_MACHINE} == {k: cost.get("environment", {}).get(k) for k in SAME_MACHINE}
+        before = _rates(cost) if same else {}
+        cost["matmul_gflops"] = {d: max(v, before.get(d, 0.0)) for d, v in measured.items()}
+        cost["environment"] = env
     report["cost"] = cost
     report["rows"] = summarize(report["records"], cost.get("gflop_per_sample"), _rates(cost))
     report["best_over_sigma"] = best_over_sigma(report["rows"])

@@ -192,3 +192,24 @@ def test_smoothing_denoiser_stages_keep_the_classifier_frozen_and_their_records(
                                        stability_epochs=2, on_record=got.__setitem__, recorded=got)
     assert os.path.getmtime(files["mse"]) == mtime
     assert "cut off" in got["mse"]["note"] and 0.0 <= got["mse"]["val_noisy_accuracy"] <= 1.0
+
+
+def test_a_report_finished_again_on_a_busy_machine_keeps_the_best_matmul_rate(tmp_path, monkeypatch):
+    """Cores shared with other jobs measure a lower matmul rate than the machine has; finishing a report again
+    there must not shrink the rate (the cost's share of it would pass 100 %), but another machine's replaces it."""
+    import json
+
+    from apudae_tf import certify, machine
+
+    env = machine.environment()
+    record = {"sigma": 0.5, "denoiser": "none", "classifier": "c.keras", "classifier_digest": "c", "denoiser_digest": None,
+              "n0": 100, "n": 1000, "alpha": 0.001, "seed": 0, "batch_size": 100, "precision": "float32", "index": 0,
+              "label": 1, "prediction": 1, "correct": True, "n0_top": 100, "n_a": 1000, "radius": 1.0, "seconds": 2.0}
+    monkeypatch.setattr(machine, "matmul_gflops", lambda dtype="float32", **_: 10.0)
+    for processor, expected in ((env["processor"], 1000.0), ("another CPU", 10.0)):
+        report = {"records": [record], "cost": {"matmul_gflops": {"float32": 1000.0},
+                                                "environment": {**env, "processor": processor}}}
+        (tmp_path / "certify.json").write_text(json.dumps(report))
+        out = certify.finish(str(tmp_path), "mnist", flops={"c/None": 0.5})
+        assert out["cost"]["matmul_gflops"] == {"float32": expected}
+        assert out["rows"][0]["fraction_of_matmul"] == pytest.approx(0.5 * 1100 / 2.0 / expected)

@@ -196,7 +196,7 @@ REGISTRY: dict[str, Profile] = {
         # fast adversarial training runs Wong et al.'s 15 epochs from scratch
         # the smoothing denoisers: ~2 min an MSE epoch, ~3 min a stability epoch in bfloat16 on 2 cores; 20
         # stability epochs left σ = 0.25 at 0.661 noisy validation accuracy, still rising as the cosine schedule
-        # ended, and an estimated 37 % certified at r = 0.25 on validation (docs/certify.md §3)
+        # ended, and an estimated 37 % certified at r = 0.25 on validation (docs/certify.md §8)
         epochs={**DEFAULT_EPOCHS, "classifier": 45, "adv-classifier": 15, "smoothing-dae": 10,
                 "smoothing-stability": 60},
         linf_max=12 / 255,

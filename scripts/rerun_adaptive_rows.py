@@ -22,14 +22,13 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
 import apudae_tf as A  # noqa: E402
 from apudae_tf import data, profiles, stats, store  # noqa: E402
-
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def committed_report(dataset: str) -> dict:
@@ -37,7 +36,7 @@ def committed_report(dataset: str) -> dict:
         return json.load(f)
 
 
-def rows_to_run(dataset: str, which: str, names: list[str]) -> list[tuple[str, str, str | None]]:
+def rows_to_run(which: str, names: list[str]) -> list[tuple[str, str, str | None]]:
     """(committed row name, classifier file, purification variant or None) of each row to re-run: the committed
     report's rows are told apart by their names (``Adversarial training …``, ``APuDAE V … [+ adversarially
     trained classifier]``)."""
@@ -91,7 +90,7 @@ def main() -> None:
     names = sorted({r["defence"] for r in committed["records"]})
     cache_root = os.path.join(os.path.dirname(os.path.abspath(args.out)), "cache", "rerun_adaptive_rows")
     rows = {}
-    for name, classifier_file, variant in rows_to_run(args.dataset, args.rows, names):
+    for name, classifier_file, variant in rows_to_run(args.rows, names):
         t0 = time.time()
         classifier = store.load_model(os.path.join(folder, classifier_file))
         defence = A.load_defence(args.dataset, variant=variant) if variant else None

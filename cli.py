@@ -16,6 +16,7 @@ import sys
 import click
 
 from apudae_tf import names
+from apudae_tf.progress import LogProgress
 from apudae_tf.errors import ApudaeError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TF's C++ banner off stderr; Python errors still surface
@@ -98,61 +99,12 @@ def _renamed(new: str):
     return callback
 
 
-class LogProgress:
-    """Progress in a log (stderr not a terminal: a file, CI, a batch job): a line at the start, then one every
-    10 % of the work or every ``every`` seconds, whichever comes first, and one at the end. The same interface
-    as click's bar (``update(k)``, ``pos``, a context manager)."""
-
-    def __init__(self, length, label, every: float = 30.0):
-        import threading
-        import time
-
-        self.length, self.label, self.every, self.pos = length, label, every, 0
-        self.clock = time.monotonic
-        self.start = self.last = self.clock()
-        self.shown = 0
-        self._stop = threading.Event()
-        # a batch can take minutes with no update: a heartbeat says the work goes on
-        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
-
-    def _heartbeat(self):
-        while not self._stop.wait(self.every / 3):
-            now = self.clock()
-            if now - self.last >= self.every:
-                self._line(now)
-
-    def __enter__(self):
-        click.echo(f"{self.label}: 0/{self.length}", err=True)
-        self._beat.start()
-        return self
-
-    def update(self, k):
-        self.pos += k
-        now = self.clock()
-        step = max(1, self.length // 10)
-        if self.pos < self.length and (self.pos - self.shown >= step or now - self.last >= self.every):
-            self._line(now)
-
-    def _line(self, now):
-        rate = self.pos / max(now - self.start, 1e-9)
-        left = f", ~{(self.length - self.pos) / rate:.0f} s left" if rate > 0 else ""
-        click.echo(f"{self.label}: {self.pos}/{self.length} ({100 * self.pos / max(self.length, 1):.0f}%, "
-                   f"{now - self.start:.0f} s{left})", err=True)
-        self.shown, self.last = self.pos, now
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if exc[0] is None:
-            click.echo(f"{self.label}: {self.pos}/{self.length} done in {self.clock() - self.start:.0f} s", err=True)
-        return False
-
-
 def progress_bar(length, label):
     """Progress on stderr, so stdout carries data only: click's live bar on a terminal, ``LogProgress`` lines
     in a log."""
     if sys.stderr.isatty():
         return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
-    return LogProgress(length, label)
+    return LogProgress(length, label, echo=functools.partial(click.echo, err=True))
 
 
 def read_batch(path):

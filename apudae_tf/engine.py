@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from apudae_tf import attacks, cache, defences, stats, table
+from apudae_tf import attacks, cache, defences, progress, stats, table
 from apudae_tf.data import Dataset
 from apudae_tf.errors import ApudaeError
 from apudae_tf.profiles import NORMS, ThreatModel
@@ -134,7 +134,8 @@ def evaluate(model, x, y, *, defence=None, threat_model, budget="standard", seed
     plain callable ``f(x)`` / ``f(x, seed=None)``, whose randomness ``is_random`` declares) on images ``x``
     with labels ``y``, under ``threat_model`` (``ThreatModel(norm=, eps=)``) and ``budget`` (``"fast"``,
     ``"standard"``, ``"autoattack"`` or a ``Budget``). Returns an ``Evaluation``; writes nothing unless
-    ``out_dir`` (a cache there makes a repeated call resume). ``echo`` receives progress lines."""
+    ``out_dir`` (a cache there makes a repeated call resume). ``echo`` receives progress lines: each cell's
+    result, and each attack's progress at least every 30 s."""
     started = time.time()
     threat, budget = as_threat_model(threat_model), as_budget(budget)
     model_fn = as_model_fn(model)
@@ -160,7 +161,7 @@ def evaluate(model, x, y, *, defence=None, threat_model, budget="standard", seed
 
     cols = columns(threat, budget, n, classes, seed, counters=isinstance(d, Purifier))
     result, _ = table.build(ds, [row], {"classifier": model_fn}, files, cols, out_dir, echo=echo, paper={},
-                            per_image=True)
+                            per_image=True, progress_bar=progress.lines(echo) if echo else None)
     records = table.worst_over_lambda(result["records"])
     by_column = {r["attack"]: r for r in records}
     worst = by_column.pop("worst")

@@ -302,8 +302,10 @@ class _Run:
                     got = attack(progress=lambda k: bar.update(k - bar.pos))
             else:
                 got = attack()
-            spent = time.time() - t0 + (batches.reused_seconds if batches else 0.0)
-            self.echo(f"{label}: {spent:.0f} s")
+            reused = batches.reused_seconds if batches else 0.0
+            spent = time.time() - t0 + reused
+            if not self.progress_bar or reused:  # the bar's last line said the seconds, unless a resume adds some
+                self.echo(f"{label}: {spent:.0f} s" + (f" (with {reused:.0f} s of an earlier run)" if reused else ""))
             self.cache.put_examples(pekey, got, {"dataset": self.ds.name, "attack": method, "target": name,
                                                  "settings": dataclasses.asdict(s), "defence": seen,
                                                  "seconds": spent, "indices": part.tolist()})

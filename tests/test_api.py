@@ -104,6 +104,18 @@ def test_evaluation_round_trips_through_json(tiny):
     assert np.array_equal(again.robust, e.robust) and again.threat_model["norm"] == "l2"
 
 
+def test_echo_hears_each_attack_start_and_finish(tiny):
+    """A Python caller's ``echo`` gets the progress lines the command line prints in a log: each attack's start
+    and end (and a heartbeat while one runs long), beside each cell's result."""
+    model, x, y = tiny
+    heard = []
+    A.evaluate(model, x[:12], y[:12], threat_model=A.ThreatModel(eps=0.03, steps=2), echo=heard.append,
+               budget=A.Budget(apgd_steps=2, targets=1, square_queries=5, eot=1))
+    assert "pgd on classifier (12 images): 0/12" in heard
+    assert any(m.startswith("pgd on classifier (12 images): 12/12 done in") for m in heard), heard
+    assert sum(m.startswith("[") for m in heard) == 5  # the cells: clean, pgd, apgd-ce, apgd-t, square
+
+
 def test_bad_inputs_are_one_clear_error(tiny):
     model, x, y = tiny
     with pytest.raises(ApudaeError, match="budget 'huge'"):

@@ -3,7 +3,9 @@ beside the committed report's per-image results on the same images, column by co
 
     # the rows with the adversarially trained classifier under the stronger "autoattack" budget
     python scripts/rerun_adaptive_rows.py mnist --n 100 --out results/mnist/autoattack_adv_rows.json
-    # every row under the committed report's own budget ("standard"): does the engine re-make its cells?
+    # the chosen purifier under the committed report's own budget: does apudae_tf.evaluate re-make its cells?
+    python scripts/rerun_adaptive_rows.py mnist --rows chosen --budget standard --n 100 --out OUT.json
+    # every row under the committed report's own budget ("standard")
     python scripts/rerun_adaptive_rows.py mnist --rows all --budget standard --n 100 --out OUT.json
 
 (``results/mnist/autoattack_adv_rows.json`` was written by this script's first version,
@@ -43,7 +45,7 @@ def rows_to_run(which: str, names: list[str]) -> list[tuple[str, str, str | None
     out = []
     for name in names:
         adv = name.startswith("Adversarial training") or "adversarially trained" in name
-        if which == "adv" and not adv:
+        if (which == "adv" and not adv) or (which == "chosen" and "(chosen on val)" not in name):
             continue
         variant = None if name.startswith("Adversarial training") else name.split()[1]
         out.append((name, store.ADV_CLASSIFIER if adv else store.CLASSIFIER, variant))
@@ -70,8 +72,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dataset", choices=("mnist", "cifar10"))
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--rows", choices=("adv", "all"), default="adv",
-                    help="adv: the rows with the adversarially trained classifier; all: every row")
+    ap.add_argument("--rows", choices=("adv", "chosen", "all"), default="adv",
+                    help="adv: the rows with the adversarially trained classifier; chosen: the purifier chosen on "
+                         "validation in front of the shipped classifier (what load_defence(DATASET) gives); all: "
+                         "every row")
     ap.add_argument("--budget", default="autoattack", choices=("fast", "standard", "autoattack"))
     ap.add_argument("--out", required=True, help="JSON file to write (refused if it exists, unless --force)")
     ap.add_argument("--force", action="store_true", help="replace --out")

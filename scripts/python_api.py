@@ -1,28 +1,36 @@
 """The README's Python example, run as written on 100 MNIST test images, with what it cost: writes
 results/api/example.json (each evaluation's numbers, seconds and the process's peak memory).
 
-  python scripts/python_api.py [--n 100] [--budget fast] [--out results/api/example.json]
+  python scripts/python_api.py [--n 100] [--budget fast] [--out results/api/example.json] [--force]
+
+An existing --out is refused unless --force: the default names the committed result.
 """
 
 import argparse
 import json
 import os
 import resource
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up lines: set before it is imported
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--n", type=int, default=100)
+parser.add_argument("--budget", default="fast")
+parser.add_argument("--out", default="results/api/example.json")
+parser.add_argument("--force", action="store_true", help="replace --out")
+args = parser.parse_args()
+if os.path.exists(args.out) and not args.force:
+    print(f"error: --out {args.out} already exists; name another file, or pass --force to replace it",
+          file=sys.stderr)
+    sys.exit(2)
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import apudae_tf as A  # noqa: E402
 from apudae_tf import data, io, store  # noqa: E402
-
-parser = argparse.ArgumentParser()
-parser.add_argument("--n", type=int, default=100)
-parser.add_argument("--budget", default="fast")
-parser.add_argument("--out", default="results/api/example.json")
-args = parser.parse_args()
 
 started = time.time()
 ds = data.load_dataset("mnist", test_only=True)  # inside the package: no data folder, no network
@@ -58,6 +66,6 @@ if os.path.isfile(report):
 out["committed_report"] = committed
 out["seconds"] = round(time.time() - started, 1)
 out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-out["command"] = "python scripts/python_api.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items())
+out["command"] = "python scripts/python_api.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "force")
 io.write_json(args.out, out)
 print(f"{out['seconds']:.0f} s, peak memory {out['peak_rss_gib']} GiB -> {args.out}")

@@ -564,6 +564,7 @@ def markdown(result: dict, notes: list[str], labels: dict | None = None) -> str:
         lines.append(f"| {d} | " + " | ".join(out) + " |")
     ns = sorted({(r["attack"], r["n"]) for r in result["records"]}, key=lambda t: columns.index(t[0]))
     half = max((r["ci95"][1] - r["ci95"][0]) / 2 for r in result["records"])
-    lines += ["", "Cells: **ours** (paper, ours − paper). Images per column: "
+    paper = any(r.get("paper") is not None for r in result["records"])
+    lines += ["", ("Cells: **ours** (paper, ours − paper). " if paper else "") + "Images per column: "
               + ", ".join(f"{a} {n}" for a, n in ns) + f"; the widest 95% interval is ±{half:.3f}.", ""]
     return "\n".join(lines + notes) + "\n"

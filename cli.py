@@ -16,8 +16,8 @@ import sys
 import click
 
 from apudae_tf import names
-from apudae_tf.progress import LogProgress
 from apudae_tf.errors import ApudaeError
+from apudae_tf.progress import LogProgress
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TF's C++ banner off stderr; Python errors still surface
 

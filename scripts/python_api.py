@@ -21,16 +21,21 @@ parser.add_argument("--budget", default="fast")
 parser.add_argument("--out", default="results/api/example.json")
 parser.add_argument("--force", action="store_true", help="replace --out")
 args = parser.parse_args()
-if os.path.exists(args.out) and not args.force:
-    print(f"error: --out {args.out} already exists; name another file, or pass --force to replace it",
-          file=sys.stderr)
+
+from apudae_tf import store  # noqa: E402  (no TensorFlow yet: the check below comes before it loads)
+from apudae_tf.errors import ApudaeError  # noqa: E402
+
+try:
+    store.check_output_file(args.out, "--out", args.force)
+except ApudaeError as e:
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import apudae_tf as A  # noqa: E402
-from apudae_tf import data, io, store  # noqa: E402
+from apudae_tf import data, io  # noqa: E402
 
 started = time.time()
 ds = data.load_dataset("mnist", test_only=True)  # inside the package: no data folder, no network

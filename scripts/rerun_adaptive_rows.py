@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 import apudae_tf as A  # noqa: E402
 from apudae_tf import data, profiles, stats, store  # noqa: E402
+from apudae_tf.errors import ApudaeError  # noqa: E402
 
 
 def committed_report(dataset: str) -> dict:
@@ -80,9 +81,10 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="JSON file to write (refused if it exists, unless --force)")
     ap.add_argument("--force", action="store_true", help="replace --out")
     args = ap.parse_args()
-    if os.path.exists(args.out) and not args.force:
-        print(f"error: --out {args.out} already exists; name another file, or pass --force to replace it",
-              file=sys.stderr)
+    try:
+        store.check_output_file(args.out, "--out", args.force)
+    except ApudaeError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     started = time.time()
     folder = store.default_model_dir(args.dataset)

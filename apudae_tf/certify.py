@@ -239,8 +239,25 @@ def summarize(records: list[dict], flops_per_sample: dict | None = None, matmul:
             rate = (matmul or {}).get(matmul_precision(summary["precision"]))
             summary["fraction_of_matmul"] = summary["gflops"] / rate if rate else None
         out.append(summary)
+    _same_images(out, rows)
     out.sort(key=lambda s: (s["classifier"], s["denoiser"] != "none", s["denoiser"], s["sigma"], -s["images"]))
     return out
+
+
+def _same_images(summaries: list[dict], rows: dict[tuple, list[dict]]) -> None:
+    """Rows are compared on the same images: a row certified on more images than another of its classifier and
+    N (the targets' 500 beside the comparison rows' 100) also gets ``same_images``, its certified accuracy on
+    the images every such row has."""
+    groups: dict[tuple, list[tuple]] = {}
+    for key, s in zip(rows, summaries):
+        groups.setdefault((s["classifier"], s["n"], s["alpha"], s["n0"]), []).append((key, s))
+    for members in groups.values():
+        common = set.intersection(*({r["index"] for r in rows[key]} for key, _ in members))
+        for key, s in members:
+            if common and len(common) < s["images"]:
+                recs = [r for r in rows[key] if r["index"] in common]
+                s["same_images"] = {"images": len(recs),
+                                    "certified": {f"{r:g}": certified_accuracy(recs, r) for r in RADII}}
 
 
 def _flops_key(summary: dict) -> str:
@@ -339,6 +356,16 @@ def markdown(report: dict) -> str:
                          + " | ".join(_pct(s["certified"][r]) for r in radii)
                          + f" | {_pct(s['abstain'])} | {s['average_radius']:.3f} | {s['seconds_per_image']:.2f} | "
                            f"{s['samples_per_second']:.0f} | {'—' if frac is None else f'{100 * frac:.0f}%'} |")
+        same = [s for s in rows if s.get("same_images")]
+        if same:
+            lines += ["", "The rows certified on more images, on the images every row of their classifier and N has "
+                      "(compare these with the other rows):", "",
+                      "| classifier | denoiser | σ | images | N | " + " | ".join(f"r={r}" for r in radii) + " |",
+                      "|---|---|---:|---:|---:|" + "---:|" * len(radii)]
+            for s in same:
+                lines.append(f"| {s['classifier']} | {s['denoiser']} | {s['sigma']:g} | {s['same_images']['images']} "
+                             f"| {s['n']} | " + " | ".join(_pct(s["same_images"]["certified"][r]) for r in radii)
+                             + " |")
         lines += ["", "## Best over σ", "",
                   "| classifier | denoiser | N | α | " + " | ".join(f"r={r}" for r in radii) + " |",
                   "|---|---|---:|---:|" + "---:|" * len(radii)]

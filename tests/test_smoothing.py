@@ -213,3 +213,26 @@ def test_a_report_finished_again_on_a_busy_machine_keeps_the_best_matmul_rate(tm
         out = certify.finish(str(tmp_path), "mnist", flops={"c/None": 0.5})
         assert out["cost"]["matmul_gflops"] == {"float32": expected}
         assert out["rows"][0]["fraction_of_matmul"] == pytest.approx(0.5 * 1100 / 2.0 / expected)
+
+
+def test_a_row_on_more_images_is_also_shown_on_the_images_the_others_have():
+    """The targets' rows run on 500 images and the comparison rows on the first 100: the report gives the larger
+    row's certified accuracy on those 100 too, computed from its records, not the 500's."""
+    from apudae_tf import certify
+
+    def rec(denoiser, index, radius):
+        return {"sigma": 0.5, "denoiser": denoiser, "classifier": "c.keras", "classifier_digest": "c",
+                "denoiser_digest": denoiser, "n0": 100, "n": 1000, "alpha": 0.001, "seed": 0, "batch_size": 100,
+                "precision": "float32", "index": index, "label": 1, "prediction": 1 if radius else -1,
+                "correct": bool(radius), "n0_top": 100, "n_a": 900, "radius": radius, "seconds": 1.0}
+
+    # stability: 4 images, certified at r = 0.5 on images 0 and 1 only; mse: images 0 and 1
+    records = [rec("stability", i, r) for i, r in enumerate((1.0, 0.6, 0.0, 0.0))] + \
+              [rec("mse", i, 0.3) for i in (0, 1)]
+    rows = {s["denoiser"]: s for s in certify.summarize(records)}
+    assert rows["stability"]["certified"]["0.5"] == 0.5
+    assert rows["stability"]["same_images"] == {"images": 2, "certified": {
+        f"{r:g}": (1.0 if r <= 0.6 else 0.5 if r <= 1.0 else 0.0) for r in certify.RADII}}
+    assert "same_images" not in rows["mse"]
+    md = certify.markdown({"rows": certify.summarize(records), "dataset": "mnist"})
+    assert "| c.keras | stability | 0.5 | 2 | 1000 | 100.0 | 100.0 | 100.0 |" in md

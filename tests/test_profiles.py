@@ -31,3 +31,17 @@ def test_a_users_profile_lacking_fields_gets_the_class_defaults_and_a_wrong_name
     assert not p.correct_only and p.columns == profiles.Profile.columns and p.threat.eps == 0.1
     with pytest.raises(ApudaeError, match="is the profile of dataset 'mine', not 'imagenet'"):
         profiles.from_folder(str(tmp_path), "imagenet")
+
+
+def test_the_certify_batch_is_the_profiles_and_an_older_profile_json_still_loads():
+    """`certify` draws ImageNet's copies 50 at a time (1000 at 224 px took 14 GiB); a profile.json written before
+    the field existed loads with the default."""
+    from apudae_tf import profiles
+
+    assert profiles.REGISTRY["imagenet"].certify_batch == 50
+    assert profiles.REGISTRY["mnist"].certify_batch == 1000
+    d = profiles.REGISTRY["imagenet"].to_json()
+    del d["certify_batch"]
+    assert profiles.from_json(d, "profile.json").certify_batch == 50  # the built-in entry's
+    d["name"] = "my-images"
+    assert profiles.from_json(d, "profile.json").certify_batch == 1000

@@ -1061,6 +1061,7 @@ def certify(dataset, sigma_list, denoiser_list, n_images, every, n0, n_draws, al
 
     name = profiles.dataset_name(dataset)
     kinds = _denoiser_kinds(denoiser_list)
+    folder = model_folder(dataset, model_dir)  # registers the folder's profile: a user's dataset has its batch
     if batch_size is None:
         batch_size = getattr(profiles.REGISTRY.get(name), "certify_batch", cert.CertifySettings.batch_size)
     settings = cert.CertifySettings(n0=n0, n=n_draws, alpha=alpha, seed=seed, batch_size=batch_size,
@@ -1072,7 +1073,6 @@ def certify(dataset, sigma_list, denoiser_list, n_images, every, n0, n_draws, al
         raise ApudaeError(f"--out {out_dir}: inside the shipped models; choose another folder")
     store.probe_folder(out_dir, "--out", out_dir)
     cert.read_report(os.path.join(out_dir, cert.REPORT))  # an unreadable earlier report fails before any work
-    folder = model_folder(dataset, model_dir)
     sigmas = _sigma_list(sigma_list) if sigma_list else profiles.get(name).smoothing_sigmas
     ds = data.load_dataset(dataset, data_dir, test_only=True)
     m = store.load_models(folder, ds.image_shape, need=("classifier",), classifier=classifier_path,

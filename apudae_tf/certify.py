@@ -218,7 +218,7 @@ def summarize(records: list[dict], flops_per_sample: dict | None = None, matmul:
     rows: dict[tuple, list[dict]] = {}
     for r in records:
         rows.setdefault(row_key(r), []).append(r)
-    out = []
+    pairs = []
     for key, recs in rows.items():
         recs.sort(key=lambda r: r["index"])
         n_img = len(recs)
@@ -226,7 +226,7 @@ def summarize(records: list[dict], flops_per_sample: dict | None = None, matmul:
         draws = recs[0]["n0"] + recs[0]["n"]
         summary = {**dict(zip(ROW_FIELDS, key)), "images": n_img, "first_index": recs[0]["index"],
                    "last_index": recs[-1]["index"],
-                   "certified": {f"{r:g}": certified_accuracy(recs, r) for r in RADII},
+                   "certified": _certified_by_radius(recs),
                    "interval_95": {f"{r:g}": list(wilson(sum(x["correct"] and x["radius"] >= r for x in recs), n_img))
                                    for r in RADII},
                    "abstain": float(np.mean([x["prediction"] == smoothing.ABSTAIN for x in recs])),
@@ -238,26 +238,30 @@ def summarize(records: list[dict], flops_per_sample: dict | None = None, matmul:
             summary["gflops"] = gflop * draws / seconds
             rate = (matmul or {}).get(matmul_precision(summary["precision"]))
             summary["fraction_of_matmul"] = summary["gflops"] / rate if rate else None
-        out.append(summary)
-    _same_images(out, rows)
+        pairs.append((recs, summary))
+    _same_images(pairs)
+    out = [s for _, s in pairs]
     out.sort(key=lambda s: (s["classifier"], s["denoiser"] != "none", s["denoiser"], s["sigma"], -s["images"]))
     return out
 
 
-def _same_images(summaries: list[dict], rows: dict[tuple, list[dict]]) -> None:
-    """Rows are compared on the same images: a row certified on more images than another of its classifier and
-    N (the targets' 500 beside the comparison rows' 100) also gets ``same_images``, its certified accuracy on
-    the images every such row has."""
-    groups: dict[tuple, list[tuple]] = {}
-    for key, s in zip(rows, summaries):
-        groups.setdefault((s["classifier"], s["n"], s["alpha"], s["n0"]), []).append((key, s))
+def _certified_by_radius(records: list[dict]) -> dict:
+    return {f"{r:g}": certified_accuracy(records, r) for r in RADII}
+
+
+def _same_images(rows: list[tuple[list[dict], dict]]) -> None:
+    """Rows are compared on the same images: of the (records, summary) rows, one certified on more images than
+    another of its classifier and N (the targets' 500 beside the comparison rows' 100) also gets ``same_images``,
+    its certified accuracy on the images every such row has."""
+    groups: dict[tuple, list[tuple[list[dict], dict]]] = {}
+    for recs, s in rows:
+        groups.setdefault((s["classifier"], s["n"], s["alpha"], s["n0"]), []).append((recs, s))
     for members in groups.values():
-        common = set.intersection(*({r["index"] for r in rows[key]} for key, _ in members))
-        for key, s in members:
+        common = set.intersection(*({r["index"] for r in recs} for recs, _ in members))
+        for recs, s in members:
             if common and len(common) < s["images"]:
-                recs = [r for r in rows[key] if r["index"] in common]
-                s["same_images"] = {"images": len(recs),
-                                    "certified": {f"{r:g}": certified_accuracy(recs, r) for r in RADII}}
+                shared = [r for r in recs if r["index"] in common]
+                s["same_images"] = {"images": len(shared), "certified": _certified_by_radius(shared)}
 
 
 def _flops_key(summary: dict) -> str:

@@ -41,7 +41,7 @@ class CertifySettings:
     n: int = 10_000
     alpha: float = 0.001
     seed: int = 0
-    batch_size: int = 1000
+    batch_size: int = profiles.CERTIFY_BATCH
     mixed_precision: bool = False
 
     def check(self) -> CertifySettings:

@@ -23,6 +23,8 @@ from apudae_tf import io, names
 from apudae_tf.errors import ApudaeError
 
 PROFILE_FILE = "profile.json"
+# noisy copies per forward pass in `certify` and PREDICT, unless a profile says less (its denoiser's activations)
+CERTIFY_BATCH = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +98,7 @@ class Profile:
     smoothing_sigmas: tuple = (0.25, 0.5, 1.0)
     smoothing_denoiser: dict = dataclasses.field(default_factory=lambda: {"filters": 32, "stages": 4})
     # noisy copies per forward pass in `certify`: the denoiser's activations of a batch must fit in memory
-    certify_batch: int = 1000
+    certify_batch: int = CERTIFY_BATCH
     # published certified accuracies drawn beside ours: {name: {radius: accuracy}}
     certify_anchors: dict = dataclasses.field(default_factory=dict)
     paper: dict = dataclasses.field(default_factory=dict)

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import stats
 
-from apudae_tf import fitting, models
+from apudae_tf import fitting, models, profiles
 from apudae_tf.defences import BaseDefence
 
 ABSTAIN = -1
@@ -114,7 +114,7 @@ class Smoothed:
     at a time."""
 
     def __init__(self, classifier, sigma: float, *, denoiser=None, purifier=None, num_classes: int | None = None,
-                 batch_size: int = 1000, name: str = ""):
+                 batch_size: int = profiles.CERTIFY_BATCH, name: str = ""):
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
         self.classifier, self.denoiser, self.purifier = classifier, denoiser, purifier

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from apudae_tf import certify, profiles, smoothing, stats, store, table
+from apudae_tf import certify, profiles, report_text, smoothing, stats, store, table
 from apudae_tf.data import Dataset
 
 MAX_RADIUS_MARGIN = 1.5  # the report's σ certifies past 1.5 ε at N = 10,000 (``report_sigma``)
@@ -117,8 +117,7 @@ def notes(result: dict) -> list[str]:
     b, s = result["budget"], result["attacks"]["pgd"]
     worst = [r for r in result["records"] if r["attack"] == "worst"]
     lines = [f"Made by `{result['command']}` on {len(result['test_indices'])} test images (every "
-             f"{result['every']}th from index 0), {result['seconds'] / 60:.0f} min on "
-             f"{result['environment']['cpu_cores']} cores.", "",
+             f"{result['every']}th from index 0): {report_text.run_cost(result)}.", "",
              "**The number to quote for each defence is its worst case** over the attacks that see it (an image "
              "counts only if the defence is right on it clean and after every attack): "
              + "; ".join(f"{r['defence']} **{r['accuracy']:.3f}** [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
@@ -184,7 +183,11 @@ def report(m, ds: Dataset, n: int, every: int, out_dir: str, *, denoisers, denoi
     result["certified_vs_empirical"] = certified_vs_empirical(result, certify_path, eps)
     result["certify_report"] = store.shown_path(certify_path) if certify_path else None
     store.write_json(os.path.join(out_dir, "adaptive_l2.json"), result)
-    text = [f"# L2 adaptive report: {ds.name}", "", table.markdown(result, notes(result), LABELS)]
-    store.write_bytes(os.path.join(out_dir, "adaptive_l2.md"), "\n".join(text).encode())
+    store.write_bytes(os.path.join(out_dir, "adaptive_l2.md"), markdown(result).encode())
     return result
+
+
+def markdown(result: dict) -> str:
+    """adaptive_l2.md from adaptive_l2.json's ``result`` (so a report's text can be re-rendered without its runs)."""
+    return "\n".join([f"# L2 adaptive report: {result['dataset']}", "", table.markdown(result, notes(result), LABELS)])
 

@@ -45,7 +45,7 @@ def _gan_notes(g: dict, dataset: str) -> list[str]:
             f"the best start; {how}. Attacked blind like the other purifying rows."]
 
 
-def _cost(result: dict) -> str:
+def run_cost(result: dict) -> str:
     """What a report cost, honestly when part of it came from the cache of earlier runs."""
     total, run = result["compute_seconds"] / 60, result["seconds"] / 60
     env = result.get("environment")  # reports made before it was recorded ran on this project's 2 cores
@@ -106,7 +106,7 @@ def table_notes(result: dict) -> list[str]:
     used = result["attacks"]
     lines = [
         f"Made by `{result['command']}` on {_images_text(result)}; "
-        f"{_cost(result)}; {_models_text(result)}.",
+        f"{run_cost(result)}; {_models_text(result)}.",
         "",
         "**Attacks**: " + "; ".join(_column_text(k, used[k]) for k in dict.fromkeys(r["attack"] for r in result["records"])
                                     if k in used and used[k]["method"] != "none") + ".",
@@ -169,7 +169,7 @@ def adaptive_notes(result: dict) -> list[str]:
     s = result["attacks"]["pgd"]
     worst = [r for r in result["records"] if r["attack"] == "worst"]
     lines = [
-        f"Made by `{result['command']}` on {_images_text(result)}: {_cost(result)}; {_models_text(result)}.",
+        f"Made by `{result['command']}` on {_images_text(result)}: {run_cost(result)}; {_models_text(result)}.",
         "",
         "**The number to quote for each defence is its worst case**: an image counts as robust only if the "
         "defence classifies it correctly clean and after every attack of its row: "

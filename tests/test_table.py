@@ -338,7 +338,7 @@ def test_chunked_cells_attack_as_whole_ones_and_resume_from_cells_json_alone(tin
     cached.put_cell(heavy, dict(cached.cells[heavy], peak_rss_gib=99.0))
     resumed, _ = table.build(ds, defences, targets, files, columns, out, batch_size=2, per_image=True, chunk=2)
     assert resumed["peak_rss_gib"] == 99.0 and result["peak_rss_gib"] < 99.0
-    assert "peak memory 99.0 GiB" in report_text._cost(dict(resumed, environment=machine.environment()))
+    assert "peak memory 99.0 GiB" in report_text.run_cost(dict(resumed, environment=machine.environment()))
 
 
 def test_a_profile_file_with_an_unknown_adaptive_attack_or_a_bad_chunk_is_one_error():

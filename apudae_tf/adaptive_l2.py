@@ -183,11 +183,11 @@ def report(m, ds: Dataset, n: int, every: int, out_dir: str, *, denoisers, denoi
     result["certified_vs_empirical"] = certified_vs_empirical(result, certify_path, eps)
     result["certify_report"] = store.shown_path(certify_path) if certify_path else None
     store.write_json(os.path.join(out_dir, "adaptive_l2.json"), result)
-    store.write_bytes(os.path.join(out_dir, "adaptive_l2.md"), markdown(result).encode())
+    report_text.render(os.path.join(out_dir, "adaptive_l2.json"))
     return result
 
 
 def markdown(result: dict) -> str:
-    """adaptive_l2.md from adaptive_l2.json's ``result`` (so a report's text can be re-rendered without its runs)."""
+    """adaptive_l2.md's text from adaptive_l2.json's ``result`` (``report_text.render`` writes it)."""
     return "\n".join([f"# L2 adaptive report: {result['dataset']}", "", table.markdown(result, notes(result), LABELS)])
 

@@ -240,9 +240,9 @@ def adaptive_notes(result: dict) -> list[str]:
 
 
 def render(path: str) -> str:
-    """Write the Markdown report beside a report's JSON (table.json -> table.md, adaptive.json -> adaptive.md)
-    from the records alone: computing and rendering are separate, and a report can be re-rendered without
-    running anything. Returns the Markdown's path."""
+    """Write the Markdown report beside a report's JSON (table.json -> table.md, adaptive.json -> adaptive.md,
+    adaptive_l2.json -> adaptive_l2.md) from the records alone: computing and rendering are separate, and a
+    report can be re-rendered without running anything. Returns the Markdown's path."""
     import json
     import os
 
@@ -250,9 +250,15 @@ def render(path: str) -> str:
 
     with open(path) as f:
         result = json.load(f)
-    adaptive = os.path.basename(path).startswith("adaptive")
-    text = (table.markdown(result, adaptive_notes(result), ADAPTIVE_LABELS) if adaptive
-            else table.markdown(result, table_notes(result)))
+    name = os.path.basename(path)
+    if name.startswith("adaptive_l2"):
+        from apudae_tf import adaptive_l2  # imports this module: loaded here, not at the top
+
+        text = adaptive_l2.markdown(result)
+    elif name.startswith("adaptive"):
+        text = table.markdown(result, adaptive_notes(result), ADAPTIVE_LABELS)
+    else:
+        text = table.markdown(result, table_notes(result))
     out = os.path.splitext(path)[0] + ".md"
     store.write_bytes(out, text.encode())
     return out

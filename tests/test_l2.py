@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from apudae_tf import attacks, data, smoothing, store
+from apudae_tf import attacks, data, report_text, smoothing, store
 from apudae_tf.errors import ApudaeError
 
 SHAPE = (8, 8, 1)
@@ -108,7 +108,12 @@ def test_l2_report_puts_certificates_beside_the_attacks(tmp_path):
     assert report["test_indices"] == [0, 20, 40] and report["norm"] == "l2" and report["eps"] == 2.0
     check = report["certified_vs_empirical"]
     assert len(check) == 1 and check[0]["images"] == 3 and check[0]["holds"]
-    assert "Certified vs empirical" in (out / "l2" / "adaptive_l2.md").read_text()
+    md = (out / "l2" / "adaptive_l2.md").read_text()
+    assert "Certified vs empirical" in md
+    # the Markdown is rendered from the JSON alone: re-rendering it gives the same report
+    (out / "l2" / "adaptive_l2.md").unlink()
+    assert report_text.render(str(out / "l2" / "adaptive_l2.json")) == str(out / "l2" / "adaptive_l2.md")
+    assert (out / "l2" / "adaptive_l2.md").read_text() == md
     worst = [q for q in report["records"] if q["attack"] == "worst"]
     assert {q["defence"] for q in worst} == {"No defence", "Smoothing σ=0.25, no denoiser"}
     bad = run("evaluate", "mnist", "--norm", "l2", "--out", str(out / "x"))

@@ -6,7 +6,7 @@
 #   scripts/smoothing_denoisers.sh mnist cifar10 imagenet
 # Cost on 2 CPU cores: ~45 min a sigma for MNIST, ~100 min for CIFAR-10, ~45 min for ImageNet.
 # Then, on purpose, ship them:
-#   cp apudae-runs/DATASET/smoothing-models/smoothing/{*.keras,denoisers.json} saved_models/DATASET/smoothing/
+#   python scripts/ship_denoisers.py apudae-runs/DATASET/smoothing-models/smoothing saved_models/DATASET/smoothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${APUDAE_DATA_DIR:=../shared/data}"

@@ -1,7 +1,10 @@
 """Randomized smoothing (apudae_tf/smoothing.py): the statistics, the noise, CERTIFY and PREDICT on
 classifiers whose answer is known."""
 
+import json
 import math
+import os
+import sys
 
 import keras
 import numpy as np
@@ -236,3 +239,37 @@ def test_a_row_on_more_images_is_also_shown_on_the_images_the_others_have():
     assert "same_images" not in rows["mse"]
     md = certify.markdown({"rows": certify.summarize(records), "dataset": "mnist"})
     assert "| c.keras | stability | 0.5 | 2 | 1000 | 100.0 | 100.0 | 100.0 |" in md
+
+
+def test_shipping_denoisers_adds_new_ones_and_refuses_to_overwrite_a_shipped_one(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+    try:
+        import ship_denoisers
+    finally:
+        sys.path.pop(0)
+    head = {"arch": "residual-unet", "dataset": "cifar10", "filters": 32, "image_shape": [32, 32, 3], "stages": 4}
+
+    def folder(name, files):
+        path = tmp_path / name
+        path.mkdir()
+        for file in files:
+            (path / file).write_bytes(f"{name}/{file}".encode())
+        (path / "denoisers.json").write_text(json.dumps(dict(head, denoisers={f: {"file": f} for f in files})))
+        return str(path)
+
+    dst = folder("dst", ["sigma0.5-mse.keras"])
+    clash = folder("clash", ["sigma0.5-mse.keras", "sigma1-mse.keras"])
+    before = {p: open(os.path.join(dst, p), "rb").read() for p in os.listdir(dst)}
+    assert ship_denoisers.main([clash, dst]) == 2
+    assert {p: open(os.path.join(dst, p), "rb").read() for p in os.listdir(dst)} == before
+    src = folder("src", ["sigma1-mse.keras", "sigma1-stability.keras"])
+    assert ship_denoisers.main([src, dst]) == 0
+    merged = json.load(open(os.path.join(dst, "denoisers.json")))
+    assert sorted(merged["denoisers"]) == ["sigma0.5-mse.keras", "sigma1-mse.keras", "sigma1-stability.keras"]
+    assert open(os.path.join(dst, "sigma0.5-mse.keras"), "rb").read() == b"dst/sigma0.5-mse.keras"
+    assert open(os.path.join(dst, "sigma1-stability.keras"), "rb").read() == b"src/sigma1-stability.keras"
+    other = folder("other", ["sigma2-mse.keras"])
+    with open(os.path.join(other, "denoisers.json"), "w") as f:
+        json.dump(dict(head, filters=48, denoisers={"sigma2-mse.keras": {}}), f)
+    assert ship_denoisers.main([other, dst]) == 2
+    assert not os.path.exists(os.path.join(dst, "sigma2-mse.keras"))

@@ -19,14 +19,13 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from apudae_tf import io  # noqa: E402
-
-SHARED_KEYS = ("arch", "dataset", "filters", "image_shape", "stages")  # must agree: one architecture a folder
+from apudae_tf import store  # noqa: E402  (no TensorFlow: shipping copies files)
 
 
 def plan(src: dict, dst: dict) -> list[str]:
-    """The names to add from ``src`` to ``dst``; raises ValueError naming what conflicts."""
-    for key in SHARED_KEYS:
+    """The names to add from ``src`` to ``dst``; raises ValueError naming what conflicts. Every key beside
+    ``denoisers`` describes the folder's one architecture (the training writes them), so all must agree."""
+    for key in sorted((set(src) | set(dst)) - {"denoisers"}):
         if src.get(key) != dst.get(key):
             raise ValueError(f"{key} differs: SRC has {src.get(key)!r}, DST has {dst.get(key)!r}")
     clash = sorted(set(src["denoisers"]) & set(dst["denoisers"]))
@@ -35,25 +34,35 @@ def plan(src: dict, dst: dict) -> list[str]:
     return sorted(src["denoisers"])
 
 
+def read_info(folder: str, role: str) -> dict:
+    path = os.path.join(folder, store.SMOOTHING_INFO)
+    if not os.path.isfile(path):
+        raise ValueError(f"{role} {folder}: no {store.SMOOTHING_INFO} there "
+                         "(a training's OUT/smoothing folder has one)")
+    with open(path) as f:
+        return json.load(f)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="a training's OUT/smoothing folder")
     parser.add_argument("dst", help="the shipped folder, e.g. saved_models/cifar10/smoothing")
     args = parser.parse_args(argv)
-    with open(os.path.join(args.src, "denoisers.json")) as f:
-        src = json.load(f)
-    with open(os.path.join(args.dst, "denoisers.json")) as f:
-        dst = json.load(f)
     try:
+        src, dst = (read_info(args.src, "SRC"), read_info(args.dst, "DST"))
         names = plan(src, dst)
+        missing = [n for n in names if not os.path.isfile(os.path.join(args.src, n))]
+        if missing:
+            raise ValueError(f"SRC {args.src} lists {', '.join(missing)} in {store.SMOOTHING_INFO} "
+                             "but has no such file")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name in names:
-        io.atomic_write(os.path.join(args.dst, name),
-                        lambda tmp, n=name: shutil.copyfile(os.path.join(args.src, n), tmp))
+        store.atomic_write(os.path.join(args.dst, name),
+                           lambda tmp, n=name: shutil.copyfile(os.path.join(args.src, n), tmp))
     merged = dict(dst, denoisers={**dst["denoisers"], **{n: src["denoisers"][n] for n in names}})
-    io.write_json(os.path.join(args.dst, "denoisers.json"), merged)
+    store.write_json(os.path.join(args.dst, store.SMOOTHING_INFO), merged)
     print(f"shipped {', '.join(names)} -> {args.dst}", file=sys.stderr)
     return 0
 

@@ -273,3 +273,4 @@ def test_shipping_denoisers_adds_new_ones_and_refuses_to_overwrite_a_shipped_one
         json.dump(dict(head, filters=48, denoisers={"sigma2-mse.keras": {}}), f)
     assert ship_denoisers.main([other, dst]) == 2
     assert not os.path.exists(os.path.join(dst, "sigma2-mse.keras"))
+    assert ship_denoisers.main([str(tmp_path / "nowhere"), dst]) == 2
